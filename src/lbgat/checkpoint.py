@@ -1,0 +1,183 @@
+"""Checkpoint files: written atomically, read without executing code.
+
+A checkpoint is a ``torch.save`` of plain containers only: tensors, numbers, strings, lists and
+dicts, with the metadata as a JSON string. It is read with ``torch.load(weights_only=True)``, which
+refuses any pickled object that would run code. Layout::
+
+    {"lbgat_checkpoint": 1, "meta": "<json>", "state": {"student.<key>": tensor, "teacher.<key>": ...},
+     "optimizer": <optimizer state_dict>  (resumable checkpoints only)}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import CheckpointError
+
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Enough to rebuild an architecture: registry name, classes and input shape, normalisation."""
+
+    arch: str
+    num_classes: int
+    in_channels: int
+    image_size: int
+    mean: list[float] | None = None
+    std: list[float] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
+        return cls(**data)
+
+    def build(self) -> nn.Module:
+        from .models import create_model
+
+        return create_model(self.arch, num_classes=self.num_classes, in_channels=self.in_channels,
+                            image_size=self.image_size, mean=self.mean, std=self.std)
+
+
+@dataclass
+class Checkpoint:
+    meta: dict[str, Any]
+    state: dict[str, torch.Tensor]
+    optimizer: dict[str, Any] | None
+    path: Path
+
+    def network_state(self, prefix: str) -> dict[str, torch.Tensor]:
+        """The state dict of one network (``"student"`` or ``"teacher"``) without its prefix."""
+        start = prefix + "."
+        return {key[len(start):]: value for key, value in self.state.items() if key.startswith(start)}
+
+    @property
+    def student_spec(self) -> ModelSpec:
+        return ModelSpec.from_dict(self.meta["student"])
+
+
+def save_checkpoint(path: Path, meta: dict[str, Any], state: dict[str, torch.Tensor],
+                    optimizer: dict[str, Any] | None = None) -> None:
+    """Write atomically: a temporary file in the same folder, fsync, then rename over ``path``."""
+    payload: dict[str, Any] = {"lbgat_checkpoint": FORMAT_VERSION, "meta": json.dumps(meta), "state": state}
+    if optimizer is not None:
+        payload["optimizer"] = optimizer
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            torch.save(payload, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.chmod(temporary, 0o666 & ~_current_umask())  # mkstemp creates 0600
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_directory(directory: Path) -> None:
+    try:
+        descriptor = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def read_tensors_file(path: str | Path) -> Any:
+    """``torch.load(weights_only=True)`` with one-line errors for missing, damaged or unsafe files."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else "unsupported content"
+        if "weights_only" in str(error) or "Unsupported global" in str(error):
+            raise CheckpointError(
+                f"refusing to load {path}: it contains pickled code or objects, not just tensors "
+                f"({first_line[:160]})"
+            ) from None
+        raise CheckpointError(f"checkpoint {path} is damaged or not a PyTorch file ({first_line[:160]})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as error:
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"checkpoint {path} is damaged or truncated ({message[:160]})") from None
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """A checkpoint written by lbgat (see :func:`save_checkpoint`)."""
+    path = Path(path)
+    payload = read_tensors_file(path)
+    if not isinstance(payload, dict) or "lbgat_checkpoint" not in payload:
+        raise CheckpointError(
+            f"{path} is not an lbgat checkpoint (a plain state dict? load it with --model ARCH)"
+        )
+    if payload["lbgat_checkpoint"] != FORMAT_VERSION:
+        raise CheckpointError(f"{path} has checkpoint format {payload['lbgat_checkpoint']}, expected {FORMAT_VERSION}")
+    try:
+        meta = json.loads(payload["meta"])
+    except (TypeError, json.JSONDecodeError):
+        raise CheckpointError(f"checkpoint {path} has unreadable metadata") from None
+    return Checkpoint(meta=meta, state=payload["state"], optimizer=payload.get("optimizer"), path=path)
+
+
+def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
+    """load_state_dict(strict=True), with missing/unexpected keys listed in one line."""
+    result_missing = sorted(set(model.state_dict()) - set(state))
+    result_unexpected = sorted(set(state) - set(model.state_dict()))
+    if result_missing or result_unexpected:
+        def listing(keys: list[str]) -> str:
+            return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
+        parts = []
+        if result_missing:
+            parts.append(f"missing keys: {listing(result_missing)}")
+        if result_unexpected:
+            parts.append(f"unexpected keys: {listing(result_unexpected)}")
+        raise CheckpointError(f"{source} does not fit the model: " + "; ".join(parts))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        detail = " ".join(str(error).split())
+        raise CheckpointError(f"{source} does not fit the model: {detail[:300]}") from None
+
+
+def sha256_of(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> nn.Module:
+    """The trained (student) model of an lbgat checkpoint, in eval mode, taking inputs in [0, 1]."""
+    checkpoint = load_checkpoint(path)
+    model = checkpoint.student_spec.build()
+    load_state_strict(model, checkpoint.network_state("student"), checkpoint.path)
+    return model.to(device).eval()

@@ -1,0 +1,223 @@
+"""The ``lbgat`` command line: train, eval, demo, data, and listings."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from .errors import LbgatError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error in one line (plus where to get help)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _add_train(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("train", help="train a model (LBGAT, TRADES, PGD-AT, ...)",
+                                 description="Train a model. Settings: defaults < --config recipe < flags < --set.")
+    parser.add_argument("--config", help="YAML recipe: a file, or a shipped recipe name (see `lbgat recipes`)")
+    parser.add_argument("--method", help="training method (see `lbgat methods`)")
+    parser.add_argument("--model", help="student architecture (see `lbgat models`)")
+    parser.add_argument("--teacher", help="teacher architecture, for methods with a teacher")
+    parser.add_argument("--dataset", help="cifar10, cifar100, tiny-imagenet, mnist-5k (embedded) or folder")
+    parser.add_argument("--data-root", help="folder holding the dataset (not needed for mnist-5k)")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--max-steps", type=int, help="stop after this many optimiser steps in all (smoke runs)")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--out", help="run directory (default runs/<dataset>-<method>-<model>-s<seed>)")
+    parser.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any setting, e.g. --set method.alpha=0 --set attack.steps=5 (repeatable)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.set_defaults(handler=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from .config import build_config, load_yaml
+    from .recipes import find_recipe
+    from .train import train
+
+    recipe = load_yaml(find_recipe(args.config)) if args.config else None
+    flags = {
+        "method.name": args.method, "model": args.model, "teacher": args.teacher, "data.name": args.dataset,
+        "data.root": args.data_root, "schedule.epochs": args.epochs, "batch_size": args.batch_size,
+        "max_steps": args.max_steps, "seed": args.seed, "out": args.out, "device": args.device,
+    }
+    config = build_config(recipe, flags, args.overrides)
+    result = train(config, resume=args.resume, progress=not args.no_progress, argv=sys.argv)
+    state = "finished" if result.finished else f"stopped after step {result.position.global_step}"
+    print(f"training {state}; run directory: {result.run_dir}")
+    print(f"  last checkpoint: {result.last}")
+    if result.best is not None:
+        print(f"  best (held-out robust accuracy) checkpoint: {result.best}")
+    print(f"  evaluate with: lbgat eval {result.last}")
+    return 0
+
+
+def _add_eval(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("eval", help="evaluate a checkpoint under white-box attacks",
+                                 description="Evaluate a checkpoint on the test split; writes report.json/report.md.")
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("--attacks", default="clean,pgd20",
+                        help="comma-separated: clean, fgsm, pgd<K>, cw<K> (default clean,pgd20)")
+    parser.add_argument("--n", type=int, help="evaluate the first N test examples (default all)")
+    parser.add_argument("--eps", type=float, help="L-inf radius (default: the dataset's, 0.031 on CIFAR)")
+    parser.add_argument("--step-size", type=float, help="PGD/CW step size (default 0.003 on CIFAR)")
+    parser.add_argument("--steps", type=int, help="override the number of steps of every pgd<K>/cw<K>")
+    parser.add_argument("--cw-kappa", type=float, default=50.0, help="CW margin confidence (default 50)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random starts (default 0)")
+    parser.add_argument("--batch-size", type=int, default=200)
+    parser.add_argument("--dataset", help="evaluate on another dataset than the one trained on")
+    parser.add_argument("--data-root", help="dataset folder (default: the one used in training)")
+    parser.add_argument("--out", type=Path, help="report folder (default: eval-<checkpoint name> beside it)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.set_defaults(handler=_run_eval)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from .evaluate import EvalRequest, evaluate_checkpoint
+
+    request = EvalRequest(
+        checkpoint=args.checkpoint, attacks=args.attacks, n=args.n, eps=args.eps, step_size=args.step_size,
+        steps=args.steps, kappa=args.cw_kappa, seed=args.seed, batch_size=args.batch_size, dataset=args.dataset,
+        data_root=args.data_root, out=args.out, device=args.device,
+    )
+    report, out = evaluate_checkpoint(request, progress=not args.no_progress)
+    protocol = report["protocol"]
+    arch = report["checkpoint"]["arch"]
+    print(f"{arch} on {protocol['dataset']} test, n = {protocol['n']}, eps = {protocol['eps']!r}")
+    for row in report["results"]:
+        print(f"  {row['attack']:>8}: {100 * row['accuracy']:6.2f}%  ({row['correct']}/{row['total']})  "
+              f"{row['description']}")
+    print(f"report: {out / 'report.md'} and {out / 'report.json'}")
+    return 0
+
+
+def _add_demo(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("demo", help="train and compare natural, PGD-AT, TRADES and LBGAT+TRADES on CPU",
+                                 description="The main job: train four methods on the embedded MNIST subset, "
+                                             "evaluate them, and print one comparison table.")
+    parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder for the runs (default runs/demo)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a few steps per method (a smoke test; its numbers mean nothing)")
+    parser.add_argument("--fresh", action="store_true", help="delete earlier demo runs in --out first")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.set_defaults(handler=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(args.out, quick=args.quick, fresh=args.fresh, progress=not args.no_progress)
+    return 0
+
+
+def _add_data(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("data", help="download or inspect datasets")
+    actions = parser.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    download = actions.add_parser("download", help="fetch an official archive and verify its checksum")
+    download.add_argument("name", choices=["cifar10", "cifar100", "tiny-imagenet"])
+    download.add_argument("--root", required=True, type=Path, help="folder to put the dataset in")
+    download.add_argument("--url", help="a mirror of the official archive (http, https or file URL)")
+    download.add_argument("--md5", help="expected md5 of the archive at --url")
+    download.set_defaults(handler=_run_download)
+    info = actions.add_parser("info", help="read a dataset and print its size and classes")
+    info.add_argument("name")
+    info.add_argument("--root", help="dataset folder (not needed for mnist-5k)")
+    info.add_argument("--image-size", type=int)
+    info.set_defaults(handler=_run_data_info)
+
+
+def _run_download(args: argparse.Namespace) -> int:
+    from .data import download_dataset
+
+    path = download_dataset(args.name, args.root, url=args.url, md5=args.md5)
+    print(f"{args.name} is in {path}")
+    return 0
+
+
+def _run_data_info(args: argparse.Namespace) -> int:
+    from .data import load_dataset
+
+    dataset = load_dataset(args.name, args.root, image_size=args.image_size)
+    shape = "x".join(map(str, dataset.image_shape))
+    print(f"{dataset.name}: {len(dataset.train)} train / {len(dataset.test)} test images of {shape}, "
+          f"{dataset.num_classes} classes, from {dataset.source}")
+    return 0
+
+
+def _add_listings(commands: argparse._SubParsersAction) -> None:
+    commands.add_parser("methods", help="list training methods and their hyperparameters").set_defaults(
+        handler=_run_methods)
+    commands.add_parser("models", help="list architectures").set_defaults(handler=_run_models)
+    commands.add_parser("recipes", help="list shipped recipes").set_defaults(handler=_run_recipes)
+
+
+def _run_methods(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from .methods import list_methods
+
+    for method in list_methods():
+        params = ", ".join(f"{field.name}={field.default!r}" for field in dataclasses.fields(method.Params))
+        attack = f"; trains against {method.attack_objective.upper()}-PGD" if method.attack_objective else ""
+        print(f"{method.name:14} {method.description}")
+        print(f"{'':14} hyperparameters: {params or 'none'}{attack}{'; has a teacher' if method.uses_teacher else ''}")
+    return 0
+
+
+def _run_models(args: argparse.Namespace) -> int:
+    from .models import list_models
+
+    for entry in list_models():
+        shape = " (needs " + "x".join(map(str, entry.input_shape)) + ")" if entry.input_shape else ""
+        print(f"{entry.name:18} {entry.description}{shape}")
+    return 0
+
+
+def _run_recipes(args: argparse.Namespace) -> int:
+    from .recipes import list_recipes, recipes_root
+
+    print(f"recipes in {recipes_root()}:")
+    for name in list_recipes():
+        print(f"  {name}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = _Parser(prog="lbgat", description="Adversarial training that keeps clean accuracy (LBGAT and family).")
+    parser.add_argument("--version", action="version", version=f"lbgat {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_train(commands)
+    _add_eval(commands)
+    _add_demo(commands)
+    _add_data(commands)
+    _add_listings(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except LbgatError as error:
+        print(f"lbgat {args.command}: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print(f"lbgat {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

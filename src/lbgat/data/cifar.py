@@ -1,0 +1,153 @@
+"""CIFAR-10 and CIFAR-100 in the official "python version" layout.
+
+Files are read through :func:`safe_unpickle`; their checksums are not checked (re-serialised
+copies are fine, the download verifies the archive instead) and the ``filenames`` key is not
+needed. Every batch is checked for shape, length and label range.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lbgat.data.base import Dataset, ImageSet
+from lbgat.data.safe_pickle import safe_unpickle
+from lbgat.errors import DataError
+
+_ROW_BYTES = 3 * 32 * 32
+
+
+@dataclass(frozen=True)
+class CifarLayout:
+    """Where a CIFAR variant keeps its batches and under which keys."""
+
+    dataset: str
+    folder: str
+    train_files: tuple[str, ...]
+    test_files: tuple[str, ...]
+    meta_file: str
+    labels_key: str
+    names_key: str
+    layout_hint: str  # the file list, as shown in error messages
+
+    @property
+    def layout(self) -> str:
+        return f"{self.folder}/{self.layout_hint}"
+
+
+CIFAR10 = CifarLayout(
+    dataset="cifar10",
+    folder="cifar-10-batches-py",
+    train_files=tuple(f"data_batch_{i}" for i in range(1, 6)),
+    test_files=("test_batch",),
+    meta_file="batches.meta",
+    labels_key="labels",
+    names_key="label_names",
+    layout_hint="{data_batch_1..5,test_batch,batches.meta}",
+)
+CIFAR100 = CifarLayout(
+    dataset="cifar100",
+    folder="cifar-100-python",
+    train_files=("train",),
+    test_files=("test",),
+    meta_file="meta",
+    labels_key="fine_labels",
+    names_key="fine_label_names",
+    layout_hint="{train,test,meta}",
+)
+
+
+def load_cifar10(root: Path) -> Dataset:
+    """CIFAR-10 from ``root/cifar-10-batches-py`` (or from that folder itself)."""
+    return load_cifar(CIFAR10, root)
+
+
+def load_cifar100(root: Path) -> Dataset:
+    """CIFAR-100 (fine labels) from ``root/cifar-100-python`` (or from that folder itself)."""
+    return load_cifar(CIFAR100, root)
+
+
+def load_cifar(layout: CifarLayout, root: Path) -> Dataset:
+    folder = _find_folder(layout, root)
+    classes = _read_class_names(layout, folder)
+    train = _read_split(layout, folder, layout.train_files, len(classes))
+    test = _read_split(layout, folder, layout.test_files, len(classes))
+    return Dataset(name=layout.dataset, train=train, test=test, classes=classes, source=str(folder))
+
+
+def _find_folder(layout: CifarLayout, root: Path) -> Path:
+    if (root / layout.folder).is_dir():
+        folder = root / layout.folder
+    elif root.name == layout.folder or (root / layout.meta_file).is_file():
+        folder = root  # the user pointed at the layout folder itself
+    else:
+        raise DataError(
+            f"{layout.dataset}: {root} has no {layout.folder} folder "
+            f"(expected {root / layout.layout}; {_download_hint(layout, root)})"
+        )
+    for name in (layout.meta_file, *layout.train_files, *layout.test_files):
+        if not (folder / name).is_file():
+            raise DataError(
+                f"{layout.dataset}: {folder / name} is missing "
+                f"(expected {folder.parent / layout.layout}; {_download_hint(layout, folder.parent)})"
+            )
+    return folder
+
+
+def _download_hint(layout: CifarLayout, parent: Path) -> str:
+    return f"get it with `lbgat data download {layout.dataset} --root {parent}`"
+
+
+def _corrupt(layout: CifarLayout, path: Path, problem: str) -> DataError:
+    return DataError(
+        f"{layout.dataset}: {path} {problem}; replace it with a fresh copy "
+        f"(delete {path.parent} and run `lbgat data download {layout.dataset} --root {path.parent.parent}`)"
+    )
+
+
+def _read_dict(layout: CifarLayout, path: Path) -> dict[str, Any]:
+    try:
+        content = safe_unpickle(path)
+    except DataError as exc:
+        raise DataError(f"{layout.dataset}: {exc}") from exc
+    if not isinstance(content, dict):
+        raise _corrupt(layout, path, f"holds a {type(content).__name__}, not a dict")
+    # Files written by Python 3 code that kept bytes keys are accepted as well.
+    return {key.decode("latin1") if isinstance(key, bytes) else key: value for key, value in content.items()}
+
+
+def _read_class_names(layout: CifarLayout, folder: Path) -> tuple[str, ...]:
+    path = folder / layout.meta_file
+    names = _read_dict(layout, path).get(layout.names_key)
+    if not isinstance(names, list) or not names or not all(isinstance(n, (str, bytes)) for n in names):
+        raise _corrupt(layout, path, f"has no '{layout.names_key}' list of class names")
+    return tuple(n.decode("latin1") if isinstance(n, bytes) else n for n in names)
+
+
+def _read_split(layout: CifarLayout, folder: Path, files: tuple[str, ...], num_classes: int) -> ImageSet:
+    rows, labels = zip(*(_read_batch(layout, folder / name, num_classes) for name in files), strict=True)
+    images = np.concatenate(rows).reshape(-1, 3, 32, 32)  # rows are channel-major: R plane, G, B
+    return ImageSet(torch.from_numpy(images), torch.from_numpy(np.concatenate(labels)))
+
+
+def _read_batch(layout: CifarLayout, path: Path, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    batch = _read_dict(layout, path)
+    data = batch.get("data")
+    if not isinstance(data, np.ndarray):
+        raise _corrupt(layout, path, f"has no 'data' array (found {type(data).__name__})")
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != _ROW_BYTES:
+        found = f"{data.dtype} {data.shape}"
+        raise _corrupt(layout, path, f"has no uint8 N x {_ROW_BYTES} 'data' array (found {found})")
+    raw_labels = batch.get(layout.labels_key)
+    labels = np.asarray(raw_labels) if isinstance(raw_labels, (list, np.ndarray)) else None
+    if labels is None or labels.dtype.kind not in "iu" or labels.ndim != 1:
+        raise _corrupt(layout, path, f"has no '{layout.labels_key}' list of integers")
+    if len(labels) != len(data):
+        raise _corrupt(layout, path, f"has {len(data)} images but {len(labels)} labels")
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        raise _corrupt(layout, path, f"has labels outside 0..{num_classes - 1}")
+    return data, labels.astype(np.int64)

@@ -1,0 +1,144 @@
+"""A device-resident loader: uint8 images on the device, augmentation batched on the device.
+
+The order of examples is a permutation that depends only on (seed, epoch); crops and flips
+depend only on (seed, epoch, example index) (see :mod:`lbgat.rng`). A global batch is the same
+whatever the number of processes; each rank takes its contiguous share of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..rng import ExampleRNG, Stream, permutation
+from .base import ImageSet
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Random crop after zero padding (0 = off) and random horizontal flip, as torchvision's
+    RandomCrop(size, padding) + RandomHorizontalFlip."""
+
+    crop_padding: int = 4
+    flip: bool = True
+
+    @property
+    def active(self) -> bool:
+        return self.crop_padding > 0 or self.flip
+
+
+NO_AUGMENT = Augment(crop_padding=0, flip=False)
+
+
+@dataclass
+class Batch:
+    """Images in [0, 1] (float32), labels, and the dataset index of each example."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    index: torch.Tensor
+    epoch: int
+    seed: int
+
+    @property
+    def rng(self) -> ExampleRNG:
+        return ExampleRNG(self.seed, self.epoch, self.index)
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+
+def augment_batch(images: torch.Tensor, rng: ExampleRNG, augment: Augment) -> torch.Tensor:
+    """Crop and flip a uint8 batch (B, C, H, W) in one gather; returns uint8 of the same shape."""
+    if not augment.active:
+        return images
+    batch, channels, height, width = images.shape
+    pad = augment.crop_padding
+    device = images.device
+    if pad > 0:
+        images = F.pad(images, (pad, pad, pad, pad))
+        offsets = rng.integers(Stream.CROP, 2 * pad + 1, (2,))
+    else:
+        offsets = torch.zeros(batch, 2, dtype=torch.int64, device=device)
+    rows = offsets[:, 0:1] + torch.arange(height, device=device)
+    columns = torch.arange(width, device=device).expand(batch, width)
+    if augment.flip:
+        flipped = rng.uniform(Stream.FLIP) < 0.5
+        columns = torch.where(flipped[:, None], columns.flip(1), columns)
+    columns = columns + offsets[:, 1:2]
+    batch_index = torch.arange(batch, device=device)[:, None, None, None]
+    channel_index = torch.arange(channels, device=device)[None, :, None, None]
+    return images[batch_index, channel_index, rows[:, None, :, None], columns[:, None, None, :]]
+
+
+def to_unit_float(images: torch.Tensor) -> torch.Tensor:
+    return images.to(torch.float32).div_(255.0)
+
+
+class DeviceLoader:
+    """Iterates over batches of (a subset of) an :class:`ImageSet` held on ``device``.
+
+    ``indices`` selects the examples (dataset indices, kept as the examples' identities for all
+    randomness); None means all. With ``shuffle`` the order is a fresh permutation per epoch.
+    The last, partial batch is kept unless ``drop_last``, as in the official training scripts.
+    """
+
+    def __init__(
+        self,
+        images: ImageSet,
+        *,
+        batch_size: int,
+        seed: int,
+        device: torch.device | str = "cpu",
+        indices: torch.Tensor | None = None,
+        augment: Augment = NO_AUGMENT,
+        shuffle: bool = False,
+        drop_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        if not 0 <= rank < world_size:
+            raise ValueError("rank must be in [0, world_size)")
+        self.device = torch.device(device)
+        self.images = images.images.to(self.device)
+        self.labels = images.labels.to(self.device)
+        self.indices = (torch.arange(len(images)) if indices is None else indices.to(torch.int64).cpu())
+        self.batch_size = batch_size
+        self.seed = seed
+        self.augment = augment
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.rank = rank
+        self.world_size = world_size
+
+    def __len__(self) -> int:
+        count = len(self.indices)
+        return count // self.batch_size if self.drop_last else -(-count // self.batch_size)
+
+    @property
+    def num_examples(self) -> int:
+        return len(self.indices)
+
+    def order(self, epoch: int) -> torch.Tensor:
+        """Dataset indices in the order epoch ``epoch`` visits them (the same on every rank)."""
+        if not self.shuffle:
+            return self.indices
+        return self.indices[permutation(len(self.indices), self.seed, Stream.ORDER, epoch)]
+
+    def batches(self, epoch: int, start: int = 0) -> Iterator[Batch]:
+        """Batches ``start``, ``start + 1``, ... of ``epoch`` (``start`` > 0 resumes mid-epoch)."""
+        order = self.order(epoch)
+        for number in range(start, len(self)):
+            global_batch = order[number * self.batch_size:(number + 1) * self.batch_size]
+            local = torch.tensor_split(global_batch, self.world_size)[self.rank].to(self.device)
+            rng = ExampleRNG(self.seed, epoch, local)
+            images = augment_batch(self.images[local], rng, self.augment)
+            yield Batch(to_unit_float(images), self.labels[local], local, epoch, self.seed)
+
+    def __iter__(self) -> Iterator[Batch]:
+        return self.batches(0)

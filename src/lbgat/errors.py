@@ -1,0 +1,26 @@
+"""User-facing errors.
+
+Anything a user can cause (bad flags, missing data, a corrupt file) raises a subclass of
+:class:`LbgatError`. The command line prints its message as one line and exits non-zero;
+everything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class LbgatError(Exception):
+    """An error caused by the user's input; its message is a complete, one-line explanation."""
+
+    exit_code: int = 2
+
+
+class ConfigError(LbgatError):
+    """An invalid, unknown or inconsistent setting."""
+
+
+class DataError(LbgatError):
+    """Missing, corrupt or mis-laid-out data, or a failed download."""
+
+
+class CheckpointError(LbgatError):
+    """A checkpoint that cannot be read, or that does not fit the requested model."""

@@ -1,0 +1,22 @@
+"""Training methods: one file each, registered by name.
+
+Each is an ``nn.Module`` holding the student (and any teacher) whose forward on a
+:class:`~lbgat.data.loader.Batch` returns ``{"loss": ..., <named terms>}``. Usable in a user's own
+training loop: build it with :func:`create_method`, optimise ``method.parameters()``.
+"""
+
+from . import lbgat, lbgat_trades, natural, pgd_at, trades  # noqa: F401  (registration)
+from .base import Method, NoParams, TrainAttack
+from .factory import create_method, method_params
+from .registry import get_method, list_methods, register_method
+
+__all__ = [
+    "Method",
+    "NoParams",
+    "TrainAttack",
+    "create_method",
+    "get_method",
+    "list_methods",
+    "method_params",
+    "register_method",
+]

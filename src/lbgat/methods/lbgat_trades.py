@@ -1,0 +1,54 @@
+"""LBGAT+TRADES (Cui et al., ICCV 2021), spec sections 6.2 and 7: the official ``lbgat_loss``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..data.loader import Batch
+from .base import Method
+from .lbgat import boundary_guidance
+from .registry import register_method
+from .trades import kl_batchmean
+
+
+@dataclass(frozen=True)
+class LbgatTradesParams:
+    """alpha: TRADES KL weight (paper alpha; the official code's --beta; TRADES' beta).
+    beta: weight of the teacher's CE (paper beta; hard-coded to 1 in the official code)."""
+
+    alpha: float = 6.0
+    beta: float = 1.0
+
+
+@register_method
+class LbgatTrades(Method):
+    """L = MSE(M_r(x'), M_n(x)) + beta * CE(M_n(x), y) + alpha * (1/B) sum KL(P_r(x) || P_r(x')).
+
+    M_r is the student (robust model), M_n the teacher (natural model) trained jointly from scratch.
+    x' = KL-PGD on the student in eval mode from x + 0.001 N(0, I). MSE is the mean over B x C
+    logits (torch's default), i.e. per example ||dz||^2 / C. Nothing is detached: the MSE trains
+    both networks, the CE only the teacher, the KL only the student. The teacher is always in
+    train mode. The student's clean forward runs even when alpha = 0, since it still updates
+    BatchNorm's running statistics in the official code.
+    """
+
+    name = "lbgat-trades"
+    description = "LBGAT+TRADES: MSE(M_r(x_adv), M_n(x)) + beta CE(M_n(x), y) + alpha KL(P_r(x) || P_r(x_adv))"
+    Params = LbgatTradesParams
+    attack_objective = "kl"
+    default_start = "normal"
+    uses_teacher = True
+    default_warmup = True
+
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        assert self.teacher is not None
+        x_adv = self.adversarial(batch)
+        self.teacher.train()
+        logits_adv = self.student(x_adv)
+        logits_clean = self.student(batch.x)
+        mse, ce_teacher = boundary_guidance(logits_adv, self.teacher(batch.x), batch.y)
+        kl = kl_batchmean(logits_clean, logits_adv)
+        loss = mse + self.params.beta * ce_teacher + self.params.alpha * kl
+        return {"loss": loss, "mse": mse, "ce_teacher": ce_teacher, "kl": kl}

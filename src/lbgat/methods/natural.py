@@ -1,0 +1,20 @@
+"""Natural (standard) training: cross-entropy on clean images."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..data.loader import Batch
+from .base import Method
+from .registry import register_method
+
+
+@register_method
+class Natural(Method):
+    name = "natural"
+    description = "standard training on clean images: CE(f(x), y)"
+
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        ce = F.cross_entropy(self.student(batch.x), batch.y)
+        return {"loss": ce, "ce": ce}

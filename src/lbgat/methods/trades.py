@@ -1,0 +1,49 @@
+"""TRADES (Zhang et al., ICML 2019), spec section 3, as in the official ``trades_loss``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..data.loader import Batch
+from .base import Method
+from .registry import register_method
+
+
+def kl_batchmean(logits_target: torch.Tensor, logits_input: torch.Tensor) -> torch.Tensor:
+    """(1/B) sum_i KL(softmax(target_i) || softmax(input_i)); nothing detached."""
+    summed = F.kl_div(F.log_softmax(logits_input, dim=1), F.softmax(logits_target, dim=1), reduction="sum")
+    return summed / logits_target.shape[0]
+
+
+@dataclass(frozen=True)
+class TradesParams:
+    """alpha: weight of the KL term. It is TRADES' beta (= 1/lambda) and the official --beta."""
+
+    alpha: float = 6.0
+
+
+@register_method
+class Trades(Method):
+    """L = CE(f(x), y) + alpha * (1/B) sum KL(P_f(x) || P_f(x')), x' = KL-PGD (label-free).
+
+    Gradient flows through both f(x) and f(x'); x' is detached. As in the official code the clean
+    forward runs twice in train mode (once for the CE, once for the KL target), so BatchNorm's
+    running statistics see x, x', x each step.
+    """
+
+    name = "trades"
+    description = "TRADES: CE(f(x), y) + alpha * KL(P_f(x) || P_f(x_adv)), x_adv = KL-PGD"
+    Params = TradesParams
+    attack_objective = "kl"
+    default_start = "normal"
+
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        x_adv = self.adversarial(batch)
+        logits_clean = self.student(batch.x)
+        ce = F.cross_entropy(logits_clean, batch.y)
+        logits_adv = self.student(x_adv)
+        kl = kl_batchmean(self.student(batch.x), logits_adv)
+        return {"loss": ce + self.params.alpha * kl, "ce": ce, "kl": kl}

@@ -1,0 +1,38 @@
+"""Architectures by name, with input normalisation inside the model.
+
+Importing this package registers every architecture; build one with :func:`create_model`.
+"""
+
+from __future__ import annotations
+
+# The architecture modules register their factories when imported.
+from lbgat.models.flops import count_flops
+from lbgat.models.normalize import InputNormalization
+from lbgat.models.preact_resnet import PreActResNet
+from lbgat.models.registry import (
+    ModelEntry,
+    create_model,
+    default_teacher,
+    get_model_entry,
+    list_models,
+    register_model,
+)
+from lbgat.models.resnet import ResNet
+from lbgat.models.small import SmallCNN, TinyCNN
+from lbgat.models.wideresnet import WideResNet
+
+__all__ = [
+    "InputNormalization",
+    "ModelEntry",
+    "PreActResNet",
+    "ResNet",
+    "SmallCNN",
+    "TinyCNN",
+    "WideResNet",
+    "count_flops",
+    "create_model",
+    "default_teacher",
+    "get_model_entry",
+    "list_models",
+    "register_model",
+]

@@ -1,0 +1,211 @@
+"""From a config to the parts of a run: checked settings, data split, loaders, networks, optimiser."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..attacks import BN_MODES, STARTS
+from ..checkpoint import ModelSpec
+from ..config import TrainConfig, default_decay_epochs, threat_profile
+from ..data import Dataset, get_dataset_info, load_dataset
+from ..data.loader import Augment, DeviceLoader
+from ..errors import ConfigError
+from ..methods import Method, TrainAttack, create_method, get_method, method_params
+from ..models import default_teacher, get_model_entry
+from ..rng import Stream, permutation
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def validate(config: TrainConfig) -> None:
+    """Reject impossible or inconsistent settings before any data is read or network built."""
+    get_method(config.method.name)
+    method_params(config.method.name, config.method.params)
+    get_dataset_info(config.data.name)
+    for name in (config.model, config.teacher):
+        if name is not None:
+            get_model_entry(name)
+    attack, val = config.attack, config.val
+    for label, eps in (("attack.eps", attack.eps), ("val.eps", val.eps)):
+        _require(eps is None or 0.0 <= eps <= 1.0, f"{label} must be in [0, 1] (images are in [0, 1]), got {eps}")
+    for label, step in (("attack.step_size", attack.step_size), ("val.step_size", val.step_size)):
+        _require(step is None or step > 0, f"{label} must be > 0, got {step}")
+    for label, steps in (("attack.steps", attack.steps), ("val.steps", val.steps)):
+        _require(steps is None or steps >= 1, f"{label} must be >= 1, got {steps}")
+    _require(attack.start in (*STARTS, "auto"),
+             f"attack.start must be one of auto, {', '.join(STARTS)}, got {attack.start!r}")
+    _require(attack.bn_mode in BN_MODES, f"attack.bn_mode must be one of {', '.join(BN_MODES)}, got {attack.bn_mode!r}")
+    _require(attack.eps_warmup_epochs >= 0, f"attack.eps_warmup_epochs must be >= 0, got {attack.eps_warmup_epochs}")
+    _require(attack.start_std >= 0, f"attack.start_std must be >= 0, got {attack.start_std}")
+    _require(config.optim.lr > 0, f"optim.lr must be > 0, got {config.optim.lr}")
+    _require(config.optim.momentum >= 0, f"optim.momentum must be >= 0, got {config.optim.momentum}")
+    _require(config.optim.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {config.optim.weight_decay}")
+    schedule = config.schedule
+    _require(schedule.epochs >= 1, f"schedule.epochs must be >= 1, got {schedule.epochs}")
+    _require(schedule.decay_factor > 0, f"schedule.decay_factor must be > 0, got {schedule.decay_factor}")
+    _require(schedule.warmup_factor > 0, f"schedule.warmup_factor must be > 0, got {schedule.warmup_factor}")
+    _require(all(epoch >= 1 for epoch in schedule.decay_epochs or []), "schedule.decay_epochs must be >= 1")
+    _require(config.batch_size >= 1, f"batch_size must be >= 1, got {config.batch_size}")
+    _require(config.max_steps is None or config.max_steps >= 1, f"max_steps must be >= 1, got {config.max_steps}")
+    _require(config.seed >= 0, f"seed must be >= 0, got {config.seed}")
+    _require(config.data.val_size >= 0, f"data.val_size must be >= 0, got {config.data.val_size}")
+    _require(config.data.train_size is None or config.data.train_size >= 1,
+             f"data.train_size must be >= 1, got {config.data.train_size}")
+    _require(config.data.split_seed >= 0, f"data.split_seed must be >= 0, got {config.data.split_seed}")
+    _require(config.data.crop_padding is None or config.data.crop_padding >= 0, "data.crop_padding must be >= 0")
+    _require(config.val.batch_size >= 1, f"val.batch_size must be >= 1, got {config.val.batch_size}")
+    _require(config.val.every >= 1, f"val.every must be >= 1, got {config.val.every}")
+    _require(config.log_every >= 1, f"log_every must be >= 1, got {config.log_every}")
+    _require(config.save_every >= 0, f"save_every must be >= 0, got {config.save_every}")
+    resolve_device(config.device)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} asked for, but this PyTorch build sees no CUDA GPU")
+    return device
+
+
+def expected_image_shape(config: TrainConfig) -> tuple[int, int, int] | None:
+    """The input shape known before loading (None for a user's folder, known only once read)."""
+    info = get_dataset_info(config.data.name)
+    if info.image_shape is None:
+        return None
+    channels, height, width = info.image_shape
+    if config.data.image_size is not None:
+        return channels, config.data.image_size, config.data.image_size
+    return channels, height, width
+
+
+def resolve(config: TrainConfig, image_shape: tuple[int, int, int]) -> TrainConfig:
+    """Every ``None``/``"auto"`` setting replaced by its concrete value for this data and method."""
+    method_cls = get_method(config.method.name)
+    channels, height, width = image_shape
+    profile = threat_profile(channels)
+    params = dataclasses.asdict(method_params(config.method.name, config.method.params))
+    flips_ok = get_dataset_info(config.data.name).flips
+    data = dataclasses.replace(
+        config.data,
+        crop_padding=profile.crop_padding if config.data.crop_padding is None else config.data.crop_padding,
+        flip=(profile.flip and flips_ok) if config.data.flip is None else config.data.flip,
+    )
+    attack = dataclasses.replace(
+        config.attack,
+        eps=profile.eps if config.attack.eps is None else config.attack.eps,
+        step_size=profile.train_step_size if config.attack.step_size is None else config.attack.step_size,
+        steps=profile.train_steps if config.attack.steps is None else config.attack.steps,
+        start=method_cls.default_start if config.attack.start == "auto" else config.attack.start,
+    )
+    val = dataclasses.replace(
+        config.val,
+        eps=profile.eps if config.val.eps is None else config.val.eps,
+        step_size=profile.eval_step_size if config.val.step_size is None else config.val.step_size,
+        steps=profile.eval_steps if config.val.steps is None else config.val.steps,
+    )
+    schedule = dataclasses.replace(
+        config.schedule,
+        decay_epochs=default_decay_epochs(config.schedule.epochs)
+        if config.schedule.decay_epochs is None else config.schedule.decay_epochs,
+        warmup=method_cls.default_warmup if config.schedule.warmup is None else config.schedule.warmup,
+    )
+    model = profile.default_model if config.model is None else config.model
+    teacher = None
+    if method_cls.uses_teacher:
+        teacher = default_teacher(channels, height) if config.teacher is None else config.teacher
+    out = config.out or str(Path("runs") / f"{config.data.name}-{config.method.name}-{model}-s{config.seed}")
+    resolved = dataclasses.replace(
+        config, method=dataclasses.replace(config.method, params=params), model=model, teacher=teacher,
+        data=data, attack=attack, val=val, schedule=schedule, out=out,
+    )
+    for arch in filter(None, (model, teacher)):
+        entry = get_model_entry(arch)
+        if entry.input_shape is not None and tuple(entry.input_shape) != (channels, height, width):
+            needed = "x".join(map(str, entry.input_shape))
+            given = "x".join(map(str, image_shape))
+            role = "--model" if arch == model else "--teacher"
+            raise ConfigError(f"{arch} needs {needed} inputs but {config.data.name} has {given}; choose another {role}")
+    return resolved
+
+
+def split_holdout(num_train: int, val_size: int, split_seed: int,
+                  train_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train indices, held-out indices), both sorted and depending only on split_seed.
+
+    ``train_size`` keeps only that many of the remaining examples (the next ones in the same
+    permutation), for smoke runs and CPU benchmarks on a slice of a dataset.
+    """
+    if val_size >= num_train:
+        raise ConfigError(f"data.val_size {val_size} leaves no training data (the training split has {num_train})")
+    order = permutation(num_train, split_seed, Stream.SPLIT, 0)
+    train = order[val_size:] if train_size is None else order[val_size:val_size + train_size]
+    return train.sort().values, order[:val_size].sort().values
+
+
+@dataclass
+class RunParts:
+    config: TrainConfig
+    dataset: Dataset
+    train_indices: torch.Tensor
+    val_indices: torch.Tensor
+    train_loader: DeviceLoader
+    val_loader: DeviceLoader | None
+    method: Method
+    optimizer: torch.optim.SGD
+    student_spec: ModelSpec
+    teacher_spec: ModelSpec | None
+    device: torch.device
+
+
+def load_data(config: TrainConfig) -> Dataset:
+    return load_dataset(config.data.name, config.data.root, image_size=config.data.image_size)
+
+
+def build_parts(config: TrainConfig, dataset: Dataset) -> RunParts:
+    """Networks, method, optimiser and loaders for a resolved config."""
+    device = resolve_device(config.device)
+    channels, height, _ = dataset.image_shape
+    student_spec = ModelSpec(config.model, dataset.num_classes, channels, height)
+    teacher_spec = ModelSpec(config.teacher, dataset.num_classes, channels, height) if config.teacher else None
+    # Networks are initialised from the run's seed, so a run is reproducible from its config alone.
+    torch.manual_seed(config.seed)
+    student = student_spec.build()
+    teacher = teacher_spec.build() if teacher_spec is not None else None
+    attack = TrainAttack(
+        eps=config.attack.eps, step_size=config.attack.step_size, steps=config.attack.steps,
+        start=config.attack.start, start_std=config.attack.start_std, bn_mode=config.attack.bn_mode,
+    )
+    method = create_method(config.method.name, student, params=config.method.params, attack=attack, teacher=teacher)
+    method.to(device)
+    # One SGD optimiser over all trained networks (one parameter group each), as the official LBGAT code.
+    groups = [{"params": list(network.parameters())} for network in method.trained_networks().values()]
+    optimizer = torch.optim.SGD(groups, lr=config.optim.lr, momentum=config.optim.momentum,
+                                weight_decay=config.optim.weight_decay, nesterov=config.optim.nesterov)
+    train_indices, val_indices = split_holdout(len(dataset.train), config.data.val_size, config.data.split_seed,
+                                               config.data.train_size)
+    augment = Augment(crop_padding=config.data.crop_padding, flip=config.data.flip)
+    train_loader = DeviceLoader(dataset.train, batch_size=config.batch_size, seed=config.seed, device=device,
+                                indices=train_indices, augment=augment, shuffle=True)
+    val_loader = None
+    if len(val_indices):
+        val_loader = DeviceLoader(dataset.train, batch_size=config.val.batch_size, seed=config.seed, device=device,
+                                  indices=val_indices)
+    return RunParts(config, dataset, train_indices, val_indices, train_loader, val_loader, method, optimizer,
+                    student_spec, teacher_spec, device)
+
+
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+    return math.ceil(num_examples / batch_size)

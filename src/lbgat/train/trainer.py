@@ -1,0 +1,318 @@
+"""The training loop: schedule, checkpoints every epoch, robust validation, metrics, progress."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from ..checkpoint import Checkpoint, load_checkpoint, load_state_strict, save_checkpoint
+from ..config import TrainConfig, config_to_yaml
+from ..errors import ConfigError, LbgatError
+from ..evaluate.specs import AttackSpec
+from ..evaluate.suite import run_suite
+from ..provenance import code_version, environment
+from ..structured import to_mapping
+from .schedule import lr_at
+from .setup import RunParts, build_parts, expected_image_shape, load_data, resolve, validate
+
+LAST = "last.pt"
+BEST = "best.pt"
+# Settings a resumed run may change: they do not alter what is computed.
+RESUMABLE_CHANGES = frozenset({"max_steps", "log_every", "device", "out"})
+
+
+class TrainingDiverged(LbgatError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class Position:
+    """Where training stands: the next batch to run (0-indexed epoch and batch) and steps done."""
+
+    epoch: int = 0
+    batch: int = 0
+    global_step: int = 0
+
+
+@dataclass
+class EpochTotals:
+    """Running sums of the loss terms within the current epoch (kept in checkpoints for exact resume)."""
+
+    sums: dict[str, float] = field(default_factory=dict)
+    steps: int = 0
+    seconds: float = 0.0
+
+    def means(self) -> dict[str, float]:
+        return {name: total / self.steps for name, total in self.sums.items()} if self.steps else {}
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    last: Path
+    best: Path | None
+    position: Position
+    finished: bool
+
+
+def _differences(saved: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = sorted(set(saved) | set(new))
+    found: list[str] = []
+    for key in keys:
+        path = f"{prefix}{key}"
+        left, right = saved.get(key), new.get(key)
+        if isinstance(left, dict) and isinstance(right, dict):
+            found += _differences(left, right, path + ".")
+        elif left != right and path not in RESUMABLE_CHANGES:
+            found.append(f"{path} ({left!r} in the run, {right!r} now)")
+    return found
+
+
+class Trainer:
+    """Runs one training job described by a resolved :class:`TrainConfig`."""
+
+    def __init__(self, parts: RunParts, run_dir: Path, *, progress: bool = True) -> None:
+        self.parts = parts
+        self.config = parts.config
+        self.run_dir = run_dir
+        self.progress = progress
+        self.position = Position()
+        self.epoch_totals = EpochTotals()
+        self.best: dict[str, Any] | None = None
+        self.metrics_path = run_dir / "metrics.jsonl"
+
+    # ----------------------------------------------------------------- state
+    def _meta(self, kind: str) -> dict[str, Any]:
+        parts = self.parts
+        return {
+            "kind": kind,
+            "config": to_mapping(self.config),
+            "student": parts.student_spec.to_dict(),
+            "teacher": parts.teacher_spec.to_dict() if parts.teacher_spec else None,
+            "dataset": {
+                "name": parts.dataset.name, "source": parts.dataset.source,
+                "root": str(Path(self.config.data.root).resolve()) if self.config.data.root else None,
+                "classes": list(parts.dataset.classes), "image_shape": list(parts.dataset.image_shape),
+            },
+            "position": dataclasses.asdict(self.position),
+            "epoch_totals": dataclasses.asdict(self.epoch_totals),
+            "best": self.best,
+            "code_version": code_version(),
+        }
+
+    def _save(self, path: Path, kind: str, *, with_optimizer: bool = True) -> None:
+        rng = {"torch_cpu": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["torch_cuda"] = torch.cuda.get_rng_state_all()
+        state = {key: value.detach().cpu() for key, value in self.parts.method.state_dict().items()}
+        optimizer = self.parts.optimizer.state_dict() if with_optimizer else None
+        meta = self._meta(kind)
+        save_checkpoint(path, meta, {**state, **{f"rng.{k}": v for k, v in _flatten_rng(rng).items()}}, optimizer)
+
+    def restore(self, checkpoint: Checkpoint) -> None:
+        method_state = {key: value for key, value in checkpoint.state.items() if not key.startswith("rng.")}
+        load_state_strict(self.parts.method, method_state, checkpoint.path)
+        if checkpoint.optimizer is None:
+            raise ConfigError(f"{checkpoint.path} holds no optimiser state, so it cannot be resumed (use {LAST})")
+        self.parts.optimizer.load_state_dict(checkpoint.optimizer)
+        self.position = Position(**checkpoint.meta["position"])
+        self.epoch_totals = EpochTotals(**checkpoint.meta["epoch_totals"])
+        self.best = checkpoint.meta.get("best")
+        if "rng.torch_cpu" in checkpoint.state:
+            torch.set_rng_state(checkpoint.state["rng.torch_cpu"])
+
+    # ----------------------------------------------------------------- loop
+    def log(self, record: dict[str, Any]) -> None:
+        with open(self.metrics_path, "a") as file:
+            file.write(json.dumps(record) + "\n")
+
+    def _validate(self) -> dict[str, float] | None:
+        loader = self.parts.val_loader
+        if loader is None:
+            return None
+        val = self.config.val
+        specs = [
+            AttackSpec("clean", "clean"),
+            AttackSpec(f"pgd{val.steps}", "pgd", eps=val.eps, steps=val.steps, step_size=val.step_size,
+                       random_start=True),
+        ]
+        result = run_suite(self.parts.method.student, loader, specs, progress=self.progress, description="validate")
+        clean, robust = (result.outcomes[spec.name].accuracy for spec in specs)
+        return {"clean_acc": clean, "robust_acc": robust, "n": len(result.indices)}
+
+    def run(self) -> TrainResult:
+        config, parts = self.config, self.parts
+        loader = parts.train_loader
+        epochs = config.schedule.epochs
+        last_path = self.run_dir / LAST
+        while self.position.epoch < epochs:
+            epoch = self.position.epoch
+            lr = lr_at(epoch + 1, config.optim.lr, config.schedule)
+            for group in parts.optimizer.param_groups:
+                group["lr"] = lr
+            parts.method.train()
+            bar = tqdm(total=len(loader), initial=self.position.batch, desc=f"epoch {epoch + 1}/{epochs}",
+                       disable=not self.progress, dynamic_ncols=True, leave=False, file=sys.stderr)
+            pending: dict[str, torch.Tensor] = {}
+            pending_steps = 0
+            pending_seconds = 0.0
+            for batch in loader.batches(epoch, self.position.batch):
+                started = time.perf_counter()
+                self._ramp_attack()
+                parts.optimizer.zero_grad(set_to_none=True)
+                terms = parts.method(batch)
+                terms["loss"].backward()
+                parts.optimizer.step()
+                for name, value in terms.items():
+                    # float64 keeps the epoch means independent of where log intervals (or a resume) fall.
+                    pending[name] = pending.get(name, 0.0) + value.detach().double()
+                pending_steps += 1
+                pending_seconds += time.perf_counter() - started
+                self.position.batch += 1
+                self.position.global_step += 1
+                bar.update(1)
+                at_limit = config.max_steps is not None and self.position.global_step >= config.max_steps
+                if pending_steps == config.log_every or at_limit or self.position.batch == len(loader):
+                    self._flush(pending, pending_steps, pending_seconds, bar, lr)
+                    pending, pending_steps, pending_seconds = {}, 0, 0.0
+                if at_limit:
+                    bar.close()
+                    self._save(last_path, "last")
+                    self.log({"event": "stopped", "reason": "max_steps", **dataclasses.asdict(self.position)})
+                    return TrainResult(self.run_dir, last_path, self._best_path(), self.position, finished=False)
+            bar.close()
+            self._end_epoch(epoch, lr)
+        return TrainResult(self.run_dir, last_path, self._best_path(), self.position, finished=True)
+
+    def _ramp_attack(self) -> None:
+        """During the eps warm-up, the attack of the coming step (a function of the position only)."""
+        warmup = self.config.attack.eps_warmup_epochs
+        method = self.parts.method
+        if not warmup or method.attack is None:
+            return
+        steps_per_epoch = len(self.parts.train_loader)
+        done = self.position.epoch * steps_per_epoch + self.position.batch + 1
+        fraction = min(1.0, done / (warmup * steps_per_epoch))
+        method.attack = dataclasses.replace(method.attack, eps=self.config.attack.eps * fraction,
+                                            step_size=self.config.attack.step_size * fraction)
+
+    def _flush(self, pending: dict[str, torch.Tensor], steps: int, seconds: float, bar: tqdm, lr: float) -> None:
+        # One host sync per log interval: per-step .item() calls would stall the GPU pipeline.
+        values = {name: float(total) for name, total in pending.items()}
+        if not all(math.isfinite(value) for value in values.values()):
+            shown = ", ".join(f"{name} {value / steps:.4g}" for name, value in values.items())
+            raise TrainingDiverged(
+                f"loss became non-finite in epoch {self.position.epoch + 1} by step {self.position.global_step} "
+                f"({shown}); the last good checkpoint is {self.run_dir / LAST}"
+            )
+        for name, value in values.items():
+            self.epoch_totals.sums[name] = self.epoch_totals.sums.get(name, 0.0) + value
+        self.epoch_totals.steps += steps
+        self.epoch_totals.seconds += seconds
+        bar.set_postfix({"lr": f"{lr:.3g}", **{name: f"{value / steps:.4f}" for name, value in values.items()}},
+                        refresh=False)
+
+    def _end_epoch(self, epoch: int, lr: float) -> None:
+        config = self.config
+        epochs = config.schedule.epochs
+        val_metrics = None
+        if (epoch + 1) % config.val.every == 0 or epoch + 1 == epochs:
+            val_metrics = self._validate()
+        record = {
+            "event": "epoch", "epoch": epoch + 1, "global_step": self.position.global_step, "lr": lr,
+            "train": self.epoch_totals.means(), "train_seconds": round(self.epoch_totals.seconds, 3),
+            "val": val_metrics,
+        }
+        improved = val_metrics is not None and (
+            self.best is None or val_metrics["robust_acc"] > self.best["robust_acc"])
+        if improved:
+            self.best = {"epoch": epoch + 1, **val_metrics}
+        self.position = Position(epoch + 1, 0, self.position.global_step)
+        self.epoch_totals = EpochTotals()
+        self._save(self.run_dir / LAST, "last")
+        if improved:
+            self._save(self.run_dir / BEST, "best", with_optimizer=False)
+        if config.save_every and (epoch + 1) % config.save_every == 0:
+            self._save(self.run_dir / f"epoch-{epoch + 1:04d}.pt", "epoch", with_optimizer=False)
+        self.log(record)
+        if self.progress:
+            summary = ", ".join(f"{name} {value:.4f}" for name, value in record["train"].items())
+            if val_metrics is not None:
+                summary += (f" | held-out clean {100 * val_metrics['clean_acc']:.2f}%"
+                            f" PGD-{config.val.steps} {100 * val_metrics['robust_acc']:.2f}%")
+            tqdm.write(f"epoch {epoch + 1}/{epochs}: {summary}", file=sys.stderr)
+
+    def _best_path(self) -> Path | None:
+        path = self.run_dir / BEST
+        return path if path.exists() else None
+
+
+def _flatten_rng(rng: dict[str, Any]) -> dict[str, torch.Tensor]:
+    flat: dict[str, torch.Tensor] = {"torch_cpu": rng["torch_cpu"]}
+    for index, state in enumerate(rng.get("torch_cuda", [])):
+        flat[f"torch_cuda_{index}"] = state
+    return flat
+
+
+def _write_run_files(run_dir: Path, config: TrainConfig, parts: RunParts, argv: list[str] | None) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(config_to_yaml(config))
+    provenance = {
+        "code_version": code_version(), "environment": environment(), "argv": argv,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "device": str(parts.device),
+        "dataset_source": parts.dataset.source,
+    }
+    (run_dir / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
+    split = {"split_seed": config.data.split_seed, "val_size": len(parts.val_indices),
+             "train_size": len(parts.train_indices), "held_out_indices": parts.val_indices.tolist()}
+    if config.data.train_size is not None:
+        split["train_indices"] = parts.train_indices.tolist()
+    (run_dir / "split.json").write_text(json.dumps(split) + "\n")
+
+
+def _check_run_dir(run_dir: Path, resume: bool) -> Checkpoint | None:
+    if resume:
+        if not (run_dir / LAST).exists():
+            raise ConfigError(f"nothing to resume: {run_dir / LAST} does not exist")
+        return load_checkpoint(run_dir / LAST)
+    if (run_dir / LAST).exists():
+        raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another --out")
+    return None
+
+
+def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
+          argv: list[str] | None = None) -> TrainResult:
+    """Train as ``config`` says; with ``resume``, continue the run in ``config.out`` exactly."""
+    validate(config)
+    known_shape = expected_image_shape(config)
+    # With the input shape known up front, model/input mismatches and run-directory clashes are
+    # reported before any data is read.
+    early = resolve(config, known_shape) if known_shape is not None else None
+    checkpoint = _check_run_dir(Path(early.out), resume) if early is not None else None
+    dataset = load_data(config)
+    resolved = resolve(config, dataset.image_shape)
+    run_dir = Path(resolved.out)
+    if early is None:
+        checkpoint = _check_run_dir(run_dir, resume)
+    if checkpoint is not None:
+        changed = _differences(checkpoint.meta["config"], to_mapping(resolved))
+        if changed:
+            raise ConfigError(f"--resume with settings that differ from the run: {changed[0]}")
+    parts = build_parts(resolved, dataset)
+    trainer = Trainer(parts, run_dir, progress=progress)
+    if checkpoint is not None:
+        trainer.restore(checkpoint)
+        trainer.log({"event": "resumed", **dataclasses.asdict(trainer.position)})
+    else:
+        _write_run_files(run_dir, resolved, parts, argv)
+        trainer.log({"event": "started", "config": to_mapping(resolved)})
+    return trainer.run()
