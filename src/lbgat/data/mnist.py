@@ -2,6 +2,8 @@
 
 The file holds 500 images per class, sorted by class. The split is fixed and stratified: within
 each class, in file order, the first 400 images train and the last 100 test (4,000 / 1,000).
+Both splits interleave the classes (0, 1, ..., 9, 0, 1, ...), so that "the first n test images"
+(``lbgat eval --n``) is a class-balanced sample rather than n zeros.
 """
 
 from __future__ import annotations
@@ -31,9 +33,10 @@ def load_mnist_5k() -> Dataset:
     for digit in range(_NUM_CLASSES):
         members = np.flatnonzero(labels == digit)
         rank_in_class[members] = np.arange(len(members))
-    is_train = rank_in_class < _TRAIN_PER_CLASS
-    images = torch.from_numpy(pixels.astype(np.uint8).reshape(-1, 1, 28, 28))
-    labels_t = torch.from_numpy(labels)
+    interleaved = np.lexsort((labels, rank_in_class))  # by rank within the class, then by digit
+    is_train = rank_in_class[interleaved] < _TRAIN_PER_CLASS
+    images = torch.from_numpy(pixels[interleaved].astype(np.uint8).reshape(-1, 1, 28, 28))
+    labels_t = torch.from_numpy(labels[interleaved])
     mask = torch.from_numpy(is_train)
     return Dataset(
         name="mnist-5k",

@@ -25,11 +25,12 @@ def _require(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-def validate(config: TrainConfig) -> None:
+def validate(config: TrainConfig, *, dataset_given: bool = False) -> None:
     """Reject impossible or inconsistent settings before any data is read or network built."""
     get_method(config.method.name)
     method_params(config.method.name, config.method.params)
-    get_dataset_info(config.data.name)
+    if not dataset_given:
+        get_dataset_info(config.data.name)
     for name in (config.model, config.teacher):
         if name is not None:
             get_model_entry(name)
@@ -91,13 +92,20 @@ def expected_image_shape(config: TrainConfig) -> tuple[int, int, int] | None:
     return channels, height, width
 
 
+def _dataset_allows_flips(name: str) -> bool:
+    try:
+        return get_dataset_info(name).flips
+    except ConfigError:  # data passed from Python: the image shape decides (no flips for digits)
+        return True
+
+
 def resolve(config: TrainConfig, image_shape: tuple[int, int, int]) -> TrainConfig:
     """Every ``None``/``"auto"`` setting replaced by its concrete value for this data and method."""
     method_cls = get_method(config.method.name)
     channels, height, width = image_shape
     profile = threat_profile(channels)
     params = dataclasses.asdict(method_params(config.method.name, config.method.params))
-    flips_ok = get_dataset_info(config.data.name).flips
+    flips_ok = _dataset_allows_flips(config.data.name)
     data = dataclasses.replace(
         config.data,
         crop_padding=profile.crop_padding if config.data.crop_padding is None else config.data.crop_padding,

@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from ..checkpoint import Checkpoint, load_checkpoint, load_state_strict, save_checkpoint
 from ..config import TrainConfig, config_to_yaml
+from ..data import Dataset
 from ..errors import ConfigError, LbgatError
 from ..evaluate.specs import AttackSpec
 from ..evaluate.suite import run_suite
@@ -154,6 +155,8 @@ class Trainer:
         loader = parts.train_loader
         epochs = config.schedule.epochs
         last_path = self.run_dir / LAST
+        if self._at_step_limit():  # e.g. resumed with the --max-steps it already reached
+            return TrainResult(self.run_dir, last_path, self._best_path(), self.position, finished=False)
         while self.position.epoch < epochs:
             epoch = self.position.epoch
             lr = lr_at(epoch + 1, config.optim.lr, config.schedule)
@@ -180,7 +183,7 @@ class Trainer:
                 self.position.batch += 1
                 self.position.global_step += 1
                 bar.update(1)
-                at_limit = config.max_steps is not None and self.position.global_step >= config.max_steps
+                at_limit = self._at_step_limit()
                 if pending_steps == config.log_every or at_limit or self.position.batch == len(loader):
                     self._flush(pending, pending_steps, pending_seconds, bar, lr)
                     pending, pending_steps, pending_seconds = {}, 0, 0.0
@@ -192,6 +195,9 @@ class Trainer:
             bar.close()
             self._end_epoch(epoch, lr)
         return TrainResult(self.run_dir, last_path, self._best_path(), self.position, finished=True)
+
+    def _at_step_limit(self) -> bool:
+        return self.config.max_steps is not None and self.position.global_step >= self.config.max_steps
 
     def _ramp_attack(self) -> None:
         """During the eps warm-up, the attack of the coming step (a function of the position only)."""
@@ -290,15 +296,22 @@ def _check_run_dir(run_dir: Path, resume: bool) -> Checkpoint | None:
 
 
 def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
-          argv: list[str] | None = None) -> TrainResult:
-    """Train as ``config`` says; with ``resume``, continue the run in ``config.out`` exactly."""
-    validate(config)
-    known_shape = expected_image_shape(config)
+          argv: list[str] | None = None, dataset: Dataset | None = None) -> TrainResult:
+    """Train as ``config`` says; with ``resume``, continue the run in ``config.out`` exactly.
+
+    ``dataset`` trains on data built in Python (e.g. :func:`lbgat.data.from_tensors`) instead of
+    reading ``config.data.name``; ``config.data.name`` is then set to the dataset's name.
+    """
+    if dataset is not None:
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data, name=dataset.name, root=None))
+    validate(config, dataset_given=dataset is not None)
+    known_shape = dataset.image_shape if dataset is not None else expected_image_shape(config)
     # With the input shape known up front, model/input mismatches and run-directory clashes are
     # reported before any data is read.
     early = resolve(config, known_shape) if known_shape is not None else None
     checkpoint = _check_run_dir(Path(early.out), resume) if early is not None else None
-    dataset = load_data(config)
+    if dataset is None:
+        dataset = load_data(config)
     resolved = resolve(config, dataset.image_shape)
     run_dir = Path(resolved.out)
     if early is None:
