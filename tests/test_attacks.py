@@ -9,6 +9,7 @@ from torch import nn
 
 from lbgat.attacks import cw_margin_sum, fgsm, model_mode, pgd
 from lbgat.rng import ExampleRNG
+from references import official_attack
 
 TOLERANCE = 1e-6
 
@@ -148,23 +149,6 @@ def test_random_start_of_an_example_does_not_depend_on_its_batch() -> None:
     assert torch.equal(whole, torch.cat(halves))
 
 
-def official_trades_attack(model, x, start, eps, step_size, steps):
-    """The official TRADES/LBGAT training attack as the spec describes it: the clean prediction is
-    recomputed at every step (with gradients enabled), sum-KL, sign step, min/max projection, clamp."""
-    model.eval()
-    x_adv = x + start
-    for _ in range(steps):
-        x_adv.requires_grad_()
-        with torch.enable_grad():
-            loss = F.kl_div(F.log_softmax(model(x_adv), dim=1), F.softmax(model(x), dim=1), reduction="sum")
-        grad = torch.autograd.grad(loss, [x_adv])[0]
-        x_adv = x_adv.detach() + step_size * torch.sign(grad.detach())
-        x_adv = torch.min(torch.max(x_adv, x - eps), x + eps)
-        x_adv = torch.clamp(x_adv, 0.0, 1.0)
-    model.train()
-    return x_adv
-
-
 def test_kl_attack_with_cached_clean_prediction_equals_the_official_recomputing_one() -> None:
     torch.manual_seed(0)
     model = SmallBNNet().train()
@@ -173,7 +157,8 @@ def test_kl_attack_with_cached_clean_prediction_equals_the_official_recomputing_
     start = 0.001 * rng.normal(4, (3, 8, 8))
     ours = pgd(model, x, None, eps=0.031, step_size=0.007, steps=10, objective="kl", start="normal", rng=rng,
                stream=4)
-    assert torch.equal(ours, official_trades_attack(model, x, start, 0.031, 0.007, 10))
+    official = official_attack(model, x, None, start, eps=0.031, step_size=0.007, steps=10, objective="kl")
+    assert torch.equal(ours, official)
 
 
 def test_cw_margin_with_kappa_clamps_only_beyond_minus_kappa() -> None:

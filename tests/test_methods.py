@@ -13,6 +13,7 @@ from torch import nn
 from lbgat.data.loader import Batch
 from lbgat.methods import TrainAttack, create_method, get_method, list_methods
 from lbgat.rng import Stream
+from references import official_attack
 
 NUM_CLASSES = 5
 EPS, STEP, STEPS = 0.031, 0.007, 4
@@ -48,26 +49,12 @@ def kl_batchmean(target_logits: torch.Tensor, input_logits: torch.Tensor) -> tor
 
 
 def reference_attack(model: nn.Module, batch: Batch, objective: str, start: str) -> torch.Tensor:
-    """The official training attacks: eval mode, sign steps, min/max projection, clamp to [0, 1]."""
-    x = batch.x
-    shape = tuple(x.shape[1:])
+    shape = tuple(batch.x.shape[1:])
     if start == "normal":
-        x_adv = x + 0.001 * batch.rng.normal(Stream.TRAIN_ATTACK_START, shape)
+        noise = 0.001 * batch.rng.normal(Stream.TRAIN_ATTACK_START, shape)
     else:
-        x_adv = x + (batch.rng.uniform(Stream.TRAIN_ATTACK_START, shape) * 2 - 1) * EPS
-    model.eval()
-    for _ in range(STEPS):
-        x_adv.requires_grad_()
-        with torch.enable_grad():
-            logits = model(x_adv)
-            if objective == "kl":
-                loss = F.kl_div(F.log_softmax(logits, 1), F.softmax(model(x), 1), reduction="sum")
-            else:
-                loss = F.cross_entropy(logits, batch.y)
-        grad = torch.autograd.grad(loss, [x_adv])[0]
-        x_adv = torch.clamp(torch.min(torch.max(x_adv.detach() + STEP * grad.sign(), x - EPS), x + EPS), 0, 1)
-    model.train()
-    return x_adv.detach()
+        noise = (batch.rng.uniform(Stream.TRAIN_ATTACK_START, shape) * 2 - 1) * EPS
+    return official_attack(model, batch.x, batch.y, noise, eps=EPS, step_size=STEP, steps=STEPS, objective=objective)
 
 
 def reference_loss(name: str, student: nn.Module, teacher: nn.Module | None, batch: Batch,
