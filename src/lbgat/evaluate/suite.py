@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -42,7 +42,6 @@ class SuiteResult:
     outcomes: dict[str, AttackOutcome]
     indices: torch.Tensor  # dataset indices of the evaluated examples
     seconds: float = 0.0
-    extra: dict[str, object] = field(default_factory=dict)
 
 
 def adversarial_examples(model: nn.Module, batch: Batch, spec: AttackSpec) -> torch.Tensor:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from ..errors import ConfigError
 from .base import Method
 
@@ -28,5 +26,3 @@ def get_method(name: str) -> type[Method]:
 def list_methods() -> list[type[Method]]:
     return [_METHODS[name] for name in sorted(_METHODS)]
 
-
-MethodFactory = Callable[..., Method]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -214,6 +213,3 @@ def build_parts(config: TrainConfig, dataset: Dataset) -> RunParts:
     return RunParts(config, dataset, train_indices, val_indices, train_loader, val_loader, method, optimizer,
                     student_spec, teacher_spec, device)
 
-
-def steps_per_epoch(num_examples: int, batch_size: int) -> int:
-    return math.ceil(num_examples / batch_size)
