@@ -182,3 +182,40 @@ def test_invalid_settings_are_rejected(kwargs) -> None:
     settings = {"eps": 0.03, "step_size": 0.01, "steps": 2} | kwargs
     with pytest.raises(ValueError):
         pgd(binary_linear(), torch.rand(2, 3, 4, 4), torch.tensor([0, 1]), **settings)
+
+
+@pytest.mark.parametrize("objective", ["ce", "cw"])
+def test_l2_pgd_reaches_the_closed_form_worst_case_of_a_linear_model(objective: str) -> None:
+    eps = 0.5
+    model = binary_linear(seed=5)
+    x = interior_images(32, eps, seed=6)  # every coordinate at least eps from the box, so the L2 ball fits
+    y = torch.randint(0, 2, (32,), generator=torch.Generator().manual_seed(7))
+    # For two classes the L2 worst case lowers the margin by exactly eps * ||w_y - w_other||_2.
+    weight_gap = (model.weight[0] - model.weight[1]).norm().item()
+    worst = margins(model, x, y) - eps * weight_gap
+    x_adv = pgd(model, x, y, eps=eps, step_size=eps / 4, steps=50, objective=objective, start="uniform",
+                rng=ExampleRNG(0, 0, torch.arange(32)), norm="L2")
+    # On the sphere a fixed step turns the iterate towards the optimum geometrically, not in one step.
+    achieved = margins(model, x_adv, y)
+    assert (achieved >= worst - 1e-4).all()
+    assert torch.allclose(achieved, worst, atol=1e-3 * eps * weight_gap)
+
+
+@pytest.mark.parametrize("start", ["uniform", "none"])
+def test_l2_attacks_stay_in_the_l2_ball_and_in_the_unit_box(start: str) -> None:
+    torch.manual_seed(0)
+    model = SmallBNNet()
+    x = torch.rand(6, 3, 8, 8)
+    x[0] = 0.0
+    x[1] = 1.0
+    y = torch.randint(0, 5, (6,))
+    eps = 0.5
+    x_adv = pgd(model, x, y, eps=eps, step_size=0.2, steps=5, start=start, norm="L2",
+                rng=ExampleRNG(0, 0, torch.arange(6)))
+    assert (x_adv - x).flatten(1).norm(dim=1).max() <= eps * (1 + 1e-5)
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+    start_only = pgd(model, x, y, eps=eps, step_size=0.2, steps=0, start="uniform", norm="L2",
+                     rng=ExampleRNG(0, 0, torch.arange(6)))
+    assert (start_only - x).flatten(1).norm(dim=1).max() <= eps * (1 + 1e-5)
+    fgm = fgsm(model, x, y, eps=eps, norm="L2")
+    assert (fgm - x).flatten(1).norm(dim=1).max() <= eps * (1 + 1e-5) and fgm.min() >= 0 and fgm.max() <= 1

@@ -77,6 +77,11 @@ def save_checkpoint(path: Path, meta: dict[str, Any], state: dict[str, torch.Ten
     payload: dict[str, Any] = {"lbgat_checkpoint": FORMAT_VERSION, "meta": json.dumps(meta), "state": state}
     if optimizer is not None:
         payload["optimizer"] = optimizer
+    save_tensors_file(path, payload)
+
+
+def save_tensors_file(path: Path, payload: dict[str, Any]) -> None:
+    """``torch.save`` of plain containers, atomically: a temporary file in the same folder, fsync, rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -137,7 +142,10 @@ def read_tensors_file(path: str | Path) -> Any:
 def load_checkpoint(path: str | Path) -> Checkpoint:
     """A checkpoint written by lbgat (see :func:`save_checkpoint`)."""
     path = Path(path)
-    payload = read_tensors_file(path)
+    return _checkpoint_from_payload(read_tensors_file(path), path)
+
+
+def _checkpoint_from_payload(payload: object, path: Path) -> Checkpoint:
     if not isinstance(payload, dict) or "lbgat_checkpoint" not in payload:
         raise CheckpointError(
             f"{path} is not an lbgat checkpoint (a plain state dict? load it with --model ARCH)"
@@ -164,6 +172,17 @@ def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: 
         if result_unexpected:
             parts.append(f"unexpected keys: {listing(result_unexpected)}")
         raise CheckpointError(f"{source} does not fit the model: " + "; ".join(parts))
+    expected = model.state_dict()
+    mismatched = [key for key in expected if state[key].shape != expected[key].shape]
+    if mismatched:
+        def shape(tensor: torch.Tensor) -> str:
+            return "x".join(map(str, tensor.shape)) or "scalar"
+        shown = "; ".join(f"{key} is {shape(state[key])} in the file, {shape(expected[key])} in the model"
+                          for key in mismatched[:3])
+        more = f" (+{len(mismatched) - 3} more)" if len(mismatched) > 3 else ""
+        only_the_classifier = set(mismatched) <= set(list(expected)[-2:])
+        hint = " (wrong --num-classes?)" if only_the_classifier else ""
+        raise CheckpointError(f"{source} does not fit the model: shape mismatch: {shown}{more}{hint}")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:
@@ -179,9 +198,75 @@ def sha256_of(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> nn.Module:
-    """The trained (student) model of an lbgat checkpoint, in eval mode, taking inputs in [0, 1]."""
-    checkpoint = load_checkpoint(path)
-    model = checkpoint.student_spec.build()
-    load_state_strict(model, checkpoint.network_state("student"), checkpoint.path)
-    return model.to(device).eval()
+# Wrappers third-party code puts around a state dict (RobustBench, timm, common training scripts).
+_STATE_DICT_WRAPPERS = ("state_dict", "model_state_dict", "model", "net", "state")
+
+
+def _plain_state_dict(payload: object, path: Path) -> dict[str, torch.Tensor]:
+    """A third-party state dict: unwrapped and without DataParallel's ``module.`` prefix."""
+    if isinstance(payload, dict):
+        for key in _STATE_DICT_WRAPPERS:
+            inner = payload.get(key)
+            if isinstance(inner, dict) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+                payload = inner
+                break
+    if not isinstance(payload, dict) or not payload or not all(
+        isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in payload.items()
+    ):
+        raise CheckpointError(f"{path} holds neither an lbgat checkpoint nor a state dict of tensors")
+    if all(key.startswith("module.") for key in payload):
+        payload = {key.removeprefix("module."): value for key, value in payload.items()}
+    return dict(payload)
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for evaluation, and what it was loaded from."""
+
+    model: nn.Module
+    spec: ModelSpec
+    path: Path
+    meta: dict[str, Any] | None  # lbgat checkpoints only
+
+    @property
+    def kind(self) -> str:
+        return "lbgat checkpoint" if self.meta is not None else "state dict"
+
+
+def load_for_eval(path: str | Path, *, arch: str | None = None, num_classes: int | None = None,
+                  in_channels: int = 3, image_size: int = 32,
+                  device: str | torch.device = "cpu") -> LoadedModel:
+    """The student of an lbgat checkpoint, or a plain (e.g. official LBGAT/TRADES, RobustBench) state
+    dict loaded strictly into ``arch``; in eval mode, on ``device``, taking inputs in [0, 1]."""
+    path = Path(path)
+    payload = read_tensors_file(path)
+    if isinstance(payload, dict) and "lbgat_checkpoint" in payload:
+        checkpoint = _checkpoint_from_payload(payload, path)
+        spec = checkpoint.student_spec
+        if arch is not None and arch != spec.arch:
+            raise CheckpointError(f"{path} holds a {spec.arch}, not a {arch}; drop --model")
+        if num_classes is not None and num_classes != spec.num_classes:
+            raise CheckpointError(f"{path} has {spec.num_classes} classes, not {num_classes}")
+        state, meta = checkpoint.network_state("student"), checkpoint.meta
+    else:
+        if arch is None:
+            raise CheckpointError(f"{path} is a plain state dict: say which architecture it is with --model "
+                                  "(and --num-classes if not 10)")
+        state = _plain_state_dict(payload, path)
+        spec = ModelSpec(arch, num_classes or 10, in_channels, image_size)
+        meta = None
+    model = spec.build()
+    load_state_strict(model, state, path)
+    return LoadedModel(model.to(device).eval(), spec, path, meta)
+
+
+def load_model(path: str | Path, *, arch: str | None = None, num_classes: int | None = None,
+               in_channels: int = 3, image_size: int = 32, device: str | torch.device = "cpu") -> nn.Module:
+    """The trained (student) model of an lbgat checkpoint, in eval mode, taking inputs in [0, 1].
+
+    A plain state dict (official LBGAT/TRADES checkpoints, RobustBench files; a DataParallel
+    ``module.`` prefix is stripped) loads strictly into ``arch`` with ``num_classes`` classes.
+    Files are read with ``torch.load(weights_only=True)``: nothing in them can run code.
+    """
+    return load_for_eval(path, arch=arch, num_classes=num_classes, in_channels=in_channels,
+                         image_size=image_size, device=device).model

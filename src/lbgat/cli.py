@@ -63,23 +63,42 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _add_eval(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("eval", help="evaluate a checkpoint under white-box attacks",
-                                 description="Evaluate a checkpoint on the test split; writes report.json/report.md.")
-    parser.add_argument("checkpoint", type=Path)
-    parser.add_argument("--attacks", default="clean,pgd20",
-                        help="comma-separated: clean, fgsm, pgd<K>, cw<K> (default clean,pgd20)")
-    parser.add_argument("--n", type=int, help="evaluate the first N test examples (default all)")
-    parser.add_argument("--eps", type=float, help="L-inf radius (default: the dataset's, 0.031 on CIFAR)")
-    parser.add_argument("--step-size", type=float, help="PGD/CW step size (default 0.003 on CIFAR)")
+    parser = commands.add_parser(
+        "eval", help="evaluate a checkpoint: PGD, CW, AutoAttack, transfer, sanity checks",
+        description="Evaluate a model on the test split; writes report.json, report.md and per_sample.json. "
+                    "Under `torchrun --nproc_per_node N -m lbgat eval ...` the examples are sharded across processes.")
+    parser.add_argument("checkpoint", type=Path, help="an lbgat checkpoint, or a plain state dict with --model")
+    parser.add_argument("--attacks", help="comma-separated: clean, fgsm, pgd<K>, cw<K>, aa, transfer-pgd<K> "
+                                          "(default clean,pgd20, or the --protocol's list)")
+    parser.add_argument("--protocol", choices=["lbgat", "robustbench"],
+                        help="lbgat: eps 0.031, step 0.003, full test set, clean,pgd20,cw20,aa; "
+                             "robustbench: eps 8/255, first 10,000 test points, AutoAttack standard")
+    # --num-examples first: under torchrun, whose parser sees every argument, a bare --n is ambiguous.
+    parser.add_argument("--num-examples", "--n", dest="n", type=int,
+                        help="evaluate the first N test examples (default all)")
+    parser.add_argument("--norm", choices=["Linf", "L2"], help="threat model (default Linf)")
+    parser.add_argument("--eps", type=float, help="radius (default: the dataset's, 0.031 on CIFAR; 0.5 for L2)")
+    parser.add_argument("--step-size", type=float, help="PGD/CW step size (default 0.003 on CIFAR; 0.1 for L2)")
     parser.add_argument("--steps", type=int, help="override the number of steps of every pgd<K>/cw<K>")
     parser.add_argument("--cw-kappa", type=float, default=50.0, help="CW margin confidence (default 50)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random starts (default 0)")
-    parser.add_argument("--batch-size", type=int, default=200)
-    parser.add_argument("--dataset", help="evaluate on another dataset than the one trained on")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random starts and of AutoAttack (default 0)")
+    parser.add_argument("--batch-size", type=int, default=200, help="evaluation batch size (default 200)")
+    parser.add_argument("--aa-version", choices=["standard", "plus", "rand", "custom"],
+                        help="AutoAttack version (default standard)")
+    parser.add_argument("--aa-attacks", help="attacks of --aa-version custom, e.g. apgd-ce,apgd-t,fab-t,square")
+    parser.add_argument("--aa-batch-size", type=int, help="AutoAttack batch size (default --batch-size)")
+    parser.add_argument("--transfer-from", type=Path, help="black-box transfer: also craft PGD-20 on this source model "
+                                                              "and measure CHECKPOINT on it (adds transfer-pgd20)")
+    parser.add_argument("--source-model", help="architecture of --transfer-from when it is a plain state dict")
+    parser.add_argument("--model", help="architecture of CHECKPOINT when it is a plain state dict (e.g. wrn-34-10)")
+    parser.add_argument("--num-classes", type=int, help="classes of a plain state dict (default: the dataset's)")
+    parser.add_argument("--dataset", help="evaluate on this dataset (default: the one trained on)")
     parser.add_argument("--data-root", help="dataset folder (default: the one used in training)")
+    parser.add_argument("--check-n", type=int, default=100,
+                        help="examples for the PGD-100x5 strength check (default 100; 0 skips it)")
     parser.add_argument("--out", type=Path, help="report folder (default: eval-<checkpoint name> beside it)")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(handler=_run_eval)
 
 
@@ -89,15 +108,28 @@ def _run_eval(args: argparse.Namespace) -> int:
     request = EvalRequest(
         checkpoint=args.checkpoint, attacks=args.attacks, n=args.n, eps=args.eps, step_size=args.step_size,
         steps=args.steps, kappa=args.cw_kappa, seed=args.seed, batch_size=args.batch_size, dataset=args.dataset,
-        data_root=args.data_root, out=args.out, device=args.device,
+        data_root=args.data_root, out=args.out, device=args.device, protocol=args.protocol, norm=args.norm,
+        model=args.model, num_classes=args.num_classes, aa_version=args.aa_version, aa_attacks=args.aa_attacks,
+        aa_batch_size=args.aa_batch_size, transfer_from=args.transfer_from, source_model=args.source_model,
+        check_n=args.check_n,
     )
     report, out = evaluate_checkpoint(request, progress=not args.no_progress)
+    if not report:  # a non-main process of a sharded evaluation
+        return 0
     protocol = report["protocol"]
     arch = report["checkpoint"]["arch"]
-    print(f"{arch} on {protocol['dataset']} test, n = {protocol['n']}, eps = {protocol['eps']!r}")
+    print(f"{arch} on {protocol['dataset']} test, n = {protocol['n']}, {protocol['norm']} eps = {protocol['eps']!r}")
     for row in report["results"]:
-        print(f"  {row['attack']:>8}: {100 * row['accuracy']:6.2f}%  ({row['correct']}/{row['total']})  "
+        print(f"  {row['attack']:>15}: {100 * row['accuracy']:6.2f}%  ({row['correct']}/{row['total']})  "
               f"{row['description']}")
+        for step in row.get("cascade", []):
+            print(f"  {'':>15}   after {step['attack']}: {step['robust']}/{row['total']} ({step['seconds']:.1f} s)")
+    for check in report["checks"]:
+        if check["verdict"] in ("warn", "fail"):
+            label = "WARNING" if check["verdict"] == "warn" else "CHECK FAILED"
+            print(f"{label}: {check['name']}: {check['detail']}", file=sys.stderr)
+    passed = sum(check["verdict"] == "pass" for check in report["checks"])
+    print(f"sanity checks: {passed} of {len(report['checks'])} passed (details in the report)")
     print(f"report: {out / 'report.md'} and {out / 'report.json'}")
     return 0
 

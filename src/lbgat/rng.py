@@ -29,6 +29,8 @@ class Stream(enum.IntEnum):
     TRAIN_ATTACK_START = 4
     EVAL_ATTACK_START = 5
     SPLIT = 6
+    L2_START_RADIUS = 7
+    CHECK_RESTARTS = 100  # restart r of the evaluation's sanity checks uses CHECK_RESTARTS + r
 
 
 def _mul32_(words: torch.Tensor, constant: int, scratch: torch.Tensor) -> None:

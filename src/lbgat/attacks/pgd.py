@@ -1,4 +1,5 @@
-"""L-infinity PGD (sign steps, projection onto the epsilon-ball and [0, 1]) and FGSM."""
+"""PGD in L-infinity (sign steps) and L2 (normalised-gradient steps), with projection onto the
+epsilon-ball and [0, 1] after every step; FGSM / FGM as its one-step case."""
 
 from __future__ import annotations
 
@@ -14,22 +15,59 @@ from .objectives import OBJECTIVES, Objective, cross_entropy_sum, cw_margin_sum,
 
 Start = Literal["uniform", "normal", "none"]
 STARTS: tuple[str, ...] = ("uniform", "normal", "none")
+Norm = Literal["Linf", "L2"]
+NORMS: tuple[str, ...] = ("Linf", "L2")
+
+
+def _per_example_l2(tensor: torch.Tensor) -> torch.Tensor:
+    """The L2 norm of each example, shaped (B, 1, 1, ...) to broadcast against the batch."""
+    return tensor.flatten(1).norm(dim=1).reshape(-1, *([1] * (tensor.dim() - 1)))
 
 
 def _start_noise(
-    x: torch.Tensor, start: Start, eps: float, start_std: float, rng: ExampleRNG | None, stream: int
+    x: torch.Tensor, start: Start, eps: float, start_std: float, rng: ExampleRNG | None, stream: int, norm: Norm
 ) -> torch.Tensor:
     if start == "none":
         return torch.zeros_like(x)
     shape = tuple(x.shape[1:])
-    if start == "uniform":
+    if start == "normal":
+        noise = rng.normal(stream, shape) if rng is not None else torch.randn_like(x)
+        return noise.to(x.dtype) * start_std
+    if norm == "Linf":
         unit = rng.uniform(stream, shape) if rng is not None else torch.rand_like(x)
         return (unit.to(x.dtype) * 2.0 - 1.0) * eps
-    noise = rng.normal(stream, shape) if rng is not None else torch.randn_like(x)
-    return noise.to(x.dtype) * start_std
+    # L2 "uniform" start: a uniformly random direction at a radius drawn uniformly from [0, eps].
+    direction = rng.normal(stream, shape) if rng is not None else torch.randn_like(x)
+    radius = rng.uniform(Stream.L2_START_RADIUS) if rng is not None else torch.rand(x.shape[0], device=x.device)
+    radius = radius.to(x.dtype).reshape(-1, *([1] * len(shape)))
+    return direction.to(x.dtype) / _per_example_l2(direction).clamp_min(1e-12) * radius * eps
 
 
-def _check(eps: float, step_size: float, steps: int, objective: str, start: str) -> None:
+class _Projection:
+    """Onto the eps-ball around x, then into [0, 1] (which keeps it in the ball)."""
+
+    def __init__(self, x: torch.Tensor, eps: float, norm: Norm) -> None:
+        self.x, self.eps, self.norm = x, eps, norm
+        if norm == "Linf":  # computed once: this runs at every attack step
+            self.lower, self.upper = x - eps, x + eps
+
+    def __call__(self, x_adv: torch.Tensor) -> torch.Tensor:
+        if self.norm == "Linf":
+            return torch.minimum(torch.maximum(x_adv, self.lower), self.upper).clamp_(0.0, 1.0)
+        delta = x_adv - self.x
+        scale = (self.eps / _per_example_l2(delta).clamp_min(1e-12)).clamp(max=1.0)
+        return (self.x + delta * scale).clamp_(0.0, 1.0)
+
+
+def _ascent_step(grad: torch.Tensor, step_size: float, norm: Norm) -> torch.Tensor:
+    if norm == "Linf":
+        return step_size * grad.sign()
+    return step_size * grad / _per_example_l2(grad).clamp_min(1e-12)
+
+
+def _check(eps: float, step_size: float, steps: int, objective: str, start: str, norm: str) -> None:
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
     if eps < 0:
         raise ValueError(f"eps must be >= 0, got {eps}")
     if steps < 0:
@@ -57,13 +95,16 @@ def pgd(
     rng: ExampleRNG | None = None,
     stream: int = Stream.EVAL_ATTACK_START,
     bn_mode: BNMode = "eval",
+    norm: Norm = "Linf",
 ) -> torch.Tensor:
-    """L-infinity projected gradient ascent on ``objective``; returns the final iterate, detached.
+    """Projected gradient ascent on ``objective``; returns the final iterate, detached.
 
     Args:
         model: maps images in [0, 1] of shape (B, C, H, W) to logits (B, K).
         x: clean images in [0, 1]. y: labels (B,), unused by the label-free ``"kl"`` objective.
-        eps, step_size, steps: radius, sign-step size and number of steps.
+        eps, step_size, steps: radius, step size and number of steps.
+        norm: ``"Linf"`` (sign steps) or ``"L2"`` (steps along the L2-normalised gradient; the
+            ``"uniform"`` start is then a random direction at a radius uniform in [0, eps]).
         objective: ``"ce"`` (cross-entropy), ``"cw"`` (CW margin with ``kappa``) or ``"kl"``
             (TRADES: KL between the clean and the adversarial prediction).
         start: ``"uniform"`` x + U(-eps, eps) (PGD-20 of TRADES' evaluation), ``"normal"``
@@ -75,12 +116,12 @@ def pgd(
     Only input gradients are computed (``torch.autograd.grad`` w.r.t. the input), and the clean
     prediction the KL objective compares against is computed once, not at every step.
     """
-    _check(eps, step_size, steps, objective, start)
+    _check(eps, step_size, steps, objective, start, norm)
     if objective != "kl" and y is None:
         raise ValueError(f"objective {objective!r} needs labels")
     x = x.detach()
-    lower, upper = x - eps, x + eps
-    x_adv = x + _start_noise(x, start, eps, start_std, rng, stream)
+    project = _Projection(x, eps, norm)
+    x_adv = x + _start_noise(x, start, eps, start_std, rng, stream, norm)
     with model_mode(model, bn_mode):
         clean_probs = None
         if objective == "kl":
@@ -97,13 +138,14 @@ def pgd(
                 else:
                     loss = kl_from_clean_sum(logits, clean_probs)
             (grad,) = torch.autograd.grad(loss, x_adv)
-            x_adv = x_adv.detach() + step_size * grad.sign()
-            x_adv = torch.minimum(torch.maximum(x_adv, lower), upper).clamp_(0.0, 1.0)
+            x_adv = project(x_adv.detach() + _ascent_step(grad, step_size, norm))
     if steps == 0:
-        x_adv = torch.minimum(torch.maximum(x_adv, lower), upper).clamp_(0.0, 1.0)
+        x_adv = project(x_adv)
     return x_adv.detach()
 
 
-def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, bn_mode: BNMode = "eval") -> torch.Tensor:
-    """Single step of size eps along sign(grad CE) from the clean image, clipped to [0, 1]."""
-    return pgd(model, x, y, eps=eps, step_size=eps, steps=1, objective="ce", start="none", bn_mode=bn_mode)
+def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, bn_mode: BNMode = "eval",
+         norm: Norm = "Linf") -> torch.Tensor:
+    """One step of size eps from the clean image along sign(grad CE) (L-inf; FGSM) or the
+    L2-normalised gradient (L2; FGM), clipped to [0, 1]."""
+    return pgd(model, x, y, eps=eps, step_size=eps, steps=1, objective="ce", start="none", bn_mode=bn_mode, norm=norm)

@@ -16,13 +16,40 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(temporary, path)
 
 
+VERDICT_MARKS = {"pass": "pass", "warn": "**WARNING**", "fail": "**FAILED**", "skipped": "skipped"}
+
+
+def _autoattack_lines(row: dict[str, Any]) -> list[str]:
+    settings = row["autoattack"]
+    lines = [
+        "",
+        f"## AutoAttack ({settings['version']}) cascade",
+        "",
+        f"{settings['source']}; seed {settings['seed']}, batch size {settings['batch_size']}, "
+        f"{settings['n_target_classes']} target classes; run in {settings['how']}"
+        + (f"; resumed after {', '.join(settings['resumed_after'])}" if settings["resumed_after"] else "") + ".",
+        "",
+        "| after | robust accuracy | robust / total | time (s) |",
+        "|---|---:|---:|---:|",
+        f"| clean | {100 * row['clean_accuracy']:.2f}% | | |",
+    ]
+    for step in row["cascade"]:
+        accuracy = "" if step["robust_accuracy"] is None else f"{100 * step['robust_accuracy']:.2f}%"
+        note = " (skipped: nothing left)" if step["skipped"] else ""
+        lines.append(f"| {step['attack']}{note} | {accuracy} | {step['robust']} / {row['total']} "
+                     f"| {step['seconds']:.1f} |")
+    return lines
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     protocol, checkpoint = report["protocol"], report["checkpoint"]
+    title = checkpoint["arch"] + (f" ({checkpoint['method']})" if checkpoint.get("method") else "")
+    trained = (f"{checkpoint['kind']}, {checkpoint['epochs_done']} epochs, {checkpoint['global_step']} steps"
+               if checkpoint.get("kind") else checkpoint["format"])
     lines = [
-        f"# Robustness report: {checkpoint['arch']} ({checkpoint['method']})",
+        f"# Robustness report: {title}",
         "",
-        f"Checkpoint `{checkpoint['path']}` (sha256 `{checkpoint['sha256'][:16]}…`, {checkpoint['kind']}, "
-        f"{checkpoint['epochs_done']} epochs, {checkpoint['global_step']} steps).",
+        f"Checkpoint `{checkpoint['path']}` (sha256 `{checkpoint['sha256'][:16]}…`, {trained}).",
         "",
         "| attack | accuracy | correct / total | settings | time (s) |",
         "|---|---:|---:|---|---:|",
@@ -30,19 +57,37 @@ def render_markdown(report: dict[str, Any]) -> str:
     for row in report["results"]:
         lines.append(f"| {row['attack']} | {100 * row['accuracy']:.2f}% | {row['correct']} / {row['total']} "
                      f"| {row['description']} | {row['seconds']:.1f} |")
+    if "transfer" in report:
+        source = report["transfer"]
+        lines += ["", f"Transfer attacks are crafted on `{source['source']}` ({source['source_arch']}, sha256 "
+                      f"`{source['source_sha256'][:16]}…`) and evaluated on this model."]
+    for row in report["results"]:
+        if row["attack"] == "aa":
+            lines += _autoattack_lines(row)
+    lines += ["", "## Sanity checks", "", "| check | verdict | detail |", "|---|---|---|"]
+    for check in report.get("checks", []):
+        lines.append(f"| {check['name']} | {VERDICT_MARKS[check['verdict']]} | {check['detail']} |")
+    lines += ["", "## Consistency of the adversarial inputs", "",
+              "| attack | max perturbation | eps | outside [0, 1] by | verdict |", "|---|---:|---:|---:|---|"]
+    for row in report.get("consistency", []):
+        verdict = "ok" if row["ok"] else f"**INCONSISTENT**: {row['problem']}"
+        lines.append(f"| {row['attack']} | {row['max_perturbation']:.6g} ({row['norm']}) | {row['eps']:.6g} "
+                     f"| {row['max_box_violation']:.3g} | {verdict} |")
     version = report["code_version"]
     commit = version.get("git_commit")
+    preset = f" (preset: {protocol['preset']})" if protocol.get("preset") else ""
     lines += [
         "",
-        "## Protocol",
+        "## Protocol" + preset,
         "",
         f"- data: {protocol['dataset']} ({protocol['data_source']}), {protocol['split']} split, "
         f"{protocol['examples']} (n = {protocol['n']} of {protocol['n_available']})",
         f"- threat model: {protocol['norm']}, eps = {protocol['eps']!r} (as given; 8/255 = {8 / 255:.6f} is different)",
         f"- model in {protocol['bn_mode']} mode, {protocol['dtype']}, on {protocol['device']}, "
-        f"batch size {protocol['batch_size']}",
+        f"batch size {protocol['batch_size']}; processes: {protocol['sharding']}",
         f"- random start: {protocol['random_start']}; seed {protocol['seed']}",
         f"- reported iterate: {protocol['reported_iterate']}",
+        f"- sanity checks on the first {protocol['check_n']} examples",
         f"- code: lbgat {version['lbgat']}" + (f", commit {commit[:12]}" if commit else "")
         + (" (modified)" if version.get("git_dirty") else ""),
         f"- run: {report['started']}, {report['seconds']:.1f} s",

@@ -1,32 +1,59 @@
-"""``lbgat eval``: a checkpoint, a test split and a list of attacks -> report.json and report.md."""
+"""``lbgat eval``: a model, a test split and a list of attacks -> report.json, report.md, per-sample flags.
+
+Order of work on each process: the white-box (and transfer) attacks on its shard, then AutoAttack
+on its shard (resumable), then the main process runs the sanity checks, merges every rank's
+per-example outcomes, checks their consistency and writes the report.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
-from ..checkpoint import load_checkpoint, load_state_strict, sha256_of
+from ..checkpoint import LoadedModel, load_for_eval, sha256_of
 from ..config import threat_profile
-from ..data import load_dataset
+from ..data import Dataset, load_dataset
 from ..data.loader import DeviceLoader
-from ..errors import ConfigError
+from ..errors import ConfigError, LbgatError
 from ..provenance import code_version, environment
 from ..train.setup import resolve_device
+from .autoattack import AA_PACKAGE, AA_SOURCE, AAResult, AASettings, run_autoattack
+from .checks import CheckInputs, run_checks
+from .distributed import World, device_for, gather, process_group, shard_indices, world_from_environment
 from .report import write_report
-from .specs import parse_attacks
-from .suite import run_suite
+from .specs import AttackSpec, parse_attacks
+from .suite import box_violation, perturbation_size, run_suite
+
+# Presets of the two protocols people compare against; explicit flags override them.
+PROTOCOLS: dict[str, dict[str, Any]] = {
+    # LBGAT/TRADES papers: eps 0.031 (not 8/255), PGD/CW at step 0.003, the full test set.
+    "lbgat": {"eps": 0.031, "step_size": 0.003, "n": None, "attacks": "clean,pgd20,cw20,aa", "norm": "Linf"},
+    # RobustBench leaderboard: eps 8/255, the first 10,000 test points, AutoAttack standard.
+    "robustbench": {"eps": 8 / 255, "n": 10_000, "attacks": "clean,aa", "norm": "Linf", "aa_version": "standard"},
+}
+L2_DEFAULTS = {"eps": 0.5, "step_size": 0.1}  # the common CIFAR L2 threat model (RobustBench L2: 0.5)
+LINF_TOLERANCE = 1e-6  # float rounding of x + eps
+L2_TOLERANCE = 1e-5
+
+
+class InconsistentEvaluation(LbgatError):
+    """The adversarial inputs do not reproduce the reported accuracy, or leave the threat model."""
+
+    exit_code = 3
 
 
 @dataclass(frozen=True)
 class EvalRequest:
     checkpoint: Path
-    attacks: str = "clean,pgd20"
+    attacks: str | None = None  # default: the protocol's, else clean,pgd20
     n: int | None = None
-    eps: float | None = None  # default: the dataset's threat model (0.031 on CIFAR, 0.3 on MNIST)
+    eps: float | None = None  # default: the protocol's, else the dataset's threat model
     step_size: float | None = None
     steps: int | None = None  # overrides the number in every pgd<K>/cw<K> name
     kappa: float = 50.0
@@ -36,93 +63,315 @@ class EvalRequest:
     data_root: str | None = None
     out: Path | None = None
     device: str = "auto"
+    protocol: str | None = None  # lbgat | robustbench
+    norm: str | None = None  # Linf (default) | L2
+    model: str | None = None  # architecture of a plain state dict
+    num_classes: int | None = None
+    aa_version: str | None = None
+    aa_attacks: str | None = None
+    aa_batch_size: int | None = None  # default: --batch-size
+    transfer_from: Path | None = None
+    source_model: str | None = None
+    check_n: int = 100
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The request with every default resolved."""
+
+    attacks: list[AttackSpec]
+    eps: float
+    step_size: float
+    norm: str
+    count: int
+    aa: AASettings | None
 
 
 def check_request(request: EvalRequest) -> None:
     """Reject impossible settings before loading anything."""
-    if request.eps is not None and not 0.0 <= request.eps <= 1.0:
+    if request.protocol is not None and request.protocol not in PROTOCOLS:
+        raise ConfigError(f"unknown protocol {request.protocol!r}; known: {', '.join(PROTOCOLS)}")
+    if request.eps is not None and not 0.0 <= request.eps <= (1.0 if request.norm != "L2" else 1e3):
         raise ConfigError(f"--eps must be in [0, 1] (images are in [0, 1]), got {request.eps}")
-    if request.step_size is not None and request.step_size <= 0:
-        raise ConfigError(f"--step-size must be > 0, got {request.step_size}")
-    if request.steps is not None and request.steps < 1:
-        raise ConfigError(f"--steps must be >= 1, got {request.steps}")
-    if request.n is not None and request.n < 1:
-        raise ConfigError(f"--n must be >= 1, got {request.n}")
-    if request.batch_size < 1:
-        raise ConfigError(f"--batch-size must be >= 1, got {request.batch_size}")
-    if request.seed < 0:
-        raise ConfigError(f"--seed must be >= 0, got {request.seed}")
-    # Parse early so that a typo in --attacks fails before the checkpoint and data are read.
-    parse_attacks(request.attacks, eps=request.eps or 0.0, step_size=request.step_size or 1.0, default_steps=20,
-                  kappa=request.kappa, steps=request.steps)
+    if request.norm is not None and request.norm not in ("Linf", "L2"):
+        raise ConfigError(f"--norm must be Linf or L2, got {request.norm!r}")
+    for flag, value, minimum in (("--step-size", request.step_size, None), ("--steps", request.steps, 1),
+                                 ("--n", request.n, 1), ("--batch-size", request.batch_size, 1),
+                                 ("--seed", request.seed, 0), ("--num-classes", request.num_classes, 2),
+                                 ("--aa-batch-size", request.aa_batch_size, 1), ("--check-n", request.check_n, 0)):
+        if value is None:
+            continue
+        if minimum is None and value <= 0:
+            raise ConfigError(f"{flag} must be > 0, got {value}")
+        if minimum is not None and value < minimum:
+            raise ConfigError(f"{flag} must be >= {minimum}, got {value}")
+    attacks = request.attacks or PROTOCOLS.get(request.protocol or "", {}).get("attacks") or "clean,pgd20"
+    specs = parse_attacks(attacks, eps=request.eps or 0.0, step_size=request.step_size or 1.0, default_steps=20,
+                          kappa=request.kappa, steps=request.steps)
+    if any(spec.kind == "transfer" for spec in specs) and request.transfer_from is None:
+        raise ConfigError("a transfer-pgd attack needs --transfer-from SOURCE_CHECKPOINT")
+    if request.aa_attacks and not any(spec.kind == "aa" for spec in specs):
+        raise ConfigError("--aa-attacks given but 'aa' is not in --attacks")
+
+
+def plan(request: EvalRequest, dataset: Dataset) -> Plan:
+    preset = PROTOCOLS.get(request.protocol or "", {})
+    norm = request.norm or preset.get("norm", "Linf")
+    profile = threat_profile(dataset.image_shape[0])
+    defaults = L2_DEFAULTS if norm == "L2" else {"eps": profile.eps, "step_size": profile.eval_step_size}
+    eps = request.eps if request.eps is not None else preset.get("eps", defaults["eps"])
+    step_size = request.step_size if request.step_size is not None else preset.get("step_size",
+                                                                                    defaults["step_size"])
+    attacks = request.attacks or preset.get("attacks") or "clean,pgd20"
+    if request.transfer_from is not None and "transfer-pgd" not in attacks:
+        attacks += ",transfer-pgd20"
+    specs = parse_attacks(attacks, eps=eps, step_size=step_size, default_steps=profile.eval_steps,
+                          kappa=request.kappa, steps=request.steps, norm=norm)
+    n = request.n if request.n is not None else preset.get("n")
+    count = len(dataset.test) if n is None else min(n, len(dataset.test))
+    aa = None
+    if any(spec.kind == "aa" for spec in specs):
+        version = request.aa_version or preset.get("aa_version", "standard")
+        chosen = tuple(name.strip() for name in request.aa_attacks.split(",")) if request.aa_attacks else None
+        aa = AASettings(eps=eps, norm=norm, version=version, attacks=chosen, seed=request.seed,
+                        batch_size=request.aa_batch_size or request.batch_size)
+        aa.check()
+    return Plan(specs, eps, step_size, norm, count, aa)
 
 
 def default_out(checkpoint: Path) -> Path:
     return checkpoint.parent / f"eval-{checkpoint.stem}"
 
 
-def evaluate_checkpoint(request: EvalRequest, *, progress: bool = True) -> tuple[dict[str, Any], Path]:
-    """Run the request; returns the report and the folder it was written to."""
-    check_request(request)
-    device = resolve_device(request.device)
-    checkpoint = load_checkpoint(request.checkpoint)
-    spec = checkpoint.student_spec
-    model = spec.build()
-    load_state_strict(model, checkpoint.network_state("student"), checkpoint.path)
-    model.to(device).eval()
-
-    trained_on = checkpoint.meta.get("dataset", {})
-    dataset_name = request.dataset or trained_on.get("name")
-    data_root = request.data_root or trained_on.get("root")
-    image_size = checkpoint.meta.get("config", {}).get("data", {}).get("image_size")
-    dataset = load_dataset(dataset_name, data_root, image_size=image_size)
-    if dataset.image_shape != (spec.in_channels, spec.image_size, spec.image_size):
-        raise ConfigError(f"{dataset_name} images are {'x'.join(map(str, dataset.image_shape))}, but the model was "
-                          f"trained on {spec.in_channels}x{spec.image_size}x{spec.image_size}")
+def _load_models(request: EvalRequest, device: torch.device) -> tuple[LoadedModel, Dataset, LoadedModel | None]:
+    """The model (lbgat checkpoint or plain state dict), its test data, and the transfer source."""
+    if request.dataset is not None:
+        dataset = load_dataset(request.dataset, request.data_root)
+        channels, height, _ = dataset.image_shape
+        loaded = load_for_eval(request.checkpoint, arch=request.model,
+                               num_classes=request.num_classes or dataset.num_classes,
+                               in_channels=channels, image_size=height)
+    else:
+        loaded = load_for_eval(request.checkpoint, arch=request.model, num_classes=request.num_classes)
+        if loaded.meta is None:
+            raise ConfigError(f"{request.checkpoint} is a plain state dict: say which data to evaluate on with "
+                              "--dataset (and --data-root)")
+        trained_on = loaded.meta.get("dataset", {})
+        image_size = loaded.meta.get("config", {}).get("data", {}).get("image_size")
+        dataset = load_dataset(trained_on.get("name"), request.data_root or trained_on.get("root"),
+                               image_size=image_size)
+    spec = loaded.spec
+    channels, height, width = dataset.image_shape
+    if (spec.in_channels, spec.image_size, spec.image_size) != dataset.image_shape:
+        raise ConfigError(f"{dataset.name} images are {channels}x{height}x{width}, but the model takes "
+                          f"{spec.in_channels}x{spec.image_size}x{spec.image_size}")
     if dataset.num_classes != spec.num_classes:
-        raise ConfigError(f"{dataset_name} has {dataset.num_classes} classes, the model {spec.num_classes}")
+        raise ConfigError(f"{dataset.name} has {dataset.num_classes} classes, the model {spec.num_classes}")
+    source = None
+    if request.transfer_from is not None:
+        source = load_for_eval(request.transfer_from, arch=request.source_model, num_classes=spec.num_classes,
+                               in_channels=channels, image_size=height, device=device)
+        if source.spec.num_classes != spec.num_classes:
+            raise ConfigError(f"the transfer source has {source.spec.num_classes} classes, the model "
+                              f"{spec.num_classes}")
+    loaded.model.to(device)
+    return loaded, dataset, source
 
-    profile = threat_profile(dataset.image_shape[0])
-    eps = profile.eps if request.eps is None else request.eps
-    step_size = profile.eval_step_size if request.step_size is None else request.step_size
-    specs = parse_attacks(request.attacks, eps=eps, step_size=step_size, default_steps=profile.eval_steps,
-                          kappa=request.kappa, steps=request.steps)
-    total = len(dataset.test)
-    count = total if request.n is None else min(request.n, total)
+
+def _aa_consistency(model: nn.Module, x: torch.Tensor, y: torch.Tensor, result: AAResult,
+                    batch_size: int) -> dict[str, Any]:
+    """Accuracy recomputed on the returned adversarial inputs, and their distance to the clean ones."""
+    x_adv = result.x_adv.to(x.device)
+    with torch.no_grad():
+        predictions = torch.cat([model(x_adv[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)]) \
+            if len(x) else torch.zeros(0, dtype=torch.int64, device=x.device)
+    recomputed = (predictions == y).cpu()
+    return {"recomputed_correct": recomputed, "max_perturbation": perturbation_size(x_adv, x, result.settings.norm),
+            "max_box_violation": box_violation(x_adv)}
+
+
+def _evaluate_shard(request: EvalRequest, plan_: Plan, loaded: LoadedModel, dataset: Dataset,
+                    source: LoadedModel | None, world: World, device: torch.device, out: Path, sha256: str,
+                    progress: bool) -> dict[str, Any]:
+    positions = shard_indices(plan_.count, request.batch_size, world)
     loader = DeviceLoader(dataset.test, batch_size=request.batch_size, seed=request.seed, device=device,
-                          indices=torch.arange(count))
-    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    result = run_suite(model, loader, specs, progress=progress)
+                          indices=positions)
+    suite_specs = [spec for spec in plan_.attacks if spec.kind != "aa"]
+    suite = run_suite(loaded.model, loader, suite_specs, progress=progress and world.is_main,
+                      source=source.model if source else None)
+    payload: dict[str, Any] = {"indices": positions, "outcomes": suite.outcomes, "seconds": suite.seconds}
+    if plan_.aa is not None:
+        x = dataset.test.images[positions].to(device).float().div_(255)
+        y = dataset.test.labels[positions].to(device)
+        name = "aa_state.pt" if not world.sharded else f"aa_state.rank{world.rank}-of-{world.size}.pt"
+        context = {"model_sha256": sha256, "dataset": dataset.name, "examples": hashlib.sha256(
+            positions.numpy().tobytes()).hexdigest(), "count": len(positions)}
+        result = run_autoattack(loaded.model, x, y, plan_.aa, num_classes=loaded.spec.num_classes,
+                                state_path=out / name, context=context, progress=progress)
+        payload["aa"] = result
+        payload["aa_consistency"] = _aa_consistency(loaded.model, x, y, result, plan_.aa.batch_size)
+    return payload
 
-    report = {
-        "lbgat_report": 1,
+
+def _check_inputs(request: EvalRequest, plan_: Plan, dataset: Dataset, device: torch.device) -> CheckInputs:
+    count = min(max(request.check_n, 1), plan_.count)
+    return CheckInputs(dataset.test.images[:count].to(device).float().div_(255),
+                       dataset.test.labels[:count].to(device), torch.arange(count, device=device),
+                       plan_.eps, plan_.step_size, plan_.norm, request.seed)
+
+
+def evaluate_checkpoint(request: EvalRequest, *, progress: bool = True) -> tuple[dict[str, Any], Path]:
+    """Run the request; returns the report and the folder it was written to (on the main process)."""
+    check_request(request)
+    world = world_from_environment()
+    device = device_for(world, resolve_device(request.device))
+    with process_group(world, device):
+        loaded, dataset, source = _load_models(request, device)
+        plan_ = plan(request, dataset)
+        out = request.out or default_out(loaded.path)
+        out.mkdir(parents=True, exist_ok=True)
+        sha256 = sha256_of(loaded.path)
+        started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        clock = time.perf_counter()
+        payload = _evaluate_shard(request, plan_, loaded, dataset, source, world, device, out, sha256, progress)
+        checks = None
+        if world.is_main:
+            aa_here = payload.get("aa")
+            checks = run_checks(loaded.model, _check_inputs(request, plan_, dataset, device),
+                                aa=aa_here, strength=request.check_n > 0)
+        shards = gather(payload, world)
+        if not world.is_main:
+            return {}, out
+        report, per_sample, indices = _merge(shards, plan_, request, world)
+        report.update(_header(request, plan_, loaded, dataset, source, world, device, sha256, started,
+                              time.perf_counter() - clock))
+        report["checks"] = [check.to_dict() for check in checks or []]
+        write_report(report, out, per_sample=per_sample, indices=indices)
+    failures = [row for row in report["consistency"] if not row["ok"]]
+    if failures:
+        raise InconsistentEvaluation(f"report written to {out}, but it is INCONSISTENT: {failures[0]['problem']}")
+    return report, out
+
+
+def _merge(shards: list[dict[str, Any]], plan_: Plan, request: EvalRequest, world: World
+           ) -> tuple[dict[str, Any], dict[str, torch.Tensor], torch.Tensor]:
+    positions = torch.cat([shard["indices"] for shard in shards])
+    order = torch.argsort(positions)
+    indices = positions[order]
+    per_sample: dict[str, torch.Tensor] = {}
+    results: list[dict[str, Any]] = []
+    consistency: list[dict[str, Any]] = []
+    for spec in plan_.attacks:
+        if spec.kind == "aa":
+            row, flags, check = _merge_aa(shards, spec, order, world)
+        else:
+            outcomes = [shard["outcomes"][spec.name] for shard in shards]
+            flags = torch.cat([outcome.correct for outcome in outcomes])[order]
+            row = {"attack": spec.name, "description": spec.describe(), "accuracy": _mean(flags),
+                   "correct": int(flags.sum()), "total": len(flags),
+                   "seconds": round(max(outcome.seconds for outcome in outcomes), 3), **spec.to_dict()}
+            check = _ball_check(spec.name, spec.eps, spec.norm, max(o.max_perturbation for o in outcomes),
+                                max(o.max_box_violation for o in outcomes))
+        per_sample[spec.name] = flags
+        results.append(row)
+        consistency.append(check)
+    return {"results": results, "consistency": consistency}, per_sample, indices
+
+
+def _mean(flags: torch.Tensor) -> float:
+    return float(flags.float().mean()) if len(flags) else float("nan")
+
+
+def _ball_check(name: str, eps: float, norm: str, perturbation: float, box: float,
+                recomputed: float | None = None, reported: float | None = None) -> dict[str, Any]:
+    tolerance = LINF_TOLERANCE if norm == "Linf" else eps * L2_TOLERANCE + LINF_TOLERANCE
+    problems = []
+    if perturbation > eps + tolerance:
+        problems.append(f"{name} inputs are up to {perturbation:.6g} from the clean ones ({norm}), beyond eps {eps:g}")
+    if box > 0:
+        problems.append(f"{name} inputs leave [0, 1] by up to {box:.3g}")
+    if recomputed is not None and recomputed != reported:
+        problems.append(f"{name} accuracy recomputed on its adversarial inputs is {100 * recomputed:.2f}%, "
+                        f"the attack reported {100 * reported:.2f}%")
+    row = {"attack": name, "max_perturbation": perturbation, "eps": eps, "norm": norm, "max_box_violation": box,
+           "ok": not problems, "problem": "; ".join(problems) or None}
+    if recomputed is not None:
+        row.update({"recomputed_accuracy": recomputed, "reported_accuracy": reported})
+    return row
+
+
+def _merge_aa(shards: list[dict[str, Any]], spec: AttackSpec, order: torch.Tensor, world: World
+              ) -> tuple[dict[str, Any], torch.Tensor, dict[str, Any]]:
+    results: list[AAResult] = [shard["aa"] for shard in shards]
+    flags = torch.cat([result.robust for result in results])[order]
+    recomputed = torch.cat([shard["aa_consistency"]["recomputed_correct"] for shard in shards])[order]
+    total = len(flags)
+    cascade = []
+    for step_number, attack in enumerate(results[0].attacks):
+        steps = [result.cascade[step_number] for result in results]
+        robust = sum(step.robust for step in steps)
+        cascade.append({"attack": attack, "robust": robust, "robust_accuracy": robust / total if total else None,
+                        "seconds": round(max(step.seconds for step in steps), 3),
+                        "skipped": all(step.skipped for step in steps)})
+    settings = results[0].settings
+    row = {"attack": "aa", "description": spec.describe(), "accuracy": _mean(flags), "correct": int(flags.sum()),
+           "total": total, "seconds": round(sum(step["seconds"] for step in cascade), 3), **spec.to_dict(),
+           "clean_accuracy": _mean(torch.cat([result.clean_correct for result in results])[order]),
+           "cascade": cascade,
+           "autoattack": {
+               "package": AA_PACKAGE, "source": AA_SOURCE, "version": settings.version,
+               "attacks": results[0].attacks, "seed": settings.seed, "batch_size": settings.batch_size,
+               "n_target_classes": results[0].n_target_classes,
+               "resumed_after": results[0].resumed_attacks,
+               "how": ("one process" if not world.sharded else
+                       f"sharded over {world.size} processes by whole batches; AutoAttack reseeds on every batch "
+                       "of still-robust points, so per-example results are statistically, not bitwise, equal to "
+                       "a single-process run"),
+           }}
+    check = _ball_check("aa", settings.eps, settings.norm,
+                        max(shard["aa_consistency"]["max_perturbation"] for shard in shards),
+                        max(shard["aa_consistency"]["max_box_violation"] for shard in shards),
+                        recomputed=_mean(recomputed), reported=_mean(flags))
+    if not torch.equal(recomputed, flags) and check["ok"]:
+        check.update(ok=False, problem="aa per-example flags differ from the outcomes recomputed on its inputs")
+    return row, flags, check
+
+
+def _header(request: EvalRequest, plan_: Plan, loaded: LoadedModel, dataset: Dataset, source: LoadedModel | None,
+            world: World, device: torch.device, sha256: str, started: str, seconds: float) -> dict[str, Any]:
+    meta = loaded.meta or {}
+    header: dict[str, Any] = {
+        "lbgat_report": 2,
         "started": started,
-        "seconds": round(result.seconds, 3),
+        "seconds": round(seconds, 3),
         "checkpoint": {
-            "path": str(checkpoint.path), "sha256": sha256_of(checkpoint.path), "kind": checkpoint.meta.get("kind"),
-            "arch": spec.arch, "num_classes": spec.num_classes, "method": checkpoint.meta["config"]["method"]["name"],
-            "epochs_done": checkpoint.meta.get("position", {}).get("epoch"),
-            "global_step": checkpoint.meta.get("position", {}).get("global_step"),
-            "trained_with": checkpoint.meta.get("code_version"),
+            "path": str(loaded.path), "sha256": sha256, "format": loaded.kind, "kind": meta.get("kind"),
+            "arch": loaded.spec.arch, "num_classes": loaded.spec.num_classes,
+            "method": meta.get("config", {}).get("method", {}).get("name"),
+            "epochs_done": meta.get("position", {}).get("epoch"),
+            "global_step": meta.get("position", {}).get("global_step"),
+            "trained_with": meta.get("code_version"),
         },
         "protocol": {
-            "dataset": dataset.name, "data_source": dataset.source, "split": "test",
-            "n": count, "n_available": total, "examples": f"the first {count} of the test split",
-            "eps": eps, "norm": "Linf", "seed": request.seed, "batch_size": request.batch_size,
+            "preset": request.protocol, "dataset": dataset.name, "data_source": dataset.source, "split": "test",
+            "n": plan_.count, "n_available": len(dataset.test),
+            "examples": f"the first {plan_.count} of the test split",
+            "eps": plan_.eps, "norm": plan_.norm, "seed": request.seed, "batch_size": request.batch_size,
             "bn_mode": "eval", "dtype": "float32", "device": str(device),
+            "processes": world.size,
+            "sharding": "one process" if not world.sharded else (
+                f"{world.size} processes; global batch b on rank b mod {world.size} (clean/FGSM/PGD/CW identical "
+                "to one process)"),
             "random_start": "uniform in the eps-ball, per example, a function of (seed, example index)",
             "reported_iterate": "final (no best-of-iterations, no restarts)",
+            "check_n": min(request.check_n, plan_.count),
         },
-        "results": [
-            {"attack": name, "description": outcome.spec.describe(), "accuracy": outcome.accuracy,
-             "correct": outcome.count, "total": outcome.total, "seconds": round(outcome.seconds, 3),
-             **outcome.spec.to_dict()}
-            for name, outcome in result.outcomes.items()
-        ],
         "code_version": code_version(),
         "environment": environment(),
     }
-    out = request.out or default_out(checkpoint.path)
-    write_report(report, out, per_sample={name: outcome.correct for name, outcome in result.outcomes.items()},
-                 indices=result.indices)
-    return report, out
+    if source is not None:
+        header["transfer"] = {"source": str(source.path), "source_sha256": sha256_of(source.path),
+                              "source_arch": source.spec.arch, "source_format": source.kind}
+    if plan_.aa is not None:
+        header["protocol"]["autoattack"] = asdict(replace(plan_.aa, attacks=list(plan_.aa.attacks or ()) or None))
+    return header

@@ -1,4 +1,5 @@
-"""Evaluation attacks by name: ``clean``, ``fgsm``, ``pgd<K>`` (PGD-K, CE), ``cw<K>`` (PGD-K, CW margin)."""
+"""Evaluation attacks by name: ``clean``, ``fgsm``, ``pgd<K>`` (PGD-K on CE), ``cw<K>`` (PGD-K on the
+CW margin), ``aa`` (AutoAttack), and ``transfer-pgd<K>`` (PGD-K crafted on another model)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,13 @@ from typing import Any, Literal
 
 from ..errors import ConfigError
 
-AttackKind = Literal["clean", "fgsm", "pgd", "cw"]
-_NAME = re.compile(r"^(clean|fgsm|pgd|cw)(\d*)$")
+AttackKind = Literal["clean", "fgsm", "pgd", "cw", "aa", "transfer"]
+_NAME = re.compile(r"^(clean|fgsm|pgd|cw|aa|transfer-pgd)(\d*)$")
 
 
 @dataclass(frozen=True)
 class AttackSpec:
-    """One white-box L-infinity evaluation attack, with every setting that defines it."""
+    """One white-box evaluation attack (or a transfer attack), with every setting that defines it."""
 
     name: str
     kind: AttackKind
@@ -23,45 +24,55 @@ class AttackSpec:
     step_size: float = 0.0
     random_start: bool = False  # uniform in the eps-ball, per example, a function of (seed, index)
     kappa: float | None = None  # CW margin confidence
+    norm: str = "Linf"
 
     def describe(self) -> str:
         if self.kind == "clean":
             return "clean"
+        if self.kind == "aa":
+            return f"AutoAttack, {self.norm} eps {self.eps:g}"
         if self.kind == "fgsm":
-            return f"FGSM, eps {self.eps:g}"
-        loss = "CE" if self.kind == "pgd" else f"CW margin (kappa {self.kappa:g})"
+            return f"{'FGSM' if self.norm == 'Linf' else 'FGM (L2)'}, eps {self.eps:g}"
+        loss = f"CW margin (kappa {self.kappa:g})" if self.kind == "cw" else "CE"
         start = "uniform random start" if self.random_start else "no random start"
-        return f"{self.steps} steps of {self.step_size:g}, eps {self.eps:g}, {loss}, {start}, final iterate"
+        prefix = "transfer: crafted on the source model, " if self.kind == "transfer" else ""
+        return (f"{prefix}{self.steps} steps of {self.step_size:g}, {self.norm} eps {self.eps:g}, {loss}, {start}, "
+                "final iterate")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def parse_attacks(
-    text: str, *, eps: float, step_size: float, default_steps: int, kappa: float = 50.0, steps: int | None = None
+    text: str, *, eps: float, step_size: float, default_steps: int, kappa: float = 50.0, steps: int | None = None,
+    norm: str = "Linf",
 ) -> list[AttackSpec]:
-    """``"clean,fgsm,pgd20,cw20"`` -> specs. ``steps`` (if given) overrides the number in every name."""
+    """``"clean,fgsm,pgd20,cw20,aa"`` -> specs. ``steps`` (if given) overrides the number in every name."""
     specs: list[AttackSpec] = []
     for raw in (part.strip().lower() for part in text.split(",")):
         if not raw:
             continue
         match = _NAME.match(raw)
         if match is None:
-            raise ConfigError(
-                f"unknown attack {raw!r}; use clean, fgsm, pgd<steps> (e.g. pgd20) or cw<steps> (e.g. cw20)")
+            raise ConfigError(f"unknown attack {raw!r}; use clean, fgsm, pgd<steps> (e.g. pgd20), cw<steps>, aa "
+                              "or transfer-pgd<steps> (with --transfer-from)")
         kind, digits = match.group(1), match.group(2)
-        if kind in ("clean", "fgsm") and digits:
+        if kind in ("clean", "fgsm", "aa") and digits:
             raise ConfigError(f"attack {raw!r} takes no number of steps")
         if kind == "clean":
-            spec = AttackSpec("clean", "clean")
+            spec = AttackSpec("clean", "clean", norm=norm)
         elif kind == "fgsm":
-            spec = AttackSpec("fgsm", "fgsm", eps=eps, steps=1, step_size=eps)
+            spec = AttackSpec("fgsm", "fgsm", eps=eps, steps=1, step_size=eps, norm=norm)
+        elif kind == "aa":
+            spec = AttackSpec("aa", "aa", eps=eps, norm=norm)
         else:
             count = steps if steps is not None else (int(digits) if digits else default_steps)
             if count < 1:
                 raise ConfigError(f"attack {raw!r} needs at least 1 step")
-            spec = AttackSpec(f"{kind}{count}", kind, eps=eps, steps=count, step_size=step_size, random_start=True,
-                              kappa=kappa if kind == "cw" else None)
+            family = {"pgd": "pgd", "cw": "cw", "transfer-pgd": "transfer"}[kind]
+            name = f"{kind}{count}"
+            spec = AttackSpec(name, family, eps=eps, steps=count, step_size=step_size, random_start=True,
+                              kappa=kappa if family == "cw" else None, norm=norm)
         if any(existing.name == spec.name for existing in specs):
             raise ConfigError(f"attack {spec.name!r} is listed twice")
         specs.append(spec)

@@ -1,0 +1,165 @@
+"""Sanity checks that go into every report, each with a verdict.
+
+- AutoAttack's own checks (its ``checks`` module, run on a batch of the evaluated images):
+  randomness, softmax outputs, zero gradients, dynamic defence; and, when AutoAttack ran, the
+  number of classes and "Square beats the white-box attacks".
+- eps = 0 gives the clean accuracy.
+- On a subset: PGD-100 with 5 restarts scores <= PGD-20 (else the attack has a bug) and
+  >= PGD-20 - max(2 points, 2 binomial standard errors) (else PGD-20 is unreliable for this model).
+- Logits do not depend on the batch an example is in (the model really is in eval mode).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..attacks import model_mode, pgd
+from ..rng import ExampleRNG, Stream
+from .autoattack import AA_LOGGER, AAResult, collect_aa_warnings
+
+Verdict = Literal["pass", "warn", "fail", "skipped"]
+STRENGTH_RESTARTS = 5
+STRENGTH_STEPS = 100
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    verdict: Verdict
+    detail: str
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class CheckInputs:
+    """The first examples of the evaluation, with everything the checks need to attack them."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    index: torch.Tensor  # dataset indices, for the per-example random starts
+    eps: float
+    step_size: float
+    norm: str
+    seed: int
+
+
+def _aa_message_check(name: str, marker: str, messages: list[str], what: str) -> CheckResult:
+    found = [message for message in messages if marker in message]
+    if found:
+        return CheckResult(name, "warn", found[0])
+    return CheckResult(name, "pass", what)
+
+
+def autoattack_checks(model: nn.Module, inputs: CheckInputs, aa: AAResult | None) -> list[CheckResult]:
+    """AutoAttack's checks module on the check batch, plus what its own run logged."""
+    from pyautoattack import checks
+
+    logger = logging.getLogger(AA_LOGGER)
+    with model_mode(model, "eval"), collect_aa_warnings() as messages:
+        checks.check_randomized(model, inputs.x, inputs.y, bs=len(inputs.x), logger=logger)
+        checks.check_range_output(model, inputs.x, logger=logger)
+        checks.check_dynamic(model, inputs.x, False, logger=logger)
+        x = inputs.x.clone().requires_grad_(True)
+        with torch.enable_grad():
+            loss = F.cross_entropy(model(x), inputs.y, reduction="sum")
+        (grad,) = torch.autograd.grad(loss, x)
+        checks.check_zero_gradients(grad, logger=logger)
+    messages = messages + (aa.warnings if aa is not None else [])
+    results = [
+        _aa_message_check("randomness", "randomized defense", messages, "outputs are deterministic"),
+        _aa_message_check("softmax outputs", "probability distribution", messages, "outputs are logits"),
+        _aa_message_check("zero gradients", "zero gradient", messages, "every input gradient is non-zero"),
+        _aa_message_check("dynamic defence", "dynamic defense", messages,
+                          "no gradient computation inside the forward pass"),
+    ]
+    if aa is None:
+        results.append(CheckResult("square vs white-box", "skipped", "AutoAttack was not run"))
+    elif "square" not in aa.attacks:
+        results.append(CheckResult("square vs white-box", "skipped", "Square is not in this AutoAttack version"))
+    else:
+        results.append(_aa_message_check("square vs white-box", "Square Attack has decreased", messages,
+                                         "Square found no point the white-box attacks missed"))
+    if aa is not None:
+        results.append(_aa_message_check("number of classes", "target classes", messages + aa.warnings,
+                                         f"{aa.n_target_classes} target classes fit the model's outputs"))
+    return results
+
+
+def eps_zero_check(model: nn.Module, inputs: CheckInputs) -> CheckResult:
+    rng = ExampleRNG(inputs.seed, 0, inputs.index)
+    x_adv = pgd(model, inputs.x, inputs.y, eps=0.0, step_size=inputs.step_size, steps=20, rng=rng, norm=inputs.norm)
+    with model_mode(model, "eval"), torch.no_grad():
+        clean = int((model(inputs.x).argmax(1) == inputs.y).sum())
+        attacked = int((model(x_adv).argmax(1) == inputs.y).sum())
+    if torch.equal(x_adv, inputs.x) and clean == attacked:
+        return CheckResult("eps = 0 gives clean accuracy", "pass", f"PGD-20 at eps 0: {attacked}/{len(inputs.y)}, "
+                           f"clean {clean}/{len(inputs.y)}, inputs unchanged")
+    return CheckResult("eps = 0 gives clean accuracy", "fail",
+                       f"PGD-20 at eps 0 gave {attacked}/{len(inputs.y)} vs clean {clean}/{len(inputs.y)}")
+
+
+def _robust_under_pgd(model: nn.Module, inputs: CheckInputs, steps: int, stream: int) -> torch.Tensor:
+    rng = ExampleRNG(inputs.seed, 0, inputs.index)
+    x_adv = pgd(model, inputs.x, inputs.y, eps=inputs.eps, step_size=inputs.step_size, steps=steps, rng=rng,
+                stream=stream, norm=inputs.norm)
+    with model_mode(model, "eval"), torch.no_grad():
+        return model(x_adv).argmax(1) == inputs.y
+
+
+def strength_check(model: nn.Module, inputs: CheckInputs) -> CheckResult:
+    """PGD-100 with 5 restarts against PGD-20 on the check subset."""
+    name = f"PGD-{STRENGTH_STEPS} x {STRENGTH_RESTARTS} restarts vs PGD-20"
+    count = len(inputs.y)
+    pgd20 = int(_robust_under_pgd(model, inputs, 20, Stream.EVAL_ATTACK_START).sum())
+    robust = torch.ones(count, dtype=torch.bool, device=inputs.y.device)
+    for restart in range(STRENGTH_RESTARTS):
+        robust &= _robust_under_pgd(model, inputs, STRENGTH_STEPS, Stream.CHECK_RESTARTS + restart)
+    strong = int(robust.sum())
+    accuracy20, strong_accuracy = pgd20 / count, strong / count
+    standard_error = math.sqrt(accuracy20 * (1 - accuracy20) / count)
+    allowance = max(0.02, 2 * standard_error)
+    figures = (f"on {count} examples: PGD-20 {100 * accuracy20:.2f}%, PGD-{STRENGTH_STEPS}x{STRENGTH_RESTARTS} "
+               f"{100 * strong_accuracy:.2f}% (allowed gap {100 * allowance:.2f} points)")
+    if strong > pgd20:
+        return CheckResult(name, "fail", f"the stronger attack scored HIGHER, so the attack has a bug: {figures}")
+    if strong_accuracy < accuracy20 - allowance:
+        return CheckResult(name, "warn", f"PGD-20 IS UNRELIABLE FOR THIS MODEL (a stronger PGD finds many more "
+                                         f"adversarial examples; suspect gradient masking): {figures}")
+    return CheckResult(name, "pass", figures)
+
+
+def batch_independence_check(model: nn.Module, inputs: CheckInputs) -> CheckResult:
+    """Logits of an example alone, in a batch, and in a reversed batch agree (eval mode really on)."""
+    name = "logits independent of the batch"
+    with model_mode(model, "eval"), torch.no_grad():
+        together = model(inputs.x)
+        reversed_order = model(inputs.x.flip(0)).flip(0)
+        alone = torch.cat([model(inputs.x[i:i + 1]) for i in range(min(len(inputs.x), 8))])
+    difference = max((together - reversed_order).abs().max().item(),
+                     (together[:len(alone)] - alone).abs().max().item())
+    tolerance = 1e-4 * max(1.0, together.abs().max().item())
+    detail = f"max logit difference {difference:.2e} (tolerance {tolerance:.1e})"
+    if difference <= tolerance:
+        return CheckResult(name, "pass", detail)
+    return CheckResult(name, "fail", f"outputs depend on the batch (train-mode BatchNorm?): {detail}")
+
+
+def run_checks(model: nn.Module, inputs: CheckInputs, *, aa: AAResult | None, strength: bool) -> list[CheckResult]:
+    results = autoattack_checks(model, inputs, aa)
+    results.append(eps_zero_check(model, inputs))
+    if strength and len(inputs.y):
+        results.append(strength_check(model, inputs))
+    else:
+        results.append(CheckResult(f"PGD-{STRENGTH_STEPS} x {STRENGTH_RESTARTS} restarts vs PGD-20", "skipped",
+                                   "--check-n 0"))
+    results.append(batch_independence_check(model, inputs))
+    return results

@@ -1,0 +1,121 @@
+"""The sanity checks of every report: each one passes on an honest model and flags the fault it is for."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lbgat.evaluate import checks as checks_module
+from lbgat.evaluate.checks import (
+    CheckInputs,
+    batch_independence_check,
+    run_checks,
+    strength_check,
+)
+
+
+class SmallNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8 * 4 * 4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(F.relu(self.bn(self.conv(x))).flatten(1))
+
+
+class Quantised(nn.Module):
+    """A deliberately gradient-masked defence: inputs rounded to 8 levels, so every input gradient is 0."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(torch.round(x * 7) / 7)
+
+
+class AlwaysTrainModeBN(SmallNet):
+    """BatchNorm that normalises with the batch's statistics even in eval mode."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.batch_norm(self.conv(x), None, None, self.bn.weight, self.bn.bias, training=True)
+        return self.fc(F.relu(h).flatten(1))
+
+
+def inputs_for(model: nn.Module, count: int = 24, eps: float = 0.03, step_size: float = 0.01) -> CheckInputs:
+    generator = torch.Generator().manual_seed(1)
+    x = torch.rand(count, 3, 8, 8, generator=generator)
+    with torch.no_grad():
+        y = model.eval()(x).argmax(1)
+    return CheckInputs(x, y, torch.arange(count), eps, step_size, "Linf", seed=0)
+
+
+def verdicts(results) -> dict[str, str]:
+    return {result.name: result.verdict for result in results}
+
+
+def test_every_check_passes_on_an_honest_model() -> None:
+    model = SmallNet().eval()
+    results = verdicts(run_checks(model, inputs_for(model), aa=None, strength=True))
+    assert results.pop("square vs white-box") == "skipped"  # AutoAttack did not run
+    assert set(results.values()) == {"pass"}, results
+    assert not model.training
+
+
+def test_a_gradient_masked_model_is_flagged() -> None:
+    model = Quantised(SmallNet()).eval()
+    results = {result.name: result for result in run_checks(model, inputs_for(model), aa=None, strength=False)}
+    assert results["zero gradients"].verdict == "warn"
+    assert "zero gradient" in results["zero gradients"].detail
+
+
+def test_pgd20_that_a_stronger_attack_beats_by_far_is_called_unreliable() -> None:
+    # A linear model whose worst case sits at the corner of the eps-ball, with steps so small that
+    # 20 of them cannot get there but 100 can: PGD-20 overstates robustness here.
+    features = 3 * 8 * 8
+    weight = torch.where(torch.arange(features) % 2 == 0, 1.0, -1.0)
+    eps, step_size = 0.03, 0.0005
+    model = nn.Linear(features, 2)
+    with torch.no_grad():
+        model.weight.copy_(torch.stack([weight, torch.zeros(features)]))
+        model.bias.zero_()
+    flat = nn.Sequential(nn.Flatten(), model).eval()
+    x = 0.2 + 0.6 * torch.rand(16, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    # shift each image so that its margin is 60% of what the corner of the ball removes
+    margin = x.flatten(1) @ weight
+    x = x - ((margin - 0.6 * eps * features) / features)[:, None, None, None] * weight.view(3, 8, 8)
+    y = torch.zeros(16, dtype=torch.int64)
+    result = strength_check(flat, CheckInputs(x, y, torch.arange(16), eps, step_size, "Linf", seed=0))
+    assert result.verdict == "warn" and "UNRELIABLE" in result.detail
+    assert "PGD-20 100.00%, PGD-100x5 0.00%" in result.detail
+
+
+def test_a_stronger_attack_scoring_higher_is_a_bug(monkeypatch) -> None:
+    model = SmallNet().eval()
+    inputs = inputs_for(model)
+    real = checks_module._robust_under_pgd
+
+    def weaker_with_more_steps(model, inputs, steps, stream):
+        robust = real(model, inputs, steps, stream)
+        return torch.ones_like(robust) if steps > 20 else robust
+
+    monkeypatch.setattr(checks_module, "_robust_under_pgd", weaker_with_more_steps)
+    inputs = CheckInputs(inputs.x, inputs.y, inputs.index, 0.2, 0.05, "Linf", 0)
+    result = strength_check(model, inputs)
+    assert result.verdict == "fail" and "attack has a bug" in result.detail
+
+
+def test_batch_dependent_logits_are_a_failure() -> None:
+    model = AlwaysTrainModeBN().eval()
+    result = batch_independence_check(model, inputs_for(SmallNet()))
+    assert result.verdict == "fail" and "depend on the batch" in result.detail
+
+
+def test_probabilities_instead_of_logits_are_flagged() -> None:
+    model = nn.Sequential(SmallNet(), nn.Softmax(dim=1)).eval()
+    results = {result.name: result for result in run_checks(model, inputs_for(model), aa=None, strength=False)}
+    assert results["softmax outputs"].verdict == "warn"
