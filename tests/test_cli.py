@@ -198,9 +198,14 @@ def test_training_on_tensors_passed_from_python(tmp_path: Path) -> None:
 def test_listings(capsys) -> None:
     assert main(["methods"]) == 0
     methods = capsys.readouterr().out
-    for name in ("natural", "pgd-at", "trades", "lbgat-trades", "lbgat"):
-        assert f"\n{name} " in "\n" + methods
-    assert "alpha=6.0, beta=1.0" in methods
+    from lbgat.methods import list_methods
+
+    for method in list_methods():  # every method, a description and its hyperparameters
+        assert f"\n{method.name} " in "\n" + methods
+    lines = methods.splitlines()
+    lbgat_trades = lines[lines.index(next(line for line in lines if line.startswith("lbgat-trades "))) + 1]
+    assert "beta=1.0" in lbgat_trades and "alpha=6.0" in lbgat_trades and "separate_bn=False" in lbgat_trades
+    assert "guidance knobs: guidance='mse', mse_reduction='mean', student_ce=0.0" in methods
     assert main(["models"]) == 0
     assert "resnet18-lbgat" in capsys.readouterr().out
     assert main(["recipes"]) == 0

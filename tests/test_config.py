@@ -86,11 +86,13 @@ def test_resolution_follows_the_dataset_and_the_method() -> None:
     assert colour.model == "wrn-34-10" and colour.teacher == "resnet18-lbgat"
     assert colour.data.crop_padding == 4 and colour.data.flip is True
     assert colour.schedule.decay_epochs == [75, 90] and colour.schedule.warmup is True
-    assert colour.method.params == {"alpha": 6.0, "beta": 1.0}
+    assert colour.method.params == {"alpha": 6.0, "beta": 1.0, "guidance": "mse", "mse_reduction": "mean",
+                                    "student_ce": 0.0, "detach_teacher": False, "separate_bn": False}
+    assert colour.attack.objective == "kl"
 
     digits = resolve(build_config(None, {"data.name": "mnist-5k", "method.name": "pgd-at"}), (1, 28, 28))
     assert (digits.attack.eps, digits.attack.step_size, digits.attack.steps) == (0.3, 0.01, 40)
-    assert digits.attack.start == "uniform" and digits.teacher is None
+    assert digits.attack.start == "uniform" and digits.teacher is None and digits.attack.objective == "ce"
     assert digits.data.crop_padding == 0 and digits.data.flip is False
     assert digits.schedule.warmup is False
 

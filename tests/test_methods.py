@@ -12,6 +12,7 @@ from torch import nn
 
 from lbgat.data.loader import Batch
 from lbgat.methods import TrainAttack, create_method, get_method, list_methods
+from lbgat.methods.teachers import FrozenEnsemble
 from lbgat.rng import Stream
 from references import official_attack
 
@@ -57,10 +58,39 @@ def reference_attack(model: nn.Module, batch: Batch, objective: str, start: str)
     return official_attack(model, batch.x, batch.y, noise, eps=EPS, step_size=STEP, steps=STEPS, objective=objective)
 
 
+def label_smoothed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, smoothing: float) -> torch.Tensor:
+    log_probs = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+    target = torch.full_like(log_probs, smoothing / logits.shape[1])
+    target[torch.arange(len(labels)), labels] += 1 - smoothing
+    return -(target * log_probs).sum(dim=1).mean()
+
+
+def reference_guidance(logits_adv: torch.Tensor, logits_teacher: torch.Tensor, y: torch.Tensor,
+                       params: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Spec 6.4 and the Table 1 knobs: the guidance term (MSE or KL) and an optional student CE."""
+    teacher = logits_teacher.detach() if params.get("detach_teacher") else logits_teacher
+    guidance = params.get("guidance", "mse")
+    if guidance == "mse":
+        if params.get("mse_reduction", "mean") == "mean":
+            terms = {"mse": mse_mean_over_b_times_c(logits_adv, teacher)}
+        else:
+            terms = {"mse": ((logits_adv - teacher) ** 2).sum() / logits_adv.shape[0]}
+    elif guidance == "kl":  # KL(P_r(x') || P_n(x))
+        terms = {"kl_guidance": kl_batchmean(logits_adv, teacher)}
+    else:  # KL(P_n(x) || P_r(x'))
+        terms = {"kl_guidance": kl_batchmean(teacher, logits_adv)}
+    loss = next(iter(terms.values()))
+    if params.get("student_ce", 0.0):
+        terms["ce_student"] = cross_entropy(logits_adv, y)
+        loss = loss + params["student_ce"] * terms["ce_student"]
+    return loss, terms
+
+
 def reference_loss(name: str, student: nn.Module, teacher: nn.Module | None, batch: Batch,
-                   alpha: float, beta: float) -> dict[str, torch.Tensor]:
+                   params: dict) -> dict[str, torch.Tensor]:
     """The spec's formula for ``name``, with the forwards in the official order (BN statistics)."""
     x, y = batch.x, batch.y
+    alpha, beta = params.get("alpha", 0.0), params.get("beta", 1.0)
     if name == "natural":
         ce = cross_entropy(student(x), y)
         return {"loss": ce, "ce": ce}
@@ -73,26 +103,58 @@ def reference_loss(name: str, student: nn.Module, teacher: nn.Module | None, bat
         logits_adv = student(x_adv)
         kl = kl_batchmean(student(x), logits_adv)
         return {"loss": ce + alpha * kl, "ce": ce, "kl": kl}
-    if name == "lbgat-trades":  # spec 6.2: student(x'), student(x), teacher(x)
-        x_adv = reference_attack(student, batch, "kl", "normal")
-        logits_adv, logits_clean, logits_teacher = student(x_adv), student(x), teacher(x)
-        mse = mse_mean_over_b_times_c(logits_adv, logits_teacher)
-        ce_teacher = cross_entropy(logits_teacher, y)
-        kl = kl_batchmean(logits_clean, logits_adv)
-        return {"loss": mse + beta * ce_teacher + alpha * kl, "mse": mse, "ce_teacher": ce_teacher, "kl": kl}
-    if name == "lbgat":  # spec 6.3: CE-PGD attack, no student CE, no KL
+    if name == "alp" and params.get("variant") == "original":  # spec 4.1: one forward over [x, x']
         x_adv = reference_attack(student, batch, "ce", "uniform")
-        logits_adv, logits_teacher = student(x_adv), teacher(x)
-        mse = mse_mean_over_b_times_c(logits_adv, logits_teacher)
-        ce_teacher = cross_entropy(logits_teacher, y)
-        return {"loss": mse + beta * ce_teacher, "mse": mse, "ce_teacher": ce_teacher}
+        logits = student(torch.cat([x, x_adv]))
+        ce = label_smoothed_cross_entropy(logits, torch.cat([y, y]), params.get("label_smoothing", 0.1))
+        pairing = mse_mean_over_b_times_c(logits[:len(x)], logits[len(x):])
+        return {"loss": ce + alpha * pairing, "ce_mixed": ce, "pairing": pairing}
+    if name == "alp":  # spec 4.2: CE on x' only, MSE(M(x'), M(x))
+        x_adv = reference_attack(student, batch, "ce", "uniform")
+        logits_adv, logits_clean = student(x_adv), student(x)
+        ce_adv = cross_entropy(logits_adv, y)
+        pairing = mse_mean_over_b_times_c(logits_adv, logits_clean)
+        return {"loss": ce_adv + alpha * pairing, "ce_adv": ce_adv, "pairing": pairing}
+    if name in ("lbgat-trades", "lbgat", "lbgat-alp"):
+        # spec 6.2 / 6.3 / 8: student(x'), [student(x)], teacher(x)
+        kl_attack = name == "lbgat-trades"
+        x_adv = reference_attack(student, batch, "kl" if kl_attack else "ce", "normal" if kl_attack else "uniform")
+        logits_adv = student(x_adv)
+        logits_clean = student(x) if name != "lbgat" else None
+        logits_teacher = teacher(x)
+        guidance, terms = reference_guidance(logits_adv, logits_teacher, y, params)
+        terms["ce_teacher"] = cross_entropy(logits_teacher, y)
+        loss = guidance + beta * terms["ce_teacher"]
+        if name == "lbgat-trades":
+            terms["kl"] = kl_batchmean(logits_clean, logits_adv)
+            loss = loss + alpha * terms["kl"]
+        if name == "lbgat-alp":
+            terms["pairing"] = mse_mean_over_b_times_c(logits_adv, logits_clean)
+            loss = loss + alpha * terms["pairing"]
+        return {"loss": loss, **terms}
+    if name in ("bgat", "bgat-trades", "bgat-alp"):  # spec 5: frozen teacher, no teacher CE
+        kl_attack = name == "bgat-trades"
+        x_adv = reference_attack(student, batch, "kl" if kl_attack else "ce", "normal" if kl_attack else "uniform")
+        logits_adv = student(x_adv)
+        logits_clean = student(x) if name != "bgat" else None
+        with torch.no_grad():
+            logits_teacher = torch.stack([member(x) for member in teacher.members]).mean(0)
+        loss, terms = reference_guidance(logits_adv, logits_teacher, y, params)
+        if name == "bgat-trades":
+            terms["kl"] = kl_batchmean(logits_clean, logits_adv)
+            loss = loss + alpha * terms["kl"]
+        if name == "bgat-alp":
+            terms["pairing"] = mse_mean_over_b_times_c(logits_adv, logits_clean)
+            loss = loss + alpha * terms["pairing"]
+        return {"loss": loss, **terms}
     raise AssertionError(name)
 
 
 # --- fixtures ----------------------------------------------------------------------------------
 
 PARAMS = {"natural": {}, "pgd-at": {}, "trades": {"alpha": 6.0}, "lbgat-trades": {"alpha": 6.0, "beta": 1.0},
-          "lbgat": {"beta": 1.0}}
+          "lbgat": {"beta": 1.0}, "alp": {"alpha": 1.0}, "lbgat-alp": {"alpha": 1.0, "beta": 1.0}, "bgat": {},
+          "bgat-trades": {"alpha": 2.0}, "bgat-alp": {"alpha": 1.0}}
 METHOD_NAMES = sorted(PARAMS)
 
 
@@ -105,11 +167,15 @@ def make_batch(seed: int = 0, size: int = 6) -> Batch:
 
 def make_method(name: str, params: dict | None = None):
     torch.manual_seed(0)
+    params = PARAMS[name] if params is None else params
     student = BNNet()
-    teacher = BNNet(width=6) if get_method(name).uses_teacher else None
+    teacher = None
+    if get_method(name).frozen_teacher:  # a natural ensemble, trained elsewhere
+        teacher = FrozenEnsemble([BNNet(width=6), BNNet(width=3)])
+    elif get_method(name).uses_teacher:
+        teacher = BNNet(width=4 if params.get("separate_bn") else 6)
     attack = TrainAttack(eps=EPS, step_size=STEP, steps=STEPS, start=get_method(name).default_start)
-    method = create_method(name, student, params=PARAMS[name] if params is None else params, attack=attack,
-                           teacher=teacher)
+    method = create_method(name, student, params=params, attack=attack, teacher=teacher)
     return method.train()
 
 
@@ -121,6 +187,19 @@ CASES = [(name, PARAMS[name]) for name in METHOD_NAMES] + [
     ("trades", {"alpha": 0.0}),
     ("lbgat-trades", {"alpha": 0.0, "beta": 1.0}),
     ("lbgat-trades", {"alpha": 1.0, "beta": 2.5}),
+    ("alp", {"alpha": 0.5, "variant": "original"}),
+    ("alp", {"alpha": 0.5, "variant": "original", "label_smoothing": 0.0}),
+    ("bgat-trades", {"alpha": 0.0}),
+    # the Table 1 ablations and the other guidance knobs
+    ("lbgat-trades", {"alpha": 0.0, "guidance": "kl"}),
+    ("lbgat-trades", {"alpha": 0.0, "guidance": "kl-reverse"}),
+    ("lbgat-trades", {"alpha": 0.0, "student_ce": 1.0}),
+    ("lbgat-trades", {"alpha": 6.0, "mse_reduction": "sum"}),
+    ("lbgat-trades", {"alpha": 6.0, "detach_teacher": True}),
+    ("lbgat-trades", {"alpha": 6.0, "separate_bn": True}),
+    ("lbgat", {"beta": 0.5, "separate_bn": True, "student_ce": 0.3}),
+    ("lbgat-alp", {"alpha": 2.0, "beta": 1.0, "guidance": "kl"}),
+    ("bgat", {"student_ce": 1.0, "mse_reduction": "sum"}),
 ]
 
 
@@ -130,8 +209,7 @@ def test_loss_terms_and_gradients_match_the_formula(name: str, params: dict) -> 
     reference = copy.deepcopy(method)
     batch = make_batch()
     terms = method(batch)
-    expected = reference_loss(name, reference.student, reference.teacher, batch, params.get("alpha", 0.0),
-                              params.get("beta", 1.0))
+    expected = reference_loss(name, reference.student, reference.teacher, batch, params)
     assert set(terms) == set(expected)
     for term, value in expected.items():
         torch.testing.assert_close(terms[term], value, rtol=1e-5, atol=1e-6, msg=f"{name}: {term}")
@@ -157,7 +235,24 @@ ROUTING = {
     ("trades", "kl"): {"student": True},
     ("pgd-at", "ce_adv"): {"student": True},
     ("natural", "ce"): {"student": True},
+    ("alp", "ce_adv"): {"student": True},
+    ("alp", "pairing"): {"student": True},
+    ("lbgat-alp", "mse"): {"student": True, "teacher": True},
+    ("lbgat-alp", "ce_teacher"): {"student": False, "teacher": True},
+    ("lbgat-alp", "pairing"): {"student": True, "teacher": False},
+    ("bgat", "mse"): {"student": True, "teacher": False},
+    ("bgat-trades", "mse"): {"student": True, "teacher": False},
+    ("bgat-trades", "kl"): {"student": True, "teacher": False},
+    ("bgat-alp", "pairing"): {"student": True, "teacher": False},
 }
+
+
+def gets_gradient(term: torch.Tensor, network: nn.Module) -> bool:
+    parameters = [parameter for parameter in network.parameters() if parameter.requires_grad]
+    if not parameters or not term.requires_grad:
+        return False
+    grads = torch.autograd.grad(term, parameters, retain_graph=True, allow_unused=True)
+    return any(grad is not None and grad.abs().sum() > 0 for grad in grads)
 
 
 @pytest.mark.parametrize(("name", "term"), sorted(ROUTING))
@@ -165,10 +260,67 @@ def test_gradient_routing_of_each_term(name: str, term: str) -> None:
     method = make_method(name)
     terms = method(make_batch(seed=1))
     for network_name, expects_gradient in ROUTING[(name, term)].items():
-        parameters = list(getattr(method, network_name).parameters())
-        grads = torch.autograd.grad(terms[term], parameters, retain_graph=True, allow_unused=True)
-        has_gradient = any(grad is not None and grad.abs().sum() > 0 for grad in grads)
-        assert has_gradient == expects_gradient, f"{name}.{term} -> {network_name}"
+        network = getattr(method, network_name)
+        assert gets_gradient(terms[term], network) == expects_gradient, f"{name}.{term} -> {network_name}"
+
+
+def test_detached_teacher_gets_no_guidance_gradient_but_still_its_ce() -> None:
+    method = make_method("lbgat-trades", {"alpha": 6.0, "detach_teacher": True})
+    terms = method(make_batch(seed=1))
+    assert gets_gradient(terms["mse"], method.student) and not gets_gradient(terms["mse"], method.teacher)
+    assert gets_gradient(terms["ce_teacher"], method.teacher)
+
+
+@pytest.mark.parametrize("name", ["bgat", "bgat-trades", "bgat-alp"])
+def test_frozen_teacher_stays_in_eval_mode_and_is_never_updated(name: str) -> None:
+    method = make_method(name)
+    before = copy.deepcopy(method.teacher.state_dict())
+    method.train()
+    assert not any(module.training for module in method.teacher.modules())
+    assert all(not parameter.requires_grad for parameter in method.teacher.parameters())
+    assert list(method.trained_networks()) == ["student"]
+    terms = method(make_batch(seed=4))
+    terms["loss"].backward()
+    assert all(parameter.grad is None for parameter in method.teacher.parameters())
+    for key, value in method.teacher.state_dict().items():  # BN statistics untouched too
+        assert torch.equal(value, before[key]), key
+
+
+def test_separate_bn_shares_every_weight_but_batchnorm() -> None:
+    method = make_method("lbgat-trades", {"alpha": 6.0, "separate_bn": True})
+    student, teacher = method.student, method.teacher
+    assert teacher.conv.weight is student.conv.weight and teacher.conv.bias is student.conv.bias
+    assert teacher.fc.weight is student.fc.weight
+    assert teacher.bn.weight is not student.bn.weight and teacher.bn.running_mean is not student.bn.running_mean
+    terms = method(make_batch(seed=5))
+    # The shared convolution learns from both paths; the BN layers each from their own.
+    assert gets_gradient(terms["ce_teacher"], student)  # via the shared weights
+    grads = torch.autograd.grad(terms["ce_teacher"], [student.bn.weight, teacher.bn.weight], allow_unused=True,
+                                retain_graph=True)
+    assert grads[0] is None and grads[1] is not None
+    optimizer = torch.optim.SGD(method.parameters(), lr=0.1)
+    terms["loss"].backward()
+    optimizer.step()
+    assert teacher.conv.weight is student.conv.weight
+    assert not torch.equal(teacher.bn.running_mean, student.bn.running_mean)
+
+
+def test_separate_bn_needs_the_same_architecture() -> None:
+    from lbgat.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="teacher to have the student's architecture"):
+        create_method("lbgat", BNNet(), params={"separate_bn": True}, teacher=BNNet(width=6),
+                      attack=TrainAttack(eps=EPS, step_size=STEP, steps=STEPS, start="uniform"))
+
+
+def test_attack_objective_can_be_overridden() -> None:
+    method = make_method("lbgat-alp")
+    reference = copy.deepcopy(method)
+    method.attack = TrainAttack(eps=EPS, step_size=STEP, steps=STEPS, start="uniform", objective="kl")
+    batch = make_batch(seed=6)
+    x_adv = method.adversarial(batch)
+    expected = reference_attack(reference.student.eval(), batch, "kl", "uniform")
+    torch.testing.assert_close(x_adv, expected)
 
 
 def test_trades_kl_trains_through_both_the_clean_and_the_adversarial_branch() -> None:
@@ -210,7 +362,7 @@ def test_one_optimiser_step_over_both_networks_matches_algorithm_1() -> None:
     optimizer = torch.optim.SGD(method.parameters(), lr=0.1, momentum=0.9, weight_decay=2e-4)
     method(batch)["loss"].backward()
     optimizer.step()
-    loss = reference_loss("lbgat-trades", reference.student, reference.teacher, batch, 6.0, 1.0)["loss"]
+    loss = reference_loss("lbgat-trades", reference.student, reference.teacher, batch, PARAMS["lbgat-trades"])["loss"]
     loss.backward()
     with torch.no_grad():
         for parameter in reference.parameters():

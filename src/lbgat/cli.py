@@ -25,6 +25,9 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--method", help="training method (see `lbgat methods`)")
     parser.add_argument("--model", help="student architecture (see `lbgat models`)")
     parser.add_argument("--teacher", help="teacher architecture, for methods with a teacher")
+    parser.add_argument("--teacher-checkpoint", dest="teacher_checkpoints", action="append", metavar="PATH",
+                        help="BGAT methods: a frozen natural teacher (repeat for an ensemble); LBGAT methods: "
+                             "start the teacher from this checkpoint. ARCH=PATH for a plain state dict")
     parser.add_argument("--dataset", help="cifar10, cifar100, tiny-imagenet, mnist-5k (embedded) or folder")
     parser.add_argument("--data-root", help="folder holding the dataset (not needed for mnist-5k)")
     parser.add_argument("--epochs", type=int)
@@ -50,6 +53,7 @@ def _run_train(args: argparse.Namespace) -> int:
         "method.name": args.method, "model": args.model, "teacher": args.teacher, "data.name": args.dataset,
         "data.root": args.data_root, "schedule.epochs": args.epochs, "batch_size": args.batch_size,
         "max_steps": args.max_steps, "seed": args.seed, "out": args.out, "device": args.device,
+        "teacher_checkpoints": args.teacher_checkpoints,
     }
     config = build_config(recipe, flags, args.overrides)
     result = train(config, resume=args.resume, progress=not args.no_progress, argv=sys.argv)
@@ -198,12 +202,24 @@ def _run_methods(args: argparse.Namespace) -> int:
     import dataclasses
 
     from .methods import list_methods
+    from .methods.guidance import GuidanceParams
 
+    knobs = {field.name for field in dataclasses.fields(GuidanceParams)}
     for method in list_methods():
-        params = ", ".join(f"{field.name}={field.default!r}" for field in dataclasses.fields(method.Params))
-        attack = f"; trains against {method.attack_objective.upper()}-PGD" if method.attack_objective else ""
+        fields = dataclasses.fields(method.Params)
+        own = ", ".join(f"{field.name}={field.default!r}" for field in fields if field.name not in knobs)
+        guidance = ", ".join(f"{field.name}={field.default!r}" for field in fields if field.name in knobs)
         print(f"{method.name:14} {method.description}")
-        print(f"{'':14} hyperparameters: {params or 'none'}{attack}{'; has a teacher' if method.uses_teacher else ''}")
+        details = [f"hyperparameters: {own or 'none'}"]
+        if method.attack_objective:
+            details.append(f"trains against {method.attack_objective.upper()}-PGD")
+        if method.frozen_teacher:
+            details.append("frozen natural teacher(s) from --teacher-checkpoint")
+        elif method.uses_teacher:
+            details.append("trains a natural teacher with it (--teacher)")
+        print(f"{'':14} {'; '.join(details)}")
+        if guidance:
+            print(f"{'':14} guidance knobs: {guidance}")
     return 0
 
 

@@ -48,6 +48,7 @@ class AttackConfig:
     step_size: float | None = None
     steps: int | None = None
     start: str = "auto"  # uniform | normal | none; auto: the method's convention
+    objective: str = "auto"  # ce | kl | cw; auto: the method's own (e.g. KL for TRADES, CE for PGD-AT)
     start_std: float = 0.001  # scale of the "normal" start (TRADES/LBGAT)
     bn_mode: str = "eval"  # BatchNorm mode while crafting (eval: TRADES/LBGAT; train: Madry)
     # Ramp eps (and the step size with it) linearly from 0 over the first N epochs, step by step.
@@ -92,6 +93,10 @@ class TrainConfig:
     method: MethodConfig = field(default_factory=MethodConfig)
     model: str | None = None  # student architecture; auto: the dataset's default
     teacher: str | None = None  # teacher architecture for methods with one; auto: fits the input
+    # LBGAT methods: at most one checkpoint to initialise the teacher from (default: random init).
+    # BGAT methods: the frozen natural teacher, one or more checkpoints (ensemble = mean of logits);
+    # a plain state dict is given as ARCH=PATH.
+    teacher_checkpoints: list[str] = field(default_factory=list)
     data: DataConfig = field(default_factory=DataConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

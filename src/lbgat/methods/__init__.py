@@ -5,7 +5,7 @@ Each is an ``nn.Module`` holding the student (and any teacher) whose forward on 
 training loop: build it with :func:`create_method`, optimise ``method.parameters()``.
 """
 
-from . import lbgat, lbgat_trades, natural, pgd_at, trades  # noqa: F401  (registration)
+from . import alp, bgat, lbgat, lbgat_alp, lbgat_trades, natural, pgd_at, trades  # noqa: F401  (registration)
 from .base import Method, NoParams, TrainAttack
 from .factory import create_method, method_params
 from .registry import get_method, list_methods, register_method

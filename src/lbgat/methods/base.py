@@ -23,6 +23,7 @@ class TrainAttack:
     start: Start
     start_std: float = 0.001
     bn_mode: BNMode = "eval"
+    objective: Objective | None = None  # None: the method's own (its ``attack_objective``)
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class Method(nn.Module):
     attack_objective: ClassVar[Objective | None] = None
     default_start: ClassVar[Start] = "uniform"
     uses_teacher: ClassVar[bool] = False
+    frozen_teacher: ClassVar[bool] = False  # loaded from checkpoints, never trained (BGAT)
     default_warmup: ClassVar[bool] = False
 
     def __init__(self, student: nn.Module, params: object, attack: TrainAttack | None,
@@ -70,7 +72,8 @@ class Method(nn.Module):
         return pgd(
             self.student, batch.x, batch.y,
             eps=self.attack.eps, step_size=self.attack.step_size, steps=self.attack.steps,
-            objective=self.attack_objective, start=self.attack.start, start_std=self.attack.start_std,
+            objective=self.attack.objective or self.attack_objective, start=self.attack.start,
+            start_std=self.attack.start_std,
             rng=batch.rng, stream=Stream.TRAIN_ATTACK_START, bn_mode=self.attack.bn_mode,
         )
 

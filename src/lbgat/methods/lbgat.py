@@ -1,4 +1,5 @@
-"""Plain LBGAT (Cui et al., ICCV 2021, Eq. 3 and Algorithm 1), spec section 6.3."""
+"""Plain LBGAT (Cui et al., ICCV 2021, Eq. 3 and Algorithm 1), spec section 6.3, and what the
+LBGAT family shares: the guidance knobs, the teacher CE, and the separate-BN ablation."""
 
 from __future__ import annotations
 
@@ -6,27 +7,54 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ..data.loader import Batch
-from .base import Method
+from .base import Method, TrainAttack
+from .guidance import GuidanceParams, guidance_loss, guidance_terms
 from .registry import register_method
-
-
-def boundary_guidance(logits_adv: torch.Tensor, logits_teacher: torch.Tensor,
-                      labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eq. 3's two terms: MSE(M_r(x'), M_n(x)) (mean over B x C, nothing detached) and CE(M_n(x), y)."""
-    return F.mse_loss(logits_adv, logits_teacher), F.cross_entropy(logits_teacher, labels)
+from .teachers import share_all_but_batchnorm
 
 
 @dataclass(frozen=True)
-class LbgatParams:
-    """beta: weight of the teacher's CE (paper beta = 1)."""
+class LbgatParams(GuidanceParams):
+    """beta: weight of the teacher's CE (paper beta = 1).
+    separate_bn: one network for both paths, with separate BatchNorm (Table 2 "†"): the teacher
+        shares every other weight of the student."""
 
     beta: float = 1.0
+    separate_bn: bool = False
+
+
+class LbgatFamily(Method):
+    """A student guided by a teacher trained jointly with it (from scratch, or from a checkpoint).
+
+    The teacher is in train mode throughout; nothing is detached unless ``detach_teacher``.
+    """
+
+    uses_teacher = True
+    default_warmup = True
+
+    def __init__(self, student: nn.Module, params: object, attack: TrainAttack | None,
+                 teacher: nn.Module | None = None) -> None:
+        super().__init__(student, params, attack, teacher)
+        if getattr(params, "separate_bn", False):
+            assert teacher is not None
+            share_all_but_batchnorm(teacher, student)
+
+    def guided(self, batch: Batch, logits_adv: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Guidance terms, the teacher's CE and their weighted sum (as ``loss``)."""
+        assert self.teacher is not None
+        params = self.params
+        logits_teacher = self.teacher(batch.x)
+        terms = guidance_terms(logits_adv, logits_teacher, batch.y, params)
+        terms["ce_teacher"] = F.cross_entropy(logits_teacher, batch.y)
+        terms["loss"] = guidance_loss(terms, params) + params.beta * terms["ce_teacher"]
+        return terms
 
 
 @register_method
-class Lbgat(Method):
+class Lbgat(LbgatFamily):
     """L = MSE(M_r(x'), M_n(x)) + beta * CE(M_n(x), y), x' = CE-PGD on the student (eval mode).
 
     The paper's Eq. 3 with its label-based "noisy BIM" attack; the student gets no CE of its own.
@@ -39,12 +67,9 @@ class Lbgat(Method):
     Params = LbgatParams
     attack_objective = "ce"
     default_start = "uniform"
-    uses_teacher = True
-    default_warmup = True
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         assert self.teacher is not None
         x_adv = self.adversarial(batch)
         self.teacher.train()
-        mse, ce_teacher = boundary_guidance(self.student(x_adv), self.teacher(batch.x), batch.y)
-        return {"loss": mse + self.params.beta * ce_teacher, "mse": mse, "ce_teacher": ce_teacher}
+        return self.guided(batch, self.student(x_adv))

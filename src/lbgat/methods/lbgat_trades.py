@@ -7,23 +7,22 @@ from dataclasses import dataclass
 import torch
 
 from ..data.loader import Batch
-from .base import Method
-from .lbgat import boundary_guidance
+from .guidance import guided_with_regulariser
+from .lbgat import LbgatFamily, LbgatParams
 from .registry import register_method
 from .trades import kl_batchmean
 
 
 @dataclass(frozen=True)
-class LbgatTradesParams:
+class LbgatTradesParams(LbgatParams):
     """alpha: TRADES KL weight (paper alpha; the official code's --beta; TRADES' beta).
     beta: weight of the teacher's CE (paper beta; hard-coded to 1 in the official code)."""
 
     alpha: float = 6.0
-    beta: float = 1.0
 
 
 @register_method
-class LbgatTrades(Method):
+class LbgatTrades(LbgatFamily):
     """L = MSE(M_r(x'), M_n(x)) + beta * CE(M_n(x), y) + alpha * (1/B) sum KL(P_r(x) || P_r(x')).
 
     M_r is the student (robust model), M_n the teacher (natural model) trained jointly from scratch.
@@ -39,16 +38,6 @@ class LbgatTrades(Method):
     Params = LbgatTradesParams
     attack_objective = "kl"
     default_start = "normal"
-    uses_teacher = True
-    default_warmup = True
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
-        assert self.teacher is not None
-        x_adv = self.adversarial(batch)
-        self.teacher.train()
-        logits_adv = self.student(x_adv)
-        logits_clean = self.student(batch.x)
-        mse, ce_teacher = boundary_guidance(logits_adv, self.teacher(batch.x), batch.y)
-        kl = kl_batchmean(logits_clean, logits_adv)
-        loss = mse + self.params.beta * ce_teacher + self.params.alpha * kl
-        return {"loss": loss, "mse": mse, "ce_teacher": ce_teacher, "kl": kl}
+        return guided_with_regulariser(self, batch, "kl", kl_batchmean)

@@ -7,14 +7,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
-from ..attacks import BN_MODES, STARTS
-from ..checkpoint import ModelSpec
+from ..attacks import BN_MODES, OBJECTIVES, STARTS
+from ..checkpoint import ModelSpec, load_for_eval
 from ..config import TrainConfig, default_decay_epochs, threat_profile
 from ..data import Dataset, get_dataset_info, load_dataset
 from ..data.loader import Augment, DeviceLoader
 from ..errors import ConfigError
 from ..methods import Method, TrainAttack, create_method, get_method, method_params
+from ..methods.teachers import FrozenEnsemble
 from ..models import default_teacher, get_model_entry
 from ..rng import Stream, permutation
 
@@ -43,6 +45,9 @@ def validate(config: TrainConfig, *, dataset_given: bool = False) -> None:
     _require(attack.start in (*STARTS, "auto"),
              f"attack.start must be one of auto, {', '.join(STARTS)}, got {attack.start!r}")
     _require(attack.bn_mode in BN_MODES, f"attack.bn_mode must be one of {', '.join(BN_MODES)}, got {attack.bn_mode!r}")
+    _require(attack.objective in (*OBJECTIVES, "auto"),
+             f"attack.objective must be one of auto, {', '.join(OBJECTIVES)}, got {attack.objective!r}")
+    _validate_teacher(config)
     _require(attack.eps_warmup_epochs >= 0, f"attack.eps_warmup_epochs must be >= 0, got {attack.eps_warmup_epochs}")
     _require(attack.start_std >= 0, f"attack.start_std must be >= 0, got {attack.start_std}")
     _require(config.optim.lr > 0, f"optim.lr must be > 0, got {config.optim.lr}")
@@ -66,6 +71,24 @@ def validate(config: TrainConfig, *, dataset_given: bool = False) -> None:
     _require(config.log_every >= 1, f"log_every must be >= 1, got {config.log_every}")
     _require(config.save_every >= 0, f"save_every must be >= 0, got {config.save_every}")
     resolve_device(config.device)
+
+
+def _validate_teacher(config: TrainConfig) -> None:
+    method_cls = get_method(config.method.name)
+    checkpoints = config.teacher_checkpoints
+    if method_cls.frozen_teacher:
+        _require(bool(checkpoints), f"{method_cls.name} trains against a frozen natural teacher: give its "
+                                    "checkpoint(s) in teacher_checkpoints (e.g. --set teacher_checkpoints=[PATH])")
+        _require(config.teacher is None, f"{method_cls.name}'s teacher comes from teacher_checkpoints; drop teacher")
+    elif method_cls.uses_teacher:
+        _require(len(checkpoints) <= 1, f"{method_cls.name} trains its teacher: teacher_checkpoints may hold "
+                                        f"at most one checkpoint to start it from, got {len(checkpoints)}")
+    else:
+        _require(not checkpoints, f"{method_cls.name} has no teacher, but teacher_checkpoints is set")
+    if method_params(config.method.name, config.method.params).__dict__.get("separate_bn"):
+        _require(config.teacher is None or config.teacher == config.model,
+                 f"separate_bn shares the student's weights with the teacher, so teacher must equal model "
+                 f"({config.teacher} != {config.model})")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -116,6 +139,8 @@ def resolve(config: TrainConfig, image_shape: tuple[int, int, int]) -> TrainConf
         step_size=profile.train_step_size if config.attack.step_size is None else config.attack.step_size,
         steps=profile.train_steps if config.attack.steps is None else config.attack.steps,
         start=method_cls.default_start if config.attack.start == "auto" else config.attack.start,
+        objective=(method_cls.attack_objective or "auto") if config.attack.objective == "auto"
+        else config.attack.objective,
     )
     val = dataclasses.replace(
         config.val,
@@ -131,8 +156,12 @@ def resolve(config: TrainConfig, image_shape: tuple[int, int, int]) -> TrainConf
     )
     model = profile.default_model if config.model is None else config.model
     teacher = None
-    if method_cls.uses_teacher:
-        teacher = default_teacher(channels, height) if config.teacher is None else config.teacher
+    separate_bn = bool(params.get("separate_bn"))
+    if method_cls.uses_teacher and not method_cls.frozen_teacher:
+        if separate_bn:
+            teacher = model
+        else:
+            teacher = default_teacher(channels, height) if config.teacher is None else config.teacher
     out = config.out or str(Path("runs") / f"{config.data.name}-{config.method.name}-{model}-s{config.seed}")
     resolved = dataclasses.replace(
         config, method=dataclasses.replace(config.method, params=params), model=model, teacher=teacher,
@@ -177,6 +206,40 @@ class RunParts:
     device: torch.device
 
 
+def _teacher_source(entry: str) -> tuple[str | None, Path]:
+    """``PATH`` (an lbgat checkpoint) or ``ARCH=PATH`` (a plain state dict)."""
+    arch, separator, path = entry.partition("=")
+    if separator and not Path(entry).exists():
+        return arch, Path(path)
+    return None, Path(entry)
+
+
+def load_teacher(config: TrainConfig, dataset: Dataset, teacher: nn.Module | None) -> nn.Module:
+    """BGAT: the frozen ensemble of ``teacher_checkpoints``. LBGAT: ``teacher`` started from the one
+    checkpoint given (same architecture; the optimiser state is not carried over)."""
+    channels, height, _ = dataset.image_shape
+    loaded = []
+    for entry in config.teacher_checkpoints:
+        arch, path = _teacher_source(entry)
+        if not path.is_file():
+            raise ConfigError(f"teacher checkpoint {path} does not exist")
+        model = load_for_eval(path, arch=arch, num_classes=dataset.num_classes, in_channels=channels,
+                              image_size=height)
+        if model.spec.num_classes != dataset.num_classes or (model.spec.in_channels, model.spec.image_size) != (
+                channels, height):
+            raise ConfigError(f"teacher checkpoint {path} is a {model.spec.num_classes}-class model for "
+                              f"{model.spec.in_channels}x{model.spec.image_size} inputs; {dataset.name} needs "
+                              f"{dataset.num_classes} classes at {channels}x{height}")
+        loaded.append(model)
+    if get_method(config.method.name).frozen_teacher:
+        return FrozenEnsemble([model.model for model in loaded])
+    (start,) = loaded
+    if teacher is None or start.spec.arch != config.teacher:
+        raise ConfigError(f"teacher checkpoint {start.path} holds a {start.spec.arch}, but teacher is {config.teacher}")
+    teacher.load_state_dict(start.model.state_dict())
+    return teacher
+
+
 def load_data(config: TrainConfig) -> Dataset:
     return load_dataset(config.data.name, config.data.root, image_size=config.data.image_size)
 
@@ -191,14 +254,22 @@ def build_parts(config: TrainConfig, dataset: Dataset) -> RunParts:
     torch.manual_seed(config.seed)
     student = student_spec.build()
     teacher = teacher_spec.build() if teacher_spec is not None else None
+    if config.teacher_checkpoints:
+        teacher = load_teacher(config, dataset, teacher)
     attack = TrainAttack(
         eps=config.attack.eps, step_size=config.attack.step_size, steps=config.attack.steps,
         start=config.attack.start, start_std=config.attack.start_std, bn_mode=config.attack.bn_mode,
+        objective=None if config.attack.objective == "auto" else config.attack.objective,
     )
     method = create_method(config.method.name, student, params=config.method.params, attack=attack, teacher=teacher)
     method.to(device)
     # One SGD optimiser over all trained networks (one parameter group each), as the official LBGAT code.
-    groups = [{"params": list(network.parameters())} for network in method.trained_networks().values()]
+    # A parameter shared by two networks (separate_bn) is in the first network's group only.
+    groups, seen = [], set()
+    for network in method.trained_networks().values():
+        own = [parameter for parameter in network.parameters() if id(parameter) not in seen]
+        seen.update(id(parameter) for parameter in own)
+        groups.append({"params": own})
     optimizer = torch.optim.SGD(groups, lr=config.optim.lr, momentum=config.optim.momentum,
                                 weight_decay=config.optim.weight_decay, nesterov=config.optim.nesterov)
     train_indices, val_indices = split_holdout(len(dataset.train), config.data.val_size, config.data.split_seed,

@@ -1,0 +1,55 @@
+"""Adversarial Logit Pairing (Kannan et al., 2018), spec section 4: as the LBGAT paper uses it, and
+the original mixed-minibatch form."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from ..data.loader import Batch
+from .base import Method
+from .registry import register_method
+
+
+@dataclass(frozen=True)
+class AlpParams:
+    """alpha: weight of the logit pairing MSE (LBGAT paper: 1; the ALP README example: 0.5).
+    variant: lbgat = CE(M(x'), y) + alpha MSE(M(x'), M(x)) (the LBGAT paper's baseline, spec 4.2);
+        original = CE with label smoothing over the mixed batch [x, x'] + alpha MSE (spec 4.1).
+    label_smoothing: of the original variant's CE (0.1 in the official ALP code)."""
+
+    alpha: float = 1.0
+    variant: Literal["lbgat", "original"] = "lbgat"
+    label_smoothing: float = 0.1
+
+
+@register_method
+class Alp(Method):
+    """lbgat variant: L = CE(M(x'), y) + alpha * MSE(M(x'), M(x)), two forwards (x' first).
+    original variant: one forward over [x, x'], L = CE_ls([x, x'], [y, y]) + alpha * MSE(M(x), M(x')).
+    MSE is the mean over B x C (``nn.MSELoss()``) and flows into both logits; x' = CE-PGD (eval mode).
+    """
+
+    name = "alp"
+    description = "ALP: CE(M(x_adv), y) + alpha MSE(M(x_adv), M(x)), x_adv = CE-PGD (variant=original: mixed CE)"
+    Params = AlpParams
+    attack_objective = "ce"
+    default_start = "uniform"
+
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        x_adv = self.adversarial(batch)
+        params: AlpParams = self.params
+        if params.variant == "original":
+            logits = self.student(torch.cat([batch.x, x_adv]))
+            logits_clean, logits_adv = logits.chunk(2)
+            ce = F.cross_entropy(logits, torch.cat([batch.y, batch.y]), label_smoothing=params.label_smoothing)
+            pairing = F.mse_loss(logits_clean, logits_adv)
+            return {"loss": ce + params.alpha * pairing, "ce_mixed": ce, "pairing": pairing}
+        logits_adv = self.student(x_adv)
+        logits_clean = self.student(batch.x)
+        ce_adv = F.cross_entropy(logits_adv, batch.y)
+        pairing = F.mse_loss(logits_adv, logits_clean)
+        return {"loss": ce_adv + params.alpha * pairing, "ce_adv": ce_adv, "pairing": pairing}

@@ -1,0 +1,96 @@
+"""BGAT (the static-teacher predecessor of LBGAT; "ADT" in the CVPR-2020 draft), spec section 5,
+and its +TRADES and +ALP combinations (LBGAT Tables 3 and 4)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..data.loader import Batch
+from .base import Method
+from .guidance import GuidanceParams, guidance_loss, guidance_terms, guided_with_regulariser, pairing_mse
+from .registry import register_method
+from .trades import kl_batchmean
+
+
+class BgatFamily(Method):
+    """A student guided by a frozen natural teacher (an ensemble: mean of logits), which is loaded
+    from checkpoints (``teacher_checkpoints``), stays in eval mode and is never updated."""
+
+    uses_teacher = True
+    frozen_teacher = True
+
+    def guided(self, batch: Batch, logits_adv: torch.Tensor) -> dict[str, torch.Tensor]:
+        assert self.teacher is not None
+        with torch.no_grad():
+            logits_teacher = self.teacher(batch.x)
+        terms = guidance_terms(logits_adv, logits_teacher, batch.y, self.params)
+        terms["loss"] = guidance_loss(terms, self.params)
+        return terms
+
+    def trained_networks(self) -> dict[str, nn.Module]:
+        return {"student": self.student}
+
+
+@dataclass(frozen=True)
+class BgatParams(GuidanceParams):
+    """BGAT has no weight of its own: L = MSE(M_r(x'), M_n(x)) (Eq. 2; no student CE, on purpose)."""
+
+
+@register_method
+class Bgat(BgatFamily):
+    """L = MSE(M_r(x'), M_n(x)), M_n frozen, x' = CE-PGD on the student (eval mode, uniform start)."""
+
+    name = "bgat"
+    description = "BGAT: MSE(M_r(x_adv), M_n(x)) with a frozen natural teacher ensemble, x_adv = CE-PGD"
+    Params = BgatParams
+    attack_objective = "ce"
+    default_start = "uniform"
+
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        return self.guided(batch, self.student(self.adversarial(batch)))
+
+
+@dataclass(frozen=True)
+class BgatTradesParams(GuidanceParams):
+    """alpha: TRADES KL weight (Table 4 reports alpha = 0)."""
+
+    alpha: float = 0.0
+
+
+@register_method
+class BgatTrades(BgatFamily):
+    """L = MSE(M_r(x'), M_n(x)) + alpha * KL(P_r(x) || P_r(x')), M_n frozen, x' = KL-PGD (normal start),
+    as LBGAT+TRADES without the teacher's CE and updates."""
+
+    name = "bgat-trades"
+    description = "BGAT+TRADES: MSE(M_r(x_adv), M_n(x)) + alpha KL(P_r(x) || P_r(x_adv)), frozen teacher"
+    Params = BgatTradesParams
+    attack_objective = "kl"
+    default_start = "normal"
+
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        return guided_with_regulariser(self, batch, "kl", kl_batchmean)
+
+
+@dataclass(frozen=True)
+class BgatAlpParams(GuidanceParams):
+    """alpha: weight of the logit pairing MSE(M_r(x'), M_r(x)) (paper: 1)."""
+
+    alpha: float = 1.0
+
+
+@register_method
+class BgatAlp(BgatFamily):
+    """L = MSE(M_r(x'), M_n(x)) + alpha * MSE(M_r(x'), M_r(x)), M_n frozen, x' = CE-PGD."""
+
+    name = "bgat-alp"
+    description = "BGAT+ALP: MSE(M_r(x_adv), M_n(x)) + alpha MSE(M_r(x_adv), M_r(x)), frozen teacher"
+    Params = BgatAlpParams
+    attack_objective = "ce"
+    default_start = "uniform"
+
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        return guided_with_regulariser(self, batch, "pairing", pairing_mse)

@@ -1,0 +1,38 @@
+"""LBGAT+ALP (Cui et al., ICCV 2021, Eq. 4 with its first term replaced by Eq. 3), spec section 8."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..data.loader import Batch
+from .guidance import guided_with_regulariser, pairing_mse
+from .lbgat import LbgatFamily, LbgatParams
+from .registry import register_method
+
+
+@dataclass(frozen=True)
+class LbgatAlpParams(LbgatParams):
+    """alpha: weight of the logit pairing MSE(M_r(x'), M_r(x)) (paper: 1)."""
+
+    alpha: float = 1.0
+
+
+@register_method
+class LbgatAlp(LbgatFamily):
+    """L = MSE(M_r(x'), M_n(x)) + beta * CE(M_n(x), y) + alpha * MSE(M_r(x'), M_r(x)).
+
+    No official code: x' = CE-PGD on the student in eval mode (spec 8's recommendation, matching
+    ALP), both MSEs mean-reduced over B x C, nothing detached. Forward order: student(x'),
+    student(x), teacher(x).
+    """
+
+    name = "lbgat-alp"
+    description = "LBGAT+ALP: MSE(M_r(x_adv), M_n(x)) + beta CE(M_n(x), y) + alpha MSE(M_r(x_adv), M_r(x))"
+    Params = LbgatAlpParams
+    attack_objective = "ce"
+    default_start = "uniform"
+
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        return guided_with_regulariser(self, batch, "pairing", pairing_mse)
