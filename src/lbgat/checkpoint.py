@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import CheckpointError
+from .errors import CheckpointError, UnsafeCheckpointError
 
 FORMAT_VERSION = 1
 
@@ -129,7 +129,7 @@ def read_tensors_file(path: str | Path) -> Any:
     except pickle.UnpicklingError as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else "unsupported content"
         if "weights_only" in str(error) or "Unsupported global" in str(error):
-            raise CheckpointError(
+            raise UnsafeCheckpointError(
                 f"refusing to load {path}: it contains pickled code or objects, not just tensors "
                 f"({first_line[:160]})"
             ) from None

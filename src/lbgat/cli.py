@@ -37,6 +37,10 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", help="run directory (default runs/<dataset>-<method>-<model>-s<seed>)")
     parser.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    parser.add_argument("--checkpoint-every", type=int, metavar="STEPS",
+                        help="also checkpoint every STEPS optimiser steps (pre-emptible machines; default per epoch)")
+    parser.add_argument("--on-nan", choices=["stop", "skip"],
+                        help="at a non-finite loss: stop the run (default) or skip the step (at most 10 in a row)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override any setting, e.g. --set method.alpha=0 --set attack.steps=5 (repeatable)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -53,7 +57,8 @@ def _run_train(args: argparse.Namespace) -> int:
         "method.name": args.method, "model": args.model, "teacher": args.teacher, "data.name": args.dataset,
         "data.root": args.data_root, "schedule.epochs": args.epochs, "batch_size": args.batch_size,
         "max_steps": args.max_steps, "seed": args.seed, "out": args.out, "device": args.device,
-        "teacher_checkpoints": args.teacher_checkpoints,
+        "teacher_checkpoints": args.teacher_checkpoints, "checkpoint_every": args.checkpoint_every,
+        "on_nan": args.on_nan,
     }
     config = build_config(recipe, flags, args.overrides)
     result = train(config, resume=args.resume, progress=not args.no_progress, argv=sys.argv)
@@ -260,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args)
     except LbgatError as error:
-        print(f"lbgat {args.command}: error: {error}", file=sys.stderr)
+        print(f"lbgat {args.command}: {error.label}: {error}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
         print(f"lbgat {args.command}: interrupted", file=sys.stderr)

@@ -109,6 +109,8 @@ class TrainConfig:
     device: str = "auto"  # auto: cuda if available, else cpu
     log_every: int = 10  # steps between progress-bar updates of the loss terms
     save_every: int = 0  # also keep a numbered checkpoint every N epochs (0: only last and best)
+    checkpoint_every: int = 0  # also rewrite last.pt every N optimiser steps (pre-emptible machines); 0: per epoch
+    on_nan: str = "stop"  # stop: end the run at a non-finite loss; skip: drop that step (at most 10 in a row)
 
 
 @dataclass(frozen=True)

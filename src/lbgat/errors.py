@@ -12,6 +12,7 @@ class LbgatError(Exception):
     """An error caused by the user's input; its message is a complete, one-line explanation."""
 
     exit_code: int = 2
+    label: str = "error"  # how the command line introduces the message
 
 
 class ConfigError(LbgatError):
@@ -24,3 +25,7 @@ class DataError(LbgatError):
 
 class CheckpointError(LbgatError):
     """A checkpoint that cannot be read, or that does not fit the requested model."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A file that holds pickled code or objects, refused before anything in it could run."""

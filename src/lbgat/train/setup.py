@@ -70,6 +70,8 @@ def validate(config: TrainConfig, *, dataset_given: bool = False) -> None:
     _require(config.val.every >= 1, f"val.every must be >= 1, got {config.val.every}")
     _require(config.log_every >= 1, f"log_every must be >= 1, got {config.log_every}")
     _require(config.save_every >= 0, f"save_every must be >= 0, got {config.save_every}")
+    _require(config.checkpoint_every >= 0, f"checkpoint_every must be >= 0, got {config.checkpoint_every}")
+    _require(config.on_nan in ("stop", "skip"), f"on_nan must be stop or skip, got {config.on_nan!r}")
     resolve_device(config.device)
 
 

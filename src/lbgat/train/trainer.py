@@ -5,19 +5,27 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import shutil
+import signal
 import sys
+import tempfile
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
 from ..checkpoint import Checkpoint, load_checkpoint, load_state_strict, save_checkpoint
 from ..config import TrainConfig, config_to_yaml
 from ..data import Dataset
-from ..errors import ConfigError, LbgatError
+from ..errors import CheckpointError, ConfigError, LbgatError, UnsafeCheckpointError
 from ..evaluate.specs import AttackSpec
 from ..evaluate.suite import run_suite
 from ..provenance import code_version, environment
@@ -26,13 +34,27 @@ from .schedule import lr_at
 from .setup import RunParts, build_parts, expected_image_shape, load_data, resolve, validate
 
 LAST = "last.pt"
+PREVIOUS = "last.prev.pt"  # the checkpoint before last.pt, kept for when last.pt is damaged
 BEST = "best.pt"
 # Settings a resumed run may change: they do not alter what is computed.
-RESUMABLE_CHANGES = frozenset({"max_steps", "log_every", "device", "out"})
+RESUMABLE_CHANGES = frozenset({"max_steps", "log_every", "device", "out", "checkpoint_every", "on_nan"})
+# --on-nan skip gives up after this many non-finite steps in a row: the run has diverged for good.
+MAX_CONSECUTIVE_SKIPS = 10
+STOP_SIGNALS = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "SIGINT"}
 
 
 class TrainingDiverged(LbgatError):
     """The loss became NaN or infinite."""
+
+
+class TrainingStopped(LbgatError):
+    """A stop signal arrived; the run saved a checkpoint after the current step and can be resumed."""
+
+    label = "stopped"
+
+    def __init__(self, message: str, signal_number: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signal_number  # 143 for SIGTERM, 130 for SIGINT, as a shell reports them
 
 
 @dataclass
@@ -151,12 +173,46 @@ class Trainer:
         return {"clean_acc": clean, "robust_acc": robust, "n": len(result.indices)}
 
     def run(self) -> TrainResult:
+        with self._stop_signals():
+            return self._run()
+
+    @contextmanager
+    def _stop_signals(self) -> Iterator[None]:
+        """SIGTERM/SIGINT ask for a stop after the current step (handled in the main thread only)."""
+        self.stop_requested: int | None = None
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def request_stop(number: int, frame: object) -> None:
+            if self.stop_requested is not None and number == signal.SIGINT:
+                raise KeyboardInterrupt  # a second Ctrl-C: the user really wants out now
+            self.stop_requested = number
+
+        previous = {number: signal.signal(number, request_stop) for number in STOP_SIGNALS}
+        try:
+            yield
+        finally:
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+
+    def _stop_agreed(self) -> int | None:
+        """The signal to stop for, agreed by every rank of a distributed job (all stop after the same step)."""
+        requested = self.stop_requested or 0
+        if dist.is_available() and dist.is_initialized():
+            flag = torch.tensor([requested], device=self.parts.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            requested = int(flag.item())
+        return requested or None
+
+    def _run(self) -> TrainResult:
         config, parts = self.config, self.parts
         loader = parts.train_loader
         epochs = config.schedule.epochs
         last_path = self.run_dir / LAST
         if self._at_step_limit():  # e.g. resumed with the --max-steps it already reached
             return TrainResult(self.run_dir, last_path, self._best_path(), self.position, finished=False)
+        skipped_in_a_row = 0
         while self.position.epoch < epochs:
             epoch = self.position.epoch
             lr = lr_at(epoch + 1, config.optim.lr, config.schedule)
@@ -174,27 +230,66 @@ class Trainer:
                 parts.optimizer.zero_grad(set_to_none=True)
                 terms = parts.method(batch)
                 terms["loss"].backward()
-                parts.optimizer.step()
-                for name, value in terms.items():
-                    # float64 keeps the epoch means independent of where log intervals (or a resume) fall.
-                    pending[name] = pending.get(name, 0.0) + value.detach().double()
-                pending_steps += 1
+                if config.on_nan == "skip" and not self._step_is_finite(terms):
+                    skipped_in_a_row += 1
+                    self.log({"event": "skipped_step", "reason": "non-finite loss or gradient",
+                              **dataclasses.asdict(self.position),
+                              "terms": {name: float(value.detach()) for name, value in terms.items()}})
+                    if skipped_in_a_row >= MAX_CONSECUTIVE_SKIPS:
+                        raise TrainingDiverged(
+                            f"{skipped_in_a_row} non-finite steps in a row in epoch {epoch + 1} up to step "
+                            f"{self.position.global_step + 1}; the run has diverged (last good checkpoint: "
+                            f"{last_path})")
+                else:
+                    skipped_in_a_row = 0
+                    parts.optimizer.step()
+                    for name, value in terms.items():
+                        # float64 keeps the epoch means independent of where log intervals (or a resume) fall.
+                        pending[name] = pending.get(name, 0.0) + value.detach().double()
+                    pending_steps += 1
                 pending_seconds += time.perf_counter() - started
                 self.position.batch += 1
                 self.position.global_step += 1
                 bar.update(1)
                 at_limit = self._at_step_limit()
-                if pending_steps == config.log_every or at_limit or self.position.batch == len(loader):
+                stop = self._stop_agreed()
+                periodic = bool(config.checkpoint_every) and self.position.global_step % config.checkpoint_every == 0
+                end_of_epoch = self.position.batch == len(loader)
+                if pending_steps == config.log_every or at_limit or stop or periodic or end_of_epoch:
+                    # Before any checkpoint: the divergence check runs here, so a saved state is finite.
                     self._flush(pending, pending_steps, pending_seconds, bar, lr)
                     pending, pending_steps, pending_seconds = {}, 0, 0.0
+                if at_limit or stop or (periodic and not end_of_epoch):
+                    self._save_last()
+                if stop:
+                    bar.close()
+                    name = STOP_SIGNALS.get(signal.Signals(stop), f"signal {stop}")
+                    self.log({"event": "stopped", "reason": name, **dataclasses.asdict(self.position)})
+                    raise TrainingStopped(
+                        f"{name} received: stopped after step {self.position.global_step} (epoch {epoch + 1}) with "
+                        f"a checkpoint; continue with --resume --out {self.run_dir}", int(stop))
                 if at_limit:
                     bar.close()
-                    self._save(last_path, "last")
                     self.log({"event": "stopped", "reason": "max_steps", **dataclasses.asdict(self.position)})
                     return TrainResult(self.run_dir, last_path, self._best_path(), self.position, finished=False)
             bar.close()
             self._end_epoch(epoch, lr)
         return TrainResult(self.run_dir, last_path, self._best_path(), self.position, finished=True)
+
+    def _step_is_finite(self, terms: dict[str, torch.Tensor]) -> bool:
+        """Loss and every gradient finite (one host sync per step: only paid with --on-nan skip)."""
+        total = terms["loss"].detach().float()
+        for parameter in self.parts.method.parameters():
+            if parameter.grad is not None:
+                total = total + parameter.grad.float().sum()
+        return bool(torch.isfinite(total))
+
+    def _save_last(self) -> None:
+        """last.pt, keeping the one it replaces as last.prev.pt (the fallback of --resume)."""
+        last = self.run_dir / LAST
+        if last.exists():
+            os.replace(last, self.run_dir / PREVIOUS)
+        self._save(last, "last")
 
     def _at_step_limit(self) -> bool:
         return self.config.max_steps is not None and self.position.global_step >= self.config.max_steps
@@ -244,7 +339,7 @@ class Trainer:
             self.best = {"epoch": epoch + 1, **val_metrics}
         self.position = Position(epoch + 1, 0, self.position.global_step)
         self.epoch_totals = EpochTotals()
-        self._save(self.run_dir / LAST, "last")
+        self._save_last()
         if improved:
             self._save(self.run_dir / BEST, "best", with_optimizer=False)
         if config.save_every and (epoch + 1) % config.save_every == 0:
@@ -285,14 +380,70 @@ def _write_run_files(run_dir: Path, config: TrainConfig, parts: RunParts, argv: 
     (run_dir / "split.json").write_text(json.dumps(split) + "\n")
 
 
+def _nearest_existing(path: Path) -> Path:
+    existing = path.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    return existing
+
+
+def _check_writable(run_dir: Path) -> None:
+    """The run directory can be made and written to, checked before any data is read and without
+    leaving anything behind (the probe goes into the nearest folder that exists)."""
+    existing = _nearest_existing(run_dir)
+    if not existing.is_dir():
+        raise ConfigError(f"cannot write to the run directory {run_dir}: {existing} is not a directory")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        raise ConfigError(f"cannot write to the run directory {run_dir}: {error.strerror or error}") from None
+
+
+def checkpoint_bytes(parts: RunParts) -> int:
+    """About what one resumable checkpoint takes: every tensor of the method plus one optimiser buffer
+    (SGD momentum) per parameter."""
+    state = sum(tensor.numel() * tensor.element_size() for tensor in parts.method.state_dict().values())
+    momentum = sum(parameter.numel() * parameter.element_size() for parameter in parts.method.parameters())
+    return state + momentum
+
+
+def _check_disk_space(run_dir: Path, parts: RunParts) -> None:
+    """Room for one more checkpoint (written beside the old one before it replaces it)."""
+    needed = int(checkpoint_bytes(parts) * 1.05) + (1 << 20)
+    free = shutil.disk_usage(_nearest_existing(run_dir)).free
+    if free < needed:
+        raise ConfigError(f"not enough disk space for a checkpoint in {run_dir}: one needs about "
+                          f"{needed / 2**20:.1f} MiB, {free / 2**20:.1f} MiB are free")
+
+
 def _check_run_dir(run_dir: Path, resume: bool) -> Checkpoint | None:
+    last, previous = run_dir / LAST, run_dir / PREVIOUS
     if resume:
-        if not (run_dir / LAST).exists():
-            raise ConfigError(f"nothing to resume: {run_dir / LAST} does not exist")
-        return load_checkpoint(run_dir / LAST)
-    if (run_dir / LAST).exists():
+        if not last.exists() and not previous.exists():
+            raise ConfigError(f"nothing to resume: {last} does not exist")
+        return _resumable_checkpoint(last, previous)
+    if last.exists() or previous.exists():
         raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another --out")
     return None
+
+
+def _resumable_checkpoint(last: Path, previous: Path) -> Checkpoint:
+    """last.pt, or last.prev.pt (with a warning) when last.pt is missing, truncated or damaged.
+    A file refused as unsafe is never skipped over: that is tampering, not damage."""
+    try:
+        return load_checkpoint(last)
+    except UnsafeCheckpointError:
+        raise
+    except CheckpointError as error:
+        if not previous.exists():
+            raise
+        damage = str(error)
+    fallback = load_checkpoint(previous)
+    position = fallback.meta.get("position", {})
+    print(f"warning: {damage}; resuming from the previous checkpoint {previous} (epoch "
+          f"{position.get('epoch', 0) + 1}, after step {position.get('global_step')})", file=sys.stderr)
+    return fallback
 
 
 def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
@@ -309,18 +460,22 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
     # With the input shape known up front, model/input mismatches and run-directory clashes are
     # reported before any data is read.
     early = resolve(config, known_shape) if known_shape is not None else None
+    if early is not None:
+        _check_writable(Path(early.out))
     checkpoint = _check_run_dir(Path(early.out), resume) if early is not None else None
     if dataset is None:
         dataset = load_data(config)
     resolved = resolve(config, dataset.image_shape)
     run_dir = Path(resolved.out)
     if early is None:
+        _check_writable(run_dir)
         checkpoint = _check_run_dir(run_dir, resume)
     if checkpoint is not None:
         changed = _differences(checkpoint.meta["config"], to_mapping(resolved))
         if changed:
             raise ConfigError(f"--resume with settings that differ from the run: {changed[0]}")
     parts = build_parts(resolved, dataset)
+    _check_disk_space(run_dir, parts)
     trainer = Trainer(parts, run_dir, progress=progress)
     if checkpoint is not None:
         trainer.restore(checkpoint)
