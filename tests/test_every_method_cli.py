@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from data_fixtures import assert_one_line_naming, cifar10_mini_root
+from data_fixtures import cifar10_mini_root
 from lbgat.checkpoint import load_checkpoint
 from lbgat.cli import main
 from lbgat.config import build_config
@@ -71,13 +71,12 @@ def test_bgat_teacher_is_the_frozen_ensemble_of_its_checkpoints(natural_teachers
 
 
 def test_lbgat_teacher_can_start_from_a_checkpoint(natural_teachers: list[Path], tmp_path: Path) -> None:
-    from lbgat.config import build_config as build
     from lbgat.data import load_dataset
     from lbgat.train.setup import build_parts, resolve
 
-    config = build(None, {"method.name": "lbgat-trades", "model": "wrn-10-1", "teacher": "wrn-10-1",
-                          "data.name": "cifar10", "data.root": str(cifar10_mini_root()),
-                          "teacher_checkpoints": [str(natural_teachers[0])]}, ["data.val_size=0"])
+    config = build_config(None, {"method.name": "lbgat-trades", "model": "wrn-10-1", "teacher": "wrn-10-1",
+                                 "data.name": "cifar10", "data.root": str(cifar10_mini_root()),
+                                 "teacher_checkpoints": [str(natural_teachers[0])]}, ["data.val_size=0"])
     dataset = load_dataset("cifar10", str(cifar10_mini_root()))
     parts = build_parts(resolve(config, dataset.image_shape), dataset)
     natural = load_checkpoint(natural_teachers[0]).network_state("student")
@@ -116,4 +115,3 @@ def test_missing_teacher_checkpoint_is_one_line(tmp_path: Path, capsys) -> None:
                  *SMALL, "--teacher-checkpoint", str(missing), "--out", str(tmp_path / "run")]) != 0
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and str(missing) in error
-    assert_one_line_naming(ConfigError(error), missing)

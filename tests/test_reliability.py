@@ -20,7 +20,7 @@ import lbgat
 from lbgat.checkpoint import load_checkpoint
 from lbgat.cli import main
 from lbgat.config import build_config
-from lbgat.errors import CheckpointError, ConfigError
+from lbgat.errors import CheckpointError
 from lbgat.train import train
 from test_cli import assert_same_training_state
 
@@ -311,7 +311,3 @@ def test_a_disk_without_room_for_a_checkpoint_is_reported_before_training(tmp_pa
     error = capsys.readouterr().err.strip()
     assert "not enough disk space for a checkpoint" in error and "MiB are free" in error
     assert not (out / "metrics.jsonl").exists()
-
-
-def test_config_errors_are_config_errors() -> None:
-    assert issubclass(ConfigError, lbgat.errors.LbgatError)

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from ..data.loader import Batch
 from .base import Method
+from .guidance import pairing_mse
 from .registry import register_method
 
 
@@ -46,10 +47,10 @@ class Alp(Method):
             logits = self.student(torch.cat([batch.x, x_adv]))
             logits_clean, logits_adv = logits.chunk(2)
             ce = F.cross_entropy(logits, torch.cat([batch.y, batch.y]), label_smoothing=params.label_smoothing)
-            pairing = F.mse_loss(logits_clean, logits_adv)
+            pairing = pairing_mse(logits_clean, logits_adv)
             return {"loss": ce + params.alpha * pairing, "ce_mixed": ce, "pairing": pairing}
         logits_adv = self.student(x_adv)
         logits_clean = self.student(batch.x)
         ce_adv = F.cross_entropy(logits_adv, batch.y)
-        pairing = F.mse_loss(logits_adv, logits_clean)
+        pairing = pairing_mse(logits_clean, logits_adv)
         return {"loss": ce_adv + params.alpha * pairing, "ce_adv": ce_adv, "pairing": pairing}

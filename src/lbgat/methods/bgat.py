@@ -24,8 +24,7 @@ class BgatFamily(Method):
 
     def guided(self, batch: Batch, logits_adv: torch.Tensor) -> dict[str, torch.Tensor]:
         assert self.teacher is not None
-        with torch.no_grad():
-            logits_teacher = self.teacher(batch.x)
+        logits_teacher = self.teacher(batch.x)  # a FrozenEnsemble: eval mode, no graph
         terms = guidance_terms(logits_adv, logits_teacher, batch.y, self.params)
         terms["loss"] = guidance_loss(terms, self.params)
         return terms
