@@ -144,25 +144,36 @@ def max_relative_difference(ours: dict[str, torch.Tensor], reference: dict[str, 
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="resnet18")
-    parser.add_argument("--teacher", default="resnet18-lbgat")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--alpha", type=float, default=6.0)
+def add_step_arguments(parser: argparse.ArgumentParser, *, model: str, teacher: str, batch_size: int) -> None:
+    """The flags every step benchmark shares: networks, batch, repeats, threads, data, device."""
+    parser.add_argument("--model", default=model)
+    parser.add_argument("--teacher", default=teacher)
+    parser.add_argument("--batch-size", type=int, default=batch_size)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--data-root", type=Path, default=DEFAULT_DATA, help="cifar10 folder (default cifar10-mini)")
     parser.add_argument("--device", default="cpu", help="cpu (the default) or cuda")
-    parser.add_argument("--tolerance", type=float, default=1e-5, help="largest relative loss difference accepted")
-    args = parser.parse_args(argv)
 
+
+def step_setup(args: argparse.Namespace) -> tuple[torch.device, Batch, str, nn.Module, nn.Module]:
+    """Threads, device, the batch, and the student and teacher initialised from seed 0."""
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     batch, source = load_batch(args.batch_size, args.data_root, device)
     torch.manual_seed(0)
     student = create_model(args.model, num_classes=10).to(device)
     teacher = create_model(args.teacher, num_classes=10).to(device)
+    return device, batch, source, student, teacher
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_step_arguments(parser, model="resnet18", teacher="resnet18-lbgat", batch_size=128)
+    parser.add_argument("--alpha", type=float, default=6.0)
+    parser.add_argument("--tolerance", type=float, default=1e-5, help="largest relative loss difference accepted")
+    args = parser.parse_args(argv)
+
+    device, batch, source, student, teacher = step_setup(args)
     ours = LbgatStep(copy.deepcopy(student), copy.deepcopy(teacher), args.alpha)
     reference = ReferenceStep(copy.deepcopy(student), copy.deepcopy(teacher), args.alpha)
     start = 0.001 * batch.rng.normal(Stream.TRAIN_ATTACK_START, tuple(batch.x.shape[1:]))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+from data_fixtures import write_cifar10
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -23,3 +25,33 @@ def test_train_step_benchmark_agrees_with_the_reference(capsys, tmp_path: Path) 
     assert status == 0, output
     assert "max relative loss difference 0.00e+00" in output
     assert "whole-step speed-up" in output
+
+
+def test_speed_features_benchmark_runs_each_feature_against_its_absence(capsys, tmp_path: Path) -> None:
+    benchmark = load("speed_features")
+    status = benchmark.main(["--model", "tiny-cnn", "--teacher", "tiny-cnn", "--batch-size", "4", "--repeats", "1",
+                             "--attack-steps", "1", "--features", "channels_last,bf16",
+                             "--data-root", str(tmp_path / "absent")])
+    output = capsys.readouterr().out
+    assert status == 0, output
+    assert "| channels_last |" in output and "| bf16 |" in output
+    assert "fp32 baseline" in output
+
+
+def test_ddp_benchmark_compares_two_processes_with_one(capsys, tmp_path: Path) -> None:
+    benchmark = load("ddp")
+    write_cifar10(tmp_path, per_batch=4)  # 20 random images
+    status = benchmark.main(["--method", "pgd-at", "--model", "tiny-cnn", "--teacher", "", "--batch-size", "8",
+                             "--steps", "2", "--attack-steps", "1", "--data-root", str(tmp_path)])
+    output = capsys.readouterr().out
+    assert status == 0, output
+    assert "| 2 |" in output and "relative weight difference after 2 steps" in output
+
+
+def test_scaling_benchmark_prints_its_three_tables(capsys, tmp_path: Path) -> None:
+    benchmark = load("scaling")
+    status = benchmark.main(["--batch-sizes", "2", "--steps-grid", "1", "--models", "tiny-cnn", "--batch-size", "2",
+                             "--attack-steps", "1", "--repeats", "1", "--data-root", str(tmp_path / "absent")])
+    output = capsys.readouterr().out
+    assert status == 0, output
+    assert "| batch size |" in output and "| attack steps |" in output and "| tiny-cnn |" in output

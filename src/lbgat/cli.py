@@ -20,7 +20,10 @@ class _Parser(argparse.ArgumentParser):
 
 def _add_train(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("train", help="train a model (LBGAT, TRADES, PGD-AT, ...)",
-                                 description="Train a model. Settings: defaults < --config recipe < flags < --set.")
+                                 description="Train a model. Settings: defaults < --config recipe < flags < --set. "
+                                             "Under `torchrun --nproc_per_node N -m lbgat train ...` the processes "
+                                             "train one model with DistributedDataParallel (global batch = "
+                                             "--batch-size).")
     parser.add_argument("--config", help="YAML recipe: a file, or a shipped recipe name (see `lbgat recipes`)")
     parser.add_argument("--method", help="training method (see `lbgat methods`)")
     parser.add_argument("--model", help="student architecture (see `lbgat models`)")
@@ -41,6 +44,16 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
                         help="also checkpoint every STEPS optimiser steps (pre-emptible machines; default per epoch)")
     parser.add_argument("--on-nan", choices=["stop", "skip"],
                         help="at a non-finite loss: stop the run (default) or skip the step (at most 10 in a row)")
+    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
+                        help="training arithmetic: fp32 (default), or bf16/fp16 autocast (fp16 with a gradient "
+                             "scaler); attack steps, projections and validation stay in fp32")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="networks and inputs in channels-last memory format (see docs/performance.md)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the networks and the attack step: compiles first, meant for GPUs "
+                             "(slower on CPU; see docs/performance.md)")
+    parser.add_argument("--sync-bn", action="store_true", help="under torchrun on GPUs: BatchNorm statistics over "
+                                                                "the global batch (SyncBatchNorm)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override any setting, e.g. --set method.alpha=0 --set attack.steps=5 (repeatable)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -58,10 +71,13 @@ def _run_train(args: argparse.Namespace) -> int:
         "data.root": args.data_root, "schedule.epochs": args.epochs, "batch_size": args.batch_size,
         "max_steps": args.max_steps, "seed": args.seed, "out": args.out, "device": args.device,
         "teacher_checkpoints": args.teacher_checkpoints, "checkpoint_every": args.checkpoint_every,
-        "on_nan": args.on_nan,
+        "on_nan": args.on_nan, "precision": args.precision, "channels_last": args.channels_last or None,
+        "compile": args.compile or None, "sync_bn": args.sync_bn or None,
     }
     config = build_config(recipe, flags, args.overrides)
     result = train(config, resume=args.resume, progress=not args.no_progress, argv=sys.argv)
+    if not result.is_main:  # another process of a torchrun job: rank 0 reports
+        return 0
     state = "finished" if result.finished else f"stopped after step {result.position.global_step}"
     print(f"training {state}; run directory: {result.run_dir}")
     print(f"  last checkpoint: {result.last}")
@@ -106,6 +122,8 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--check-n", type=int, default=100,
                         help="examples for the PGD-100x5 strength check (default 100; 0 skips it)")
     parser.add_argument("--out", type=Path, help="report folder (default: eval-<checkpoint name> beside it)")
+    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                        help="model arithmetic: fp32 (default, the evaluation of record) or bf16/fp16 autocast")
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(handler=_run_eval)
@@ -120,7 +138,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         data_root=args.data_root, out=args.out, device=args.device, protocol=args.protocol, norm=args.norm,
         model=args.model, num_classes=args.num_classes, aa_version=args.aa_version, aa_attacks=args.aa_attacks,
         aa_batch_size=args.aa_batch_size, transfer_from=args.transfer_from, source_model=args.source_model,
-        check_n=args.check_n,
+        check_n=args.check_n, precision=args.precision,
     )
     report, out = evaluate_checkpoint(request, progress=not args.no_progress)
     if not report:  # a non-main process of a sharded evaluation
@@ -265,7 +283,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args)
     except LbgatError as error:
-        print(f"lbgat {args.command}: {error.label}: {error}", file=sys.stderr)
+        if getattr(error, "announce", True):
+            print(f"lbgat {args.command}: {error.label}: {error}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
         print(f"lbgat {args.command}: interrupted", file=sys.stderr)

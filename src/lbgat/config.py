@@ -111,6 +111,12 @@ class TrainConfig:
     save_every: int = 0  # also keep a numbered checkpoint every N epochs (0: only last and best)
     checkpoint_every: int = 0  # also rewrite last.pt every N optimiser steps (pre-emptible machines); 0: per epoch
     on_nan: str = "stop"  # stop: end the run at a non-finite loss; skip: drop that step (at most 10 in a row)
+    # Speed (docs/performance.md). precision: fp32, or bf16/fp16 autocast for training (fp16 with a
+    # gradient scaler); attack steps, projections and validation stay in fp32.
+    precision: str = "fp32"
+    channels_last: bool = False  # networks and inputs in channels-last memory format
+    compile: bool = False  # torch.compile the networks and the attack's update step
+    sync_bn: bool = False  # under torchrun on GPUs: BatchNorm statistics over the global batch
 
 
 @dataclass(frozen=True)

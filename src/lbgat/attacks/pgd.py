@@ -3,6 +3,7 @@ epsilon-ball and [0, 1] after every step; FGSM / FGM as its one-step case."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -59,6 +60,23 @@ class _Projection:
         return (self.x + delta * scale).clamp_(0.0, 1.0)
 
 
+def _linf_update(x_adv: torch.Tensor, grad: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor,
+                 step_size: torch.Tensor) -> torch.Tensor:
+    """One L-infinity step and its projection, written out for torch.compile to fuse into one kernel."""
+    return torch.minimum(torch.maximum(x_adv + step_size * grad.sign(), lower), upper).clamp(0.0, 1.0)
+
+
+_compiled_linf_update: Callable[..., torch.Tensor] | None = None
+
+
+def compiled_linf_update() -> Callable[..., torch.Tensor]:
+    """The fused step, compiled on first use (dynamic shapes: a last, smaller batch does not recompile)."""
+    global _compiled_linf_update
+    if _compiled_linf_update is None:
+        _compiled_linf_update = torch.compile(_linf_update, dynamic=True)
+    return _compiled_linf_update
+
+
 def _ascent_step(grad: torch.Tensor, step_size: float, norm: Norm) -> torch.Tensor:
     if norm == "Linf":
         return step_size * grad.sign()
@@ -96,6 +114,7 @@ def pgd(
     stream: int = Stream.EVAL_ATTACK_START,
     bn_mode: BNMode = "eval",
     norm: Norm = "Linf",
+    compiled: bool = False,
 ) -> torch.Tensor:
     """Projected gradient ascent on ``objective``; returns the final iterate, detached.
 
@@ -112,6 +131,8 @@ def pgd(
             official code the start is not clipped to [0, 1] before the first step.
         rng: per-example randomness (see :mod:`lbgat.rng`); None uses torch's global generator.
         bn_mode: mode the model runs in during the attack; the caller's modes are restored.
+        compiled: L-infinity only: run the step and projection as one torch.compile'd kernel (same
+            arithmetic, in the iterate's dtype, fp32).
 
     Only input gradients are computed (``torch.autograd.grad`` w.r.t. the input), and the clean
     prediction the KL objective compares against is computed once, not at every step.
@@ -122,6 +143,11 @@ def pgd(
     x = x.detach()
     project = _Projection(x, eps, norm)
     x_adv = x + _start_noise(x, start, eps, start_std, rng, stream, norm)
+    update, step_tensor = None, None
+    if compiled and norm == "Linf":
+        # The step size as a tensor: a Python float would be baked into the compiled code, and the
+        # eps warm-up changes it at every training step.
+        update, step_tensor = compiled_linf_update(), torch.tensor(step_size, dtype=x.dtype, device=x.device)
     with model_mode(model, bn_mode):
         clean_probs = None
         if objective == "kl":
@@ -138,7 +164,10 @@ def pgd(
                 else:
                     loss = kl_from_clean_sum(logits, clean_probs)
             (grad,) = torch.autograd.grad(loss, x_adv)
-            x_adv = project(x_adv.detach() + _ascent_step(grad, step_size, norm))
+            if update is not None:
+                x_adv = update(x_adv.detach(), grad, project.lower, project.upper, step_tensor)
+            else:
+                x_adv = project(x_adv.detach() + _ascent_step(grad, step_size, norm))
     if steps == 0:
         x_adv = project(x_adv)
     return x_adv.detach()

@@ -42,6 +42,11 @@ class Batch:
     index: torch.Tensor
     epoch: int
     seed: int
+    global_size: int = 0  # examples in the whole step across processes (0: this batch is the whole step)
+
+    def __post_init__(self) -> None:
+        if not self.global_size:
+            self.global_size = len(self)
 
     @property
     def rng(self) -> ExampleRNG:
@@ -82,7 +87,8 @@ class DeviceLoader:
     """Iterates over batches of (a subset of) an :class:`ImageSet` held on ``device``.
 
     ``indices`` selects the examples (dataset indices, kept as the examples' identities for all
-    randomness); None means all. With ``shuffle`` the order is a fresh permutation per epoch.
+    randomness); None means all. Under ``world_size`` > 1 each global batch is split into
+    contiguous shares and rank ``rank`` gets its own. With ``shuffle`` the order is a fresh permutation per epoch.
     The last, partial batch is kept unless ``drop_last``, as in the official training scripts.
     """
 
@@ -99,6 +105,7 @@ class DeviceLoader:
         drop_last: bool = False,
         rank: int = 0,
         world_size: int = 1,
+        channels_last: bool = False,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
@@ -115,10 +122,17 @@ class DeviceLoader:
         self.drop_last = drop_last
         self.rank = rank
         self.world_size = world_size
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     def __len__(self) -> int:
         count = len(self.indices)
         return count // self.batch_size if self.drop_last else -(-count // self.batch_size)
+
+    @property
+    def smallest_batch(self) -> int:
+        """Examples in the smallest global batch (the last one unless it is dropped or full)."""
+        remainder = len(self.indices) % self.batch_size
+        return remainder if remainder and not self.drop_last else min(self.batch_size, len(self.indices))
 
     @property
     def num_examples(self) -> int:
@@ -138,7 +152,8 @@ class DeviceLoader:
             local = torch.tensor_split(global_batch, self.world_size)[self.rank].to(self.device)
             rng = ExampleRNG(self.seed, epoch, local)
             images = augment_batch(self.images[local], rng, self.augment)
-            yield Batch(to_unit_float(images), self.labels[local], local, epoch, self.seed)
+            x = to_unit_float(images).contiguous(memory_format=self.memory_format)
+            yield Batch(x, self.labels[local], local, epoch, self.seed, len(global_batch))
 
     def __iter__(self) -> Iterator[Batch]:
         return self.batches(0)

@@ -22,10 +22,19 @@ from ..data import Dataset, load_dataset
 from ..data.loader import DeviceLoader
 from ..errors import ConfigError, LbgatError
 from ..provenance import code_version, environment
+from ..train.precision import DTYPES, PRECISIONS, check_precision
 from ..train.setup import resolve_device
 from .autoattack import AA_PACKAGE, AA_SOURCE, AAResult, AASettings, run_autoattack
 from .checks import CheckInputs, run_checks
-from .distributed import World, device_for, gather, process_group, shard_indices, world_from_environment
+from .distributed import (
+    GATHER_TIMEOUT,
+    World,
+    device_for,
+    gather,
+    process_group,
+    shard_indices,
+    world_from_environment,
+)
 from .report import write_report
 from .specs import AttackSpec, parse_attacks
 from .suite import box_violation, perturbation_size, run_suite
@@ -73,6 +82,7 @@ class EvalRequest:
     transfer_from: Path | None = None
     source_model: str | None = None
     check_n: int = 100
+    precision: str = "fp32"  # fp32 is the evaluation of record; bf16/fp16 autocast only when asked
 
 
 @dataclass(frozen=True)
@@ -89,6 +99,8 @@ class Plan:
 
 def check_request(request: EvalRequest) -> None:
     """Reject impossible settings before loading anything."""
+    if request.precision not in PRECISIONS:
+        raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {request.precision!r}")
     if request.protocol is not None and request.protocol not in PROTOCOLS:
         raise ConfigError(f"unknown protocol {request.protocol!r}; known: {', '.join(PROTOCOLS)}")
     if request.eps is not None and not 0.0 <= request.eps <= (1.0 if request.norm != "L2" else 1e3):
@@ -175,7 +187,26 @@ def _load_models(request: EvalRequest, device: torch.device) -> tuple[LoadedMode
             raise ConfigError(f"the transfer source has {source.spec.num_classes} classes, the model "
                               f"{spec.num_classes}")
     loaded.model.to(device)
+    if request.precision != "fp32":
+        check_precision(request.precision, device)
+        loaded = replace(loaded, model=AutocastModel(loaded.model, device, request.precision))
+        if source is not None:
+            source = replace(source, model=AutocastModel(source.model, device, request.precision))
     return loaded, dataset, source
+
+
+class AutocastModel(nn.Module):
+    """A model run under bf16/fp16 autocast, returning fp32 logits (evaluation in low precision, on request)."""
+
+    def __init__(self, model: nn.Module, device: torch.device, precision: str) -> None:
+        super().__init__()
+        self.model = model
+        self.device_type = device.type
+        self.dtype = DTYPES[precision]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            return self.model(x).float()
 
 
 def _aa_consistency(model: nn.Module, x: torch.Tensor, y: torch.Tensor, result: AAResult,
@@ -225,7 +256,7 @@ def evaluate_checkpoint(request: EvalRequest, *, progress: bool = True) -> tuple
     check_request(request)
     world = world_from_environment()
     device = device_for(world, resolve_device(request.device))
-    with process_group(world, device):
+    with process_group(world, device, GATHER_TIMEOUT):
         loaded, dataset, source = _load_models(request, device)
         plan_ = plan(request, dataset)
         out = request.out or default_out(loaded.path)
@@ -357,7 +388,9 @@ def _header(request: EvalRequest, plan_: Plan, loaded: LoadedModel, dataset: Dat
             "n": plan_.count, "n_available": len(dataset.test),
             "examples": f"the first {plan_.count} of the test split",
             "eps": plan_.eps, "norm": plan_.norm, "seed": request.seed, "batch_size": request.batch_size,
-            "bn_mode": "eval", "dtype": "float32", "device": str(device),
+            "bn_mode": "eval", "device": str(device),
+            "dtype": "float32" if request.precision == "fp32" else
+            f"{request.precision} autocast (asked for; fp32 is the evaluation of record)",
             "processes": world.size,
             "sharding": "one process" if not world.sharded else (
                 f"{world.size} processes; global batch b on rank b mod {world.size} (clean/FGSM/PGD/CW identical "

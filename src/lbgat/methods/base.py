@@ -24,6 +24,7 @@ class TrainAttack:
     start_std: float = 0.001
     bn_mode: BNMode = "eval"
     objective: Objective | None = None  # None: the method's own (its ``attack_objective``)
+    compiled: bool = False  # the attack's step and projection as one torch.compile'd kernel
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,7 @@ class Method(nn.Module):
             objective=self.attack.objective or self.attack_objective, start=self.attack.start,
             start_std=self.attack.start_std,
             rng=batch.rng, stream=Stream.TRAIN_ATTACK_START, bn_mode=self.attack.bn_mode,
+            compiled=self.attack.compiled,
         )
 
     def trained_networks(self) -> dict[str, nn.Module]:

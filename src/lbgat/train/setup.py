@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +21,9 @@ from ..methods import Method, TrainAttack, create_method, get_method, method_par
 from ..methods.teachers import FrozenEnsemble
 from ..models import default_teacher, get_model_entry
 from ..rng import Stream, permutation
+from ..world import World, device_for
+from . import parallel
+from .precision import PRECISIONS, Precision
 
 
 def _require(condition: bool, message: str) -> None:
@@ -72,7 +77,13 @@ def validate(config: TrainConfig, *, dataset_given: bool = False) -> None:
     _require(config.save_every >= 0, f"save_every must be >= 0, got {config.save_every}")
     _require(config.checkpoint_every >= 0, f"checkpoint_every must be >= 0, got {config.checkpoint_every}")
     _require(config.on_nan in ("stop", "skip"), f"on_nan must be stop or skip, got {config.on_nan!r}")
-    resolve_device(config.device)
+    _require(config.precision in PRECISIONS,
+             f"precision must be one of {', '.join(PRECISIONS)}, got {config.precision!r}")
+    device = resolve_device(config.device)
+    if config.compile:
+        check_compile_toolchain(device)
+    _require(not config.sync_bn or device.type == "cuda",
+             "sync_bn needs GPUs: PyTorch's SyncBatchNorm runs only on CUDA (drop --sync-bn on CPU)")
 
 
 def _validate_teacher(config: TrainConfig) -> None:
@@ -91,6 +102,18 @@ def _validate_teacher(config: TrainConfig) -> None:
         _require(config.teacher is None or config.teacher == config.model,
                  f"separate_bn shares the student's weights with the teacher, so teacher must equal model "
                  f"({config.teacher} != {config.model})")
+
+
+def check_compile_toolchain(device: torch.device) -> None:
+    """torch.compile generates C++ on CPU and Triton kernels on GPU; without them it fails only at the
+    first step, deep inside the compiler."""
+    if device.type == "cpu":
+        _require(any(shutil.which(name) for name in ("g++", "c++", "clang++")),
+                 "--compile on CPU needs a C++ compiler (g++ or clang++) on the PATH; install one or drop --compile")
+    elif device.type == "cuda":
+        _require(importlib.util.find_spec("triton") is not None,
+                 "--compile on GPU needs the triton package (it comes with CUDA builds of PyTorch); "
+                 "install it or drop --compile")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -206,6 +229,16 @@ class RunParts:
     student_spec: ModelSpec
     teacher_spec: ModelSpec | None
     device: torch.device
+    world: World = dataclasses.field(default_factory=World)
+    precision: Precision | None = None
+    # What a training step calls: the method itself, or the DistributedDataParallel module around it.
+    step_module: nn.Module | None = None
+
+    def __post_init__(self) -> None:
+        if self.precision is None:
+            self.precision = Precision("fp32", self.device)
+        if self.step_module is None:
+            self.step_module = self.method
 
 
 def _teacher_source(entry: str) -> tuple[str | None, Path]:
@@ -246,9 +279,22 @@ def load_data(config: TrainConfig) -> Dataset:
     return load_dataset(config.data.name, config.data.root, image_size=config.data.image_size)
 
 
-def build_parts(config: TrainConfig, dataset: Dataset) -> RunParts:
-    """Networks, method, optimiser and loaders for a resolved config."""
-    device = resolve_device(config.device)
+def _check_batches_fit(world: World, train_loader: DeviceLoader, val_loader: DeviceLoader | None) -> None:
+    """Every rank needs at least one example of every batch (an empty share has no mean to take)."""
+    for label, loader in (("batch_size", train_loader), ("val.batch_size", val_loader)):
+        if loader is not None and loader.smallest_batch < world.size:
+            raise ConfigError(
+                f"with {world.size} processes every batch needs at least {world.size} examples, but a "
+                f"{label} of {loader.batch_size} leaves a last batch of {loader.smallest_batch}; change the "
+                "batch size or data.train_size / data.val_size")
+
+
+def build_parts(config: TrainConfig, dataset: Dataset, world: World | None = None) -> RunParts:
+    """Networks, method, optimiser and loaders for a resolved config; under ``torchrun`` (``world``
+    with several processes) this process's shard of the data and the DDP module around the method."""
+    world = world or World()
+    device = device_for(world, resolve_device(config.device))
+    precision = Precision(config.precision, device)
     channels, height, _ = dataset.image_shape
     student_spec = ModelSpec(config.model, dataset.num_classes, channels, height)
     teacher_spec = ModelSpec(config.teacher, dataset.num_classes, channels, height) if config.teacher else None
@@ -262,9 +308,12 @@ def build_parts(config: TrainConfig, dataset: Dataset) -> RunParts:
         eps=config.attack.eps, step_size=config.attack.step_size, steps=config.attack.steps,
         start=config.attack.start, start_std=config.attack.start_std, bn_mode=config.attack.bn_mode,
         objective=None if config.attack.objective == "auto" else config.attack.objective,
+        compiled=config.compile,
     )
     method = create_method(config.method.name, student, params=config.method.params, attack=attack, teacher=teacher)
     method.to(device)
+    if config.channels_last:
+        method.to(memory_format=torch.channels_last)
     # One SGD optimiser over all trained networks (one parameter group each), as the official LBGAT code.
     # A parameter shared by two networks (separate_bn) is in the first network's group only.
     groups, seen = [], set()
@@ -277,12 +326,25 @@ def build_parts(config: TrainConfig, dataset: Dataset) -> RunParts:
     train_indices, val_indices = split_holdout(len(dataset.train), config.data.val_size, config.data.split_seed,
                                                config.data.train_size)
     augment = Augment(crop_padding=config.data.crop_padding, flip=config.data.flip)
+    shard = {"rank": world.rank, "world_size": world.size, "channels_last": config.channels_last}
     train_loader = DeviceLoader(dataset.train, batch_size=config.batch_size, seed=config.seed, device=device,
-                                indices=train_indices, augment=augment, shuffle=True)
+                                indices=train_indices, augment=augment, shuffle=True, **shard)
     val_loader = None
     if len(val_indices):
         val_loader = DeviceLoader(dataset.train, batch_size=config.val.batch_size, seed=config.seed, device=device,
-                                  indices=val_indices)
+                                  indices=val_indices, **shard)
+    if world.sharded:
+        _check_batches_fit(world, train_loader, val_loader)
+        # The same two examples on every rank, so every rank freezes the same parameters.
+        probe_loader = DeviceLoader(dataset.train, batch_size=2, seed=config.seed, device=device,
+                                    indices=train_indices[:2], augment=augment, channels_last=config.channels_last)
+        parallel.freeze(method, parallel.unused_parameters(method, next(probe_loader.batches(0))))
+        if config.sync_bn:
+            parallel.convert_sync_batchnorm(method, device)
+    if config.compile:
+        for network in filter(None, (method.student, method.teacher)):
+            network.compile()
+    step_module: nn.Module = parallel.data_parallel(method, device) if world.sharded else method
     return RunParts(config, dataset, train_indices, val_indices, train_loader, val_loader, method, optimizer,
-                    student_spec, teacher_spec, device)
+                    student_spec, teacher_spec, device, world, precision, step_module)
 

@@ -30,14 +30,17 @@ from ..evaluate.specs import AttackSpec
 from ..evaluate.suite import run_suite
 from ..provenance import code_version, environment
 from ..structured import to_mapping
+from ..world import World, device_for, process_group, world_from_environment
+from . import parallel
 from .schedule import lr_at
-from .setup import RunParts, build_parts, expected_image_shape, load_data, resolve, validate
+from .setup import RunParts, build_parts, expected_image_shape, load_data, resolve, resolve_device, validate
 
 LAST = "last.pt"
 PREVIOUS = "last.prev.pt"  # the checkpoint before last.pt, kept for when last.pt is damaged
 BEST = "best.pt"
 # Settings a resumed run may change: they do not alter what is computed.
-RESUMABLE_CHANGES = frozenset({"max_steps", "log_every", "device", "out", "checkpoint_every", "on_nan"})
+RESUMABLE_CHANGES = frozenset({"max_steps", "log_every", "device", "out", "checkpoint_every", "on_nan",
+                               "channels_last", "compile"})
 # --on-nan skip gives up after this many non-finite steps in a row: the run has diverged for good.
 MAX_CONSECUTIVE_SKIPS = 10
 STOP_SIGNALS = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "SIGINT"}
@@ -52,9 +55,10 @@ class TrainingStopped(LbgatError):
 
     label = "stopped"
 
-    def __init__(self, message: str, signal_number: int) -> None:
+    def __init__(self, message: str, signal_number: int, *, announce: bool = True) -> None:
         super().__init__(message)
         self.exit_code = 128 + signal_number  # 143 for SIGTERM, 130 for SIGINT, as a shell reports them
+        self.announce = announce  # False on the other processes of a torchrun job: rank 0 says it once
 
 
 @dataclass
@@ -85,16 +89,24 @@ class TrainResult:
     best: Path | None
     position: Position
     finished: bool
+    is_main: bool = True  # False on the other processes of a torchrun job
 
 
-def _differences(saved: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+def _differences(saved: dict[str, Any], new: dict[str, Any], prefix: str = "",
+                 defaults: dict[str, Any] | None = None) -> list[str]:
+    """Settings that differ between a run and a resume. A setting newer than the run's code counts as
+    unchanged when it holds its default (which is what that code did)."""
+    defaults = to_mapping(TrainConfig()) if defaults is None else defaults
     keys = sorted(set(saved) | set(new))
     found: list[str] = []
     for key in keys:
         path = f"{prefix}{key}"
         left, right = saved.get(key), new.get(key)
+        if key not in saved and key in defaults and right == defaults[key]:
+            continue
         if isinstance(left, dict) and isinstance(right, dict):
-            found += _differences(left, right, path + ".")
+            default = defaults.get(key)
+            found += _differences(left, right, path + ".", default if isinstance(default, dict) else {})
         elif left != right and path not in RESUMABLE_CHANGES:
             found.append(f"{path} ({left!r} in the run, {right!r} now)")
     return found
@@ -107,7 +119,9 @@ class Trainer:
         self.parts = parts
         self.config = parts.config
         self.run_dir = run_dir
-        self.progress = progress
+        self.world: World = parts.world
+        # Rank 0 alone logs, shows progress and writes checkpoints; every rank holds the same weights.
+        self.progress = progress and self.world.is_main
         self.position = Position()
         self.epoch_totals = EpochTotals()
         self.best: dict[str, Any] | None = None
@@ -130,9 +144,13 @@ class Trainer:
             "epoch_totals": dataclasses.asdict(self.epoch_totals),
             "best": self.best,
             "code_version": code_version(),
+            "processes": self.world.size,
+            "grad_scaler": self.parts.precision.state_dict(),
         }
 
     def _save(self, path: Path, kind: str, *, with_optimizer: bool = True) -> None:
+        if not self.world.is_main:
+            return
         rng = {"torch_cpu": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["torch_cuda"] = torch.cuda.get_rng_state_all()
@@ -150,11 +168,14 @@ class Trainer:
         self.position = Position(**checkpoint.meta["position"])
         self.epoch_totals = EpochTotals(**checkpoint.meta["epoch_totals"])
         self.best = checkpoint.meta.get("best")
+        self.parts.precision.load_state_dict(checkpoint.meta.get("grad_scaler"))
         if "rng.torch_cpu" in checkpoint.state:
             torch.set_rng_state(checkpoint.state["rng.torch_cpu"])
 
     # ----------------------------------------------------------------- loop
     def log(self, record: dict[str, Any]) -> None:
+        if not self.world.is_main:
+            return
         with open(self.metrics_path, "a") as file:
             file.write(json.dumps(record) + "\n")
 
@@ -168,9 +189,14 @@ class Trainer:
             AttackSpec(f"pgd{val.steps}", "pgd", eps=val.eps, steps=val.steps, step_size=val.step_size,
                        random_start=True),
         ]
+        # Under torchrun each rank evaluates its share of every batch with rank 0's BN statistics, in fp32.
+        parallel.broadcast_buffers(self.parts.method)
         result = run_suite(self.parts.method.student, loader, specs, progress=self.progress, description="validate")
-        clean, robust = (result.outcomes[spec.name].accuracy for spec in specs)
-        return {"clean_acc": clean, "robust_acc": robust, "n": len(result.indices)}
+        counts = torch.tensor([float(result.outcomes[spec.name].count) for spec in specs] + [len(result.indices)],
+                              dtype=torch.float64, device=self.parts.device)
+        *correct, total = parallel.all_reduce_sum(counts).tolist()
+        clean, robust = (count / total for count in correct)
+        return {"clean_acc": clean, "robust_acc": robust, "n": int(total)}
 
     def run(self) -> TrainResult:
         with self._stop_signals():
@@ -211,7 +237,7 @@ class Trainer:
         epochs = config.schedule.epochs
         last_path = self.run_dir / LAST
         if self._at_step_limit():  # e.g. resumed with the --max-steps it already reached
-            return TrainResult(self.run_dir, last_path, self._best_path(), self.position, finished=False)
+            return self._result(finished=False)
         skipped_in_a_row = 0
         while self.position.epoch < epochs:
             epoch = self.position.epoch
@@ -228,8 +254,12 @@ class Trainer:
                 started = time.perf_counter()
                 self._ramp_attack()
                 parts.optimizer.zero_grad(set_to_none=True)
-                terms = parts.method(batch)
-                terms["loss"].backward()
+                with parts.precision.autocast():
+                    terms = parts.step_module(batch)
+                loss = terms["loss"]
+                if self.world.sharded:
+                    loss = loss * parallel.share_weight(batch, self.world)
+                parts.precision.backward(loss)
                 if config.on_nan == "skip" and not self._step_is_finite(terms):
                     skipped_in_a_row += 1
                     self.log({"event": "skipped_step", "reason": "non-finite loss or gradient",
@@ -242,10 +272,12 @@ class Trainer:
                             f"{last_path})")
                 else:
                     skipped_in_a_row = 0
-                    parts.optimizer.step()
+                    parts.precision.step(parts.optimizer)
+                    fraction = len(batch) / batch.global_size  # summed over ranks: the global batch's mean
                     for name, value in terms.items():
                         # float64 keeps the epoch means independent of where log intervals (or a resume) fall.
-                        pending[name] = pending.get(name, 0.0) + value.detach().double()
+                        total = value.detach().double()
+                        pending[name] = pending.get(name, 0.0) + (total * fraction if self.world.sharded else total)
                     pending_steps += 1
                 pending_seconds += time.perf_counter() - started
                 self.position.batch += 1
@@ -267,25 +299,30 @@ class Trainer:
                     self.log({"event": "stopped", "reason": name, **dataclasses.asdict(self.position)})
                     raise TrainingStopped(
                         f"{name} received: stopped after step {self.position.global_step} (epoch {epoch + 1}) with "
-                        f"a checkpoint; continue with --resume --out {self.run_dir}", int(stop))
+                        f"a checkpoint; continue with --resume --out {self.run_dir}", int(stop),
+                        announce=self.world.is_main)
                 if at_limit:
                     bar.close()
                     self.log({"event": "stopped", "reason": "max_steps", **dataclasses.asdict(self.position)})
-                    return TrainResult(self.run_dir, last_path, self._best_path(), self.position, finished=False)
+                    return self._result(finished=False)
             bar.close()
             self._end_epoch(epoch, lr)
-        return TrainResult(self.run_dir, last_path, self._best_path(), self.position, finished=True)
+        return self._result(finished=True)
 
     def _step_is_finite(self, terms: dict[str, torch.Tensor]) -> bool:
-        """Loss and every gradient finite (one host sync per step: only paid with --on-nan skip)."""
+        """Loss and every gradient finite on every rank (one host sync per step: only paid with --on-nan
+        skip). With fp16 only the loss: the gradient scaler itself skips steps whose gradients overflowed."""
         total = terms["loss"].detach().float()
-        for parameter in self.parts.method.parameters():
-            if parameter.grad is not None:
-                total = total + parameter.grad.float().sum()
-        return bool(torch.isfinite(total))
+        if self.parts.precision.checks_gradients:
+            for parameter in self.parts.method.parameters():
+                if parameter.grad is not None:
+                    total = total + parameter.grad.float().sum()
+        return parallel.all_agree(bool(torch.isfinite(total)), self.parts.device)
 
     def _save_last(self) -> None:
         """last.pt, keeping the one it replaces as last.prev.pt (the fallback of --resume)."""
+        if not self.world.is_main:
+            return
         last = self.run_dir / LAST
         if last.exists():
             os.replace(last, self.run_dir / PREVIOUS)
@@ -307,7 +344,12 @@ class Trainer:
                                             step_size=self.config.attack.step_size * fraction)
 
     def _flush(self, pending: dict[str, torch.Tensor], steps: int, seconds: float, bar: tqdm, lr: float) -> None:
-        # One host sync per log interval: per-step .item() calls would stall the GPU pipeline.
+        # One host sync (and, under torchrun, one all-reduce) per log interval: per-step .item() calls
+        # would stall the GPU pipeline.
+        names = list(pending)
+        if self.world.sharded and names:
+            summed = parallel.all_reduce_sum(torch.stack([pending[name] for name in names]))
+            pending = dict(zip(names, summed.unbind(), strict=True))
         values = {name: float(total) for name, total in pending.items()}
         if not all(math.isfinite(value) for value in values.values()):
             shown = ", ".join(f"{name} {value / steps:.4g}" for name, value in values.items())
@@ -352,6 +394,10 @@ class Trainer:
                             f" PGD-{config.val.steps} {100 * val_metrics['robust_acc']:.2f}%")
             tqdm.write(f"epoch {epoch + 1}/{epochs}: {summary}", file=sys.stderr)
 
+    def _result(self, *, finished: bool) -> TrainResult:
+        return TrainResult(self.run_dir, self.run_dir / LAST, self._best_path(), self.position, finished,
+                           self.world.is_main)
+
     def _best_path(self) -> Path | None:
         path = self.run_dir / BEST
         return path if path.exists() else None
@@ -365,11 +411,14 @@ def _flatten_rng(rng: dict[str, Any]) -> dict[str, torch.Tensor]:
 
 
 def _write_run_files(run_dir: Path, config: TrainConfig, parts: RunParts, argv: list[str] | None) -> None:
+    if not parts.world.is_main:
+        return
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(config_to_yaml(config))
     provenance = {
         "code_version": code_version(), "environment": environment(), "argv": argv,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "device": str(parts.device),
+        "processes": parts.world.size,
         "dataset_source": parts.dataset.source,
     }
     (run_dir / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
@@ -452,7 +501,16 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
 
     ``dataset`` trains on data built in Python (e.g. :func:`lbgat.data.from_tensors`) instead of
     reading ``config.data.name``; ``config.data.name`` is then set to the dataset's name.
+    Under ``torchrun`` every process calls this; they train one model with DistributedDataParallel.
     """
+    world = world_from_environment()
+    device = device_for(world, resolve_device(config.device)) if world.sharded else torch.device("cpu")
+    with process_group(world, device):
+        return _train(config, resume, progress, argv, dataset, world)
+
+
+def _train(config: TrainConfig, resume: bool, progress: bool, argv: list[str] | None, dataset: Dataset | None,
+           world: World) -> TrainResult:
     if dataset is not None:
         config = dataclasses.replace(config, data=dataclasses.replace(config.data, name=dataset.name, root=None))
     validate(config, dataset_given=dataset is not None)
@@ -474,12 +532,13 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
         changed = _differences(checkpoint.meta["config"], to_mapping(resolved))
         if changed:
             raise ConfigError(f"--resume with settings that differ from the run: {changed[0]}")
-    parts = build_parts(resolved, dataset)
+    parts = build_parts(resolved, dataset, world)
     _check_disk_space(run_dir, parts)
+    parallel.barrier()  # every rank has checked the run directory before rank 0 writes into it
     trainer = Trainer(parts, run_dir, progress=progress)
     if checkpoint is not None:
         trainer.restore(checkpoint)
-        trainer.log({"event": "resumed", **dataclasses.asdict(trainer.position)})
+        trainer.log({"event": "resumed", **dataclasses.asdict(trainer.position), "processes": world.size})
     else:
         _write_run_files(run_dir, resolved, parts, argv)
         trainer.log({"event": "started", "config": to_mapping(resolved)})

@@ -1,0 +1,66 @@
+"""Mixed precision for training: autocast around the method's forward (attack included), a gradient
+scaler for fp16.
+
+Under autocast the networks run in bf16/fp16, but the attack's iterate, its sign step, the
+projection onto the epsilon-ball and [0, 1], and the losses (autocast keeps softmax, cross-entropy
+and KL in fp32) stay in fp32: the input is an fp32 leaf, so its gradient comes back in fp32.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+import torch
+
+from ..errors import ConfigError
+
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"precision bf16 asked for, but {torch.cuda.get_device_name(device)} has no bf16 support; "
+                          "use fp16")
+
+
+class Precision:
+    """The autocast context of a training step and the backward/step that goes with it."""
+
+    def __init__(self, precision: str, device: torch.device) -> None:
+        check_precision(precision, device)
+        self.name = precision
+        self.device = device
+        # Only fp16 needs loss scaling: its 5-bit exponent underflows small gradients; bf16 has fp32's range.
+        self.scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+
+    def autocast(self) -> AbstractContextManager[Any]:
+        if self.name == "fp32":
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=DTYPES[self.name])
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        """The optimiser step; with fp16 the scaler skips it when a gradient overflowed and adapts its scale."""
+        if self.scaler is None:
+            optimizer.step()
+            return
+        self.scaler.step(optimizer)
+        self.scaler.update()
+
+    @property
+    def checks_gradients(self) -> bool:
+        """False with fp16: overflowing scaled gradients are routine there, and the scaler handles them."""
+        return self.scaler is None
+
+    def state_dict(self) -> dict[str, Any] | None:
+        return self.scaler.state_dict() if self.scaler is not None else None
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        if self.scaler is not None and state:
+            self.scaler.load_state_dict(state)
