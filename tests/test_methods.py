@@ -86,6 +86,18 @@ def reference_guidance(logits_adv: torch.Tensor, logits_teacher: torch.Tensor, y
     return loss, terms
 
 
+def with_regulariser(name: str, loss: torch.Tensor, terms: dict[str, torch.Tensor], logits_clean: torch.Tensor | None,
+                     logits_adv: torch.Tensor, alpha: float) -> torch.Tensor:
+    """A guided method's loss plus its +TRADES KL or +ALP pairing (recorded in ``terms``), by its name."""
+    if name.endswith("-trades"):
+        terms["kl"] = kl_batchmean(logits_clean, logits_adv)
+        return loss + alpha * terms["kl"]
+    if name.endswith("-alp"):
+        terms["pairing"] = mse_mean_over_b_times_c(logits_adv, logits_clean)
+        return loss + alpha * terms["pairing"]
+    return loss
+
+
 def reference_loss(name: str, student: nn.Module, teacher: nn.Module | None, batch: Batch,
                    params: dict) -> dict[str, torch.Tensor]:
     """The spec's formula for ``name``, with the forwards in the official order (BN statistics)."""
@@ -125,13 +137,7 @@ def reference_loss(name: str, student: nn.Module, teacher: nn.Module | None, bat
         guidance, terms = reference_guidance(logits_adv, logits_teacher, y, params)
         terms["ce_teacher"] = cross_entropy(logits_teacher, y)
         loss = guidance + beta * terms["ce_teacher"]
-        if name == "lbgat-trades":
-            terms["kl"] = kl_batchmean(logits_clean, logits_adv)
-            loss = loss + alpha * terms["kl"]
-        if name == "lbgat-alp":
-            terms["pairing"] = mse_mean_over_b_times_c(logits_adv, logits_clean)
-            loss = loss + alpha * terms["pairing"]
-        return {"loss": loss, **terms}
+        return {"loss": with_regulariser(name, loss, terms, logits_clean, logits_adv, alpha), **terms}
     if name in ("bgat", "bgat-trades", "bgat-alp"):  # spec 5: frozen teacher, no teacher CE
         kl_attack = name == "bgat-trades"
         x_adv = reference_attack(student, batch, "kl" if kl_attack else "ce", "normal" if kl_attack else "uniform")
@@ -140,13 +146,7 @@ def reference_loss(name: str, student: nn.Module, teacher: nn.Module | None, bat
         with torch.no_grad():
             logits_teacher = torch.stack([member(x) for member in teacher.members]).mean(0)
         loss, terms = reference_guidance(logits_adv, logits_teacher, y, params)
-        if name == "bgat-trades":
-            terms["kl"] = kl_batchmean(logits_clean, logits_adv)
-            loss = loss + alpha * terms["kl"]
-        if name == "bgat-alp":
-            terms["pairing"] = mse_mean_over_b_times_c(logits_adv, logits_clean)
-            loss = loss + alpha * terms["pairing"]
-        return {"loss": loss, **terms}
+        return {"loss": with_regulariser(name, loss, terms, logits_clean, logits_adv, alpha), **terms}
     raise AssertionError(name)
 
 

@@ -22,7 +22,7 @@ from ..data import Dataset, load_dataset
 from ..data.loader import DeviceLoader
 from ..errors import ConfigError, LbgatError
 from ..provenance import code_version, environment
-from ..train.precision import DTYPES, PRECISIONS, check_precision
+from ..train.precision import PRECISIONS, Precision
 from ..train.setup import resolve_device
 from .autoattack import AA_PACKAGE, AA_SOURCE, AAResult, AASettings, run_autoattack
 from .checks import CheckInputs, run_checks
@@ -188,7 +188,6 @@ def _load_models(request: EvalRequest, device: torch.device) -> tuple[LoadedMode
                               f"{spec.num_classes}")
     loaded.model.to(device)
     if request.precision != "fp32":
-        check_precision(request.precision, device)
         loaded = replace(loaded, model=AutocastModel(loaded.model, device, request.precision))
         if source is not None:
             source = replace(source, model=AutocastModel(source.model, device, request.precision))
@@ -201,11 +200,10 @@ class AutocastModel(nn.Module):
     def __init__(self, model: nn.Module, device: torch.device, precision: str) -> None:
         super().__init__()
         self.model = model
-        self.device_type = device.type
-        self.dtype = DTYPES[precision]
+        self.precision = Precision(precision, device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(self.device_type, dtype=self.dtype):
+        with self.precision.autocast():
             return self.model(x).float()
 
 

@@ -225,7 +225,7 @@ class Trainer:
     def _stop_agreed(self) -> int | None:
         """The signal to stop for, agreed by every rank of a distributed job (all stop after the same step)."""
         requested = self.stop_requested or 0
-        if dist.is_available() and dist.is_initialized():
+        if parallel.is_distributed():
             flag = torch.tensor([requested], device=self.parts.device)
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             requested = int(flag.item())
