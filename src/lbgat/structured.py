@@ -8,6 +8,7 @@ and bools are never numbers.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -16,6 +17,10 @@ from typing import Any, TypeVar
 from .errors import ConfigError
 
 T = TypeVar("T")
+
+
+class NotFiniteError(ConfigError):
+    """A float setting given as infinity or NaN: no setting means anything at those values."""
 
 
 def _type_name(annotation: Any) -> str:
@@ -41,6 +46,8 @@ def coerce(value: Any, annotation: Any, where: str) -> Any:
         for option in typing.get_args(annotation):
             try:
                 return coerce(value, option, where)
+            except NotFiniteError:
+                raise
             except ConfigError:
                 continue
     elif origin is typing.Literal:
@@ -64,7 +71,13 @@ def coerce(value: Any, annotation: Any, where: str) -> Any:
             return value
     elif annotation is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
+            try:
+                number = float(value)
+            except OverflowError:  # an integer beyond any float
+                number = math.inf
+            if not math.isfinite(number):
+                raise NotFiniteError(f"setting '{where}' must be a finite number, got {value!r}")
+            return number
     elif annotation is str:
         if isinstance(value, str):
             return value

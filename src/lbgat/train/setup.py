@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..attacks import BN_MODES, OBJECTIVES, STARTS
-from ..checkpoint import ModelSpec, load_for_eval
+from ..checkpoint import ModelSpec, PlainStateDictError, check_checkpoint_path, load_for_eval
 from ..config import TrainConfig, default_decay_epochs, threat_profile
 from ..data import Dataset, get_dataset_info, load_dataset
 from ..data.loader import Augment, DeviceLoader
@@ -98,6 +98,8 @@ def _validate_teacher(config: TrainConfig) -> None:
                                         f"at most one checkpoint to start it from, got {len(checkpoints)}")
     else:
         _require(not checkpoints, f"{method_cls.name} has no teacher, but teacher_checkpoints is set")
+        _require(config.teacher is None, f"{method_cls.name} has no teacher, but teacher is set "
+                                         f"({config.teacher}); drop --teacher")
     if method_params(config.method.name, config.method.params).__dict__.get("separate_bn"):
         _require(config.teacher is None or config.teacher == config.model,
                  f"separate_bn shares the student's weights with the teacher, so teacher must equal model "
@@ -256,10 +258,13 @@ def load_teacher(config: TrainConfig, dataset: Dataset, teacher: nn.Module | Non
     loaded = []
     for entry in config.teacher_checkpoints:
         arch, path = _teacher_source(entry)
-        if not path.is_file():
-            raise ConfigError(f"teacher checkpoint {path} does not exist")
-        model = load_for_eval(path, arch=arch, num_classes=dataset.num_classes, in_channels=channels,
-                              image_size=height)
+        check_checkpoint_path(path, "teacher checkpoint")
+        try:
+            model = load_for_eval(path, arch=arch, num_classes=dataset.num_classes, in_channels=channels,
+                                  image_size=height)
+        except PlainStateDictError:
+            raise ConfigError(f"teacher checkpoint {path} is a plain state dict: give its architecture as "
+                              f"ARCH=PATH (e.g. --teacher-checkpoint resnet18={path})") from None
         if model.spec.num_classes != dataset.num_classes or (model.spec.in_channels, model.spec.image_size) != (
                 channels, height):
             raise ConfigError(f"teacher checkpoint {path} is a {model.spec.num_classes}-class model for "
