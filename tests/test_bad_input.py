@@ -466,6 +466,27 @@ def test_a_plain_state_dict_as_teacher_checkpoint_is_told_about_arch_equals_path
                  "--max-steps", "1", "--no-progress", "--out", str(tmp_path / "r")]) == 0
 
 
+def test_a_plain_state_dict_as_transfer_source_is_told_about_source_model(run: Path, tmp_path: Path,
+                                                                          capsys) -> None:
+    """issue 12 Smaller: the same hint for `lbgat eval --transfer-from`."""
+    plain = tmp_path / "plain.pt"
+    torch.save(load_checkpoint(run / "last.pt").network_state("student"), plain)
+    assert main(["eval", str(run / "last.pt"), "--transfer-from", str(plain), *EVAL,
+                 "--out", str(tmp_path / "eval")]) == 2
+    assert "is a plain state dict: say which architecture it is with --source-model" in one_line_error(capsys)
+
+
+def test_a_folder_in_place_of_last_checkpoint_is_refused_not_skipped(run: Path, tmp_path: Path, capsys) -> None:
+    """issue 12 Smaller: a folder named last.pt is not damage to fall back from (the run could not write there)."""
+    resumed = copy_run(run, tmp_path / "run")
+    (resumed / "last.pt").unlink()
+    (resumed / "last.pt").mkdir()
+    before = digest(resumed)
+    assert main([*TRADES, "--max-steps", "3", "--resume", "--out", str(resumed)]) == 2
+    assert f"checkpoint {resumed / 'last.pt'} is a directory" in one_line_error(capsys)
+    assert digest(resumed) == before and (resumed / "last.pt").is_dir()
+
+
 def test_resume_with_another_method_names_the_method_first(run: Path, capsys) -> None:
     """issue 12 Smaller: trades -> pgd-at named attack.objective, not the method."""
     before = digest(run)

@@ -286,7 +286,12 @@ def load_for_eval(path: str | Path, *, arch: str | None = None, num_classes: int
         checkpoint_checks.check_finite(state.items(), path)
         spec = ModelSpec(arch, num_classes or 10, in_channels, image_size)
         meta = None
-    model = spec.build()
+    try:
+        model = spec.build()
+    except (RuntimeError, MemoryError, OverflowError, ValueError) as error:  # sizes no network can have
+        detail = pickle_safety.brief(str(error)) or type(error).__name__
+        raise CheckpointError(f"{path} describes a {spec.arch} that cannot be built ({spec.num_classes} classes, "
+                              f"{spec.in_channels}x{spec.image_size} inputs): {detail}") from None
     load_state_strict(model, state, path)
     return LoadedModel(model.to(device).eval(), spec, path, meta)
 

@@ -23,7 +23,14 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from ..checkpoint import Checkpoint, load_checkpoint, load_state_strict, require_resumable, save_checkpoint
+from ..checkpoint import (
+    Checkpoint,
+    check_checkpoint_path,
+    load_checkpoint,
+    load_state_strict,
+    require_resumable,
+    save_checkpoint,
+)
 from ..config import TrainConfig, config_to_yaml
 from ..data import Dataset
 from ..errors import CheckpointError, ConfigError, LbgatError, UnsafeCheckpointError
@@ -513,7 +520,10 @@ def _check_run_dir(run_dir: Path, resume: bool) -> Checkpoint | None:
 
 def _resumable_checkpoint(last: Path, previous: Path) -> Checkpoint:
     """last.pt, or last.prev.pt (with a warning) when last.pt is missing, truncated or damaged.
-    A file refused as unsafe is never skipped over: that is tampering, not damage."""
+    A file refused as unsafe is never skipped over: that is tampering, not damage. Nor is a folder or
+    other non-file in last.pt's place: the run could not write its next checkpoint there."""
+    if last.exists() and not last.is_file():
+        check_checkpoint_path(last)  # raises, saying what is there instead
     try:
         return require_resumable(load_checkpoint(last))
     except UnsafeCheckpointError:
