@@ -117,6 +117,7 @@ def test_a_recipe_of_random_bytes_is_one_line(tmp_path: Path) -> None:
     ("seed: [unclosed\n", "is not valid YAML"),
     ("seed: !!python/object/apply:os.system [touch x]\n", "is not valid YAML"),
     ("optim: {lr: .inf}\n", "'optim.lr' must be a finite number, got inf"),
+    ("optim: {1: 2, lr: 3}\n", "unknown setting 'optim.1'"),
 ])
 def test_recipes_that_are_not_settings_are_one_line(tmp_path: Path, capsys, text: str, message: str) -> None:
     """issue 12 item 4: a YAML file that is not a mapping of settings."""
@@ -136,6 +137,17 @@ def test_a_directory_or_fifo_as_the_recipe_is_one_line(tmp_path: Path, capsys) -
         assert message in one_line_error(capsys)
     with pytest.raises(ConfigError, match="is a directory"):
         load_yaml(tmp_path / "folder")
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--seed", str(2**63)], "seed must be in [0, 2**63)"),
+    (["--set", f"data.split_seed={2**64}"], "data.split_seed must be in [0, 2**63)"),
+])
+def test_seeds_beyond_64_bits_are_one_line(tmp_path: Path, capsys, flags: list[str], message: str) -> None:
+    """issue 12 item 4 (bad settings): torch.manual_seed raised an OverflowError traceback."""
+    assert main([*TRADES, *flags, "--out", str(tmp_path / "r")]) == 2
+    assert message in one_line_error(capsys)
+    assert not (tmp_path / "r").exists()
 
 
 # ---------------------------------------------------------------------------------------- item 5: floats

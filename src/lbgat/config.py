@@ -171,6 +171,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"config file {path} is a directory, not a YAML file")
+    if path.exists() and not path.is_file():  # a FIFO or device would block or never end
+        raise ConfigError(f"config file {path} is not a regular file")
     try:
         raw = path.read_bytes()
     except OSError as error:

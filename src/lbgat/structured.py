@@ -95,7 +95,7 @@ def from_mapping(cls: type[T], mapping: Mapping[str, Any], where: str = "") -> T
         raise ConfigError(f"setting '{where or cls.__name__}' must be a mapping, got {mapping!r}")
     hints = typing.get_type_hints(cls)
     fields = {field.name: field for field in dataclasses.fields(cls) if field.init}
-    unknown = sorted(set(mapping) - set(fields))
+    unknown = sorted(set(mapping) - set(fields), key=str)  # a recipe may use numbers as names
     if unknown:
         prefix = f"{where}." if where else ""
         known = ", ".join(prefix + name for name in fields) or "none"

@@ -25,6 +25,8 @@ from ..world import World, device_for
 from . import parallel
 from .precision import PRECISIONS, Precision
 
+SEED_LIMIT = 2**63  # torch.manual_seed takes a signed 64-bit integer
+
 
 def _require(condition: bool, message: str) -> None:
     if not condition:
@@ -65,11 +67,12 @@ def validate(config: TrainConfig, *, dataset_given: bool = False) -> None:
     _require(all(epoch >= 1 for epoch in schedule.decay_epochs or []), "schedule.decay_epochs must be >= 1")
     _require(config.batch_size >= 1, f"batch_size must be >= 1, got {config.batch_size}")
     _require(config.max_steps is None or config.max_steps >= 1, f"max_steps must be >= 1, got {config.max_steps}")
-    _require(config.seed >= 0, f"seed must be >= 0, got {config.seed}")
+    _require(0 <= config.seed < SEED_LIMIT, f"seed must be in [0, 2**63), got {config.seed}")
     _require(config.data.val_size >= 0, f"data.val_size must be >= 0, got {config.data.val_size}")
     _require(config.data.train_size is None or config.data.train_size >= 1,
              f"data.train_size must be >= 1, got {config.data.train_size}")
-    _require(config.data.split_seed >= 0, f"data.split_seed must be >= 0, got {config.data.split_seed}")
+    _require(0 <= config.data.split_seed < SEED_LIMIT,
+             f"data.split_seed must be in [0, 2**63), got {config.data.split_seed}")
     _require(config.data.crop_padding is None or config.data.crop_padding >= 0, "data.crop_padding must be >= 0")
     _require(config.val.batch_size >= 1, f"val.batch_size must be >= 1, got {config.val.batch_size}")
     _require(config.val.every >= 1, f"val.every must be >= 1, got {config.val.every}")
