@@ -340,11 +340,11 @@ def test_random_bytes_as_last_checkpoint_fall_back_to_the_previous_one(run: Path
     assert (resumed / "last.prev.pt").read_bytes() == previous
 
 
-def torch_zip_with_random_pickle(source: Path, target: Path) -> Path:
+def torch_zip_with_changed_pickle(source: Path, target: Path, change) -> Path:
     with zipfile.ZipFile(source) as archive, zipfile.ZipFile(target, "w") as copy:
         for name in archive.namelist():
             data = archive.read(name)
-            copy.writestr(name, random_bytes(len(data), seed=3) if name.endswith("data.pkl") else data)
+            copy.writestr(name, change(data) if name.endswith("data.pkl") else data)
     return target
 
 
@@ -370,9 +370,23 @@ def test_damaged_files_are_damage_not_tampering(run: Path, tmp_path: Path, case:
     assert "\n" not in str(refused.value) and str(path) in str(refused.value)
 
 
-def test_a_torch_archive_with_a_garbled_pickle_is_damage(run: Path, tmp_path: Path) -> None:
-    """issue 12 item 10: the zip is intact, its data.pkl is noise."""
-    path = torch_zip_with_random_pickle(run / "last.pt", tmp_path / "garbled.pt")
+GARBLED = {
+    "noise": lambda data: random_bytes(len(data), seed=3),
+    # A flipped byte inside a global torch writes: a name torch refuses, but a damaged one, not code.
+    "a letter changed": lambda data: data.replace(b"torch._utils\n", b"torchR_utils\n"),
+    "a control byte": lambda data: data.replace(b"torch._utils\n", b"torch\x13_utils\n"),
+    "a storage misspelt": lambda data: data.replace(b"FloatStorage", b"FNoatStorage"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(GARBLED))
+def test_a_torch_archive_with_a_garbled_pickle_is_damage(run: Path, tmp_path: Path, case: str) -> None:
+    """issue 12 item 10: the zip is intact, its data.pkl is noise or names a damaged spelling of a torch
+    global (found by flipping random bytes of a checkpoint)."""
+    path = torch_zip_with_changed_pickle(run / "last.pt", tmp_path / "garbled.pt", GARBLED[case])
+    with zipfile.ZipFile(path) as changed, zipfile.ZipFile(run / "last.pt") as original:
+        pickled = [name for name in original.namelist() if name.endswith("data.pkl")]
+        assert changed.read(pickled[0]) != original.read(pickled[0])
     with pytest.raises(CheckpointError) as refused:
         read_tensors_file(path)
     assert not isinstance(refused.value, UnsafeCheckpointError), str(refused.value)
