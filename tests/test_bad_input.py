@@ -271,6 +271,16 @@ def test_malformed_metadata_is_one_line_in_eval_and_resume(run: Path, tmp_path: 
     assert digest(resumed) == before
 
 
+def test_a_checkpoint_describing_a_model_that_cannot_be_built_is_one_line(run: Path, tmp_path: Path,
+                                                                         capsys) -> None:
+    """issue 12 item 8: a student "for 1x1000000000 inputs" gave a RuntimeError traceback while building it."""
+    meta = load_checkpoint(run / "last.pt").meta
+    bad = rewritten(run / "last.pt", tmp_path / "huge.pt", meta={**meta, "student": {**meta["student"],
+                                                                                    "image_size": 10**9}})
+    assert main(["eval", str(bad), *EVAL, "--out", str(tmp_path / "eval")]) == 2
+    assert "describes a tiny-cnn that cannot be built" in one_line_error(capsys)
+
+
 def test_a_checkpoint_without_optimiser_state_cannot_be_resumed(run: Path, tmp_path: Path, capsys) -> None:
     """issue 12 item 8: a checkpoint without optimiser state (best.pt) as last.pt."""
     resumed = copy_run(run, tmp_path / "run")
