@@ -391,6 +391,7 @@ def _header(request: EvalRequest, plan_: Plan, loaded: LoadedModel, dataset: Dat
         },
         "protocol": {
             "preset": request.protocol, "dataset": dataset.name, "data_source": dataset.source, "split": "test",
+            "data_fingerprint": dataset.test.fingerprint,
             "n": plan_.count, "n_available": len(dataset.test),
             "examples": f"the first {plan_.count} of the test split",
             "eps": plan_.eps, "norm": plan_.norm, "seed": request.seed, "batch_size": request.batch_size,
