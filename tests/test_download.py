@@ -309,3 +309,5 @@ def test_tiny_imagenet_missing_val_image_is_named_and_restored(tmp_path: Path, d
     assert f"restored val/images/{victim.name}" in capsys.readouterr().err
     assert victim.read_bytes() == original
     load_dataset("tiny-imagenet", data_root)
+    download_dataset("tiny-imagenet", data_root, url="http://127.0.0.1:9/never-fetched.zip", md5=md5_of(archive))
+    assert "files present and readable; nothing downloaded" in capsys.readouterr().err  # the kept archive's list

@@ -177,26 +177,20 @@ def download_dataset(
 
 def _verify_and_repair(job: _Job) -> Path:
     """Check the files of an existing layout folder; put missing and damaged ones back from the archive."""
-    target, folder = job.target, job.source.folder
+    target = job.target
     names, problem_of = _expected_files(job.name)
     known_md5s = dict(job.source.file_md5s) if job.md5 == job.source.md5 else {}
-    staging: Path | None = None
-    archive: Path | None = None
-    fetched = False
-    try:
+    with _ArchiveAtHand(job) as archive:
         if names is None:  # only the archive lists every file
-            archive = _verified_kept_archive(job)
-            if archive is None:
+            if archive.kept() is None:
                 problem = structure_problem(target)
                 if problem is None:
-                    job.say(f"{target}: every index file, class folder and listed image is present (the "
-                            f"images are checked one by one only against the archive, which is not in "
+                    job.say(f"{target}: every index file, class folder and listed image is present (single "
+                            f"train images can be checked only against the archive, which is not in "
                             f"{job.root}); nothing downloaded")
                     return target
                 job.say(f"{target} is incomplete ({_first_clause(problem)}); getting the archive to repair it")
-                staging = _make_staging(job)
-                archive, fetched = _download_archive(job, staging)
-            names = _archive_files(archive, folder, job.url if fetched else str(archive))
+            names = _archive_files(archive.path(), job.source.folder, archive.where)
         check = check_files(target, names, known_md5s, problem_of)
         if check.in_the_way:
             name, what = check.in_the_way[0]
@@ -206,29 +200,70 @@ def _verify_and_repair(job: _Job) -> Path:
         if not check.broken:
             _report_intact(job, check)
             return target
-        if archive is None:
-            archive = _verified_kept_archive(job)
-        if archive is None:
-            staging = staging or _make_staging(job)
-            archive, fetched = _download_archive(job, staging)
-        staging = staging or _make_staging(job)
-        where = job.url if fetched else str(archive)
-        set_aside = _put_back(job, archive, where, staging, check)
-        if fetched:
-            _keep_archive(job, archive)
-    finally:
-        if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
+        set_aside = _put_back(job, archive.path(), archive.where, archive.staging(), check)
+        archive.keep_if_fetched()
     after = check_files(target, check.broken, known_md5s, problem_of)
     if after.broken or after.in_the_way:
         raise DataError(f"{job.name}: {target / (after.broken or [after.in_the_way[0][0]])[0]} is still not "
-                        f"intact after it was put back from {where}; the archive does not hold a usable copy")
+                        f"intact after it was put back from {archive.where}; the archive holds no usable copy")
     restored = f"restored {some_names(check.missing)}" if check.missing else ""
     replaced = (f"replaced the damaged {some_names(check.damaged)} (kept as {some_names(set_aside)})"
                 if check.damaged else "")
-    job.say(f"{' and '.join(part for part in (restored, replaced) if part)} in {target} from {where}")
+    job.say(f"{' and '.join(part for part in (restored, replaced) if part)} in {target} from {archive.where}")
     _report_differing(job, check)
     return target
+
+
+class _ArchiveAtHand:
+    """The verified archive for a repair, found (the kept one) or downloaded only when first asked for,
+    with a private staging folder inside the layout folder (so that the final renames stay on its file
+    system), removed on exit."""
+
+    def __init__(self, job: _Job) -> None:
+        self._job = job
+        self._staging: Path | None = None
+        self._kept: Path | None = None
+        self._kept_checked = False
+        self._path: Path | None = None
+        self._fetched = False
+
+    def __enter__(self) -> _ArchiveAtHand:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._staging is not None:
+            shutil.rmtree(self._staging, ignore_errors=True)
+
+    def staging(self) -> Path:
+        if self._staging is None:
+            target = self._job.target
+            try:
+                self._staging = Path(tempfile.mkdtemp(prefix=".lbgat-repair-", dir=target))
+            except OSError as exc:
+                raise DataError(f"{self._job.name}: cannot write to {target}: {exc.strerror or exc}") from exc
+        return self._staging
+
+    def kept(self) -> Path | None:
+        """The archive kept in the data root, if it still verifies (checked once)."""
+        if not self._kept_checked:
+            self._kept, self._kept_checked = _verified_kept_archive(self._job), True
+        return self._kept
+
+    def path(self) -> Path:
+        if self._path is None:
+            self._path = self.kept()
+            if self._path is None:
+                self._path, self._fetched = _download_archive(self._job, self.staging())
+        return self._path
+
+    @property
+    def where(self) -> str:
+        """The archive as messages name it: its URL when downloaded, else its path."""
+        return self._job.url if self._fetched else str(self.path())
+
+    def keep_if_fetched(self) -> None:
+        if self._fetched and self._path is not None:
+            _keep_archive(self._job, self._path)
 
 
 def _first_clause(message: str) -> str:
@@ -255,14 +290,6 @@ def _report_differing(job: _Job, check: FolderCheck) -> None:
     if check.differing:
         job.say(f"{some_names(check.differing)} in {job.target} read cleanly but differ from the official "
                 "files (your own copy?); left as they are: move them away and run again to get the official ones")
-
-
-def _make_staging(job: _Job) -> Path:
-    """A private temporary folder inside the layout folder: the final renames stay on its file system."""
-    try:
-        return Path(tempfile.mkdtemp(prefix=".lbgat-repair-", dir=job.target))
-    except OSError as exc:
-        raise DataError(f"{job.name}: cannot write to {job.target}: {exc.strerror or exc}") from exc
 
 
 def _obtain_archive(job: _Job, staging: Path) -> tuple[Path, bool]:
