@@ -183,7 +183,8 @@ def _run_demo(args: argparse.Namespace) -> int:
 def _add_data(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("data", help="download or inspect datasets")
     actions = parser.add_subparsers(dest="action", required=True, parser_class=_Parser)
-    download = actions.add_parser("download", help="fetch an official archive and verify its checksum")
+    download = actions.add_parser("download", help="fetch an official archive and verify its checksum; on a "
+                                  "folder that is there, verify its files and repair missing or damaged ones")
     download.add_argument("name", choices=["cifar10", "cifar100", "tiny-imagenet"])
     download.add_argument("--root", required=True, type=Path, help="folder to put the dataset in")
     download.add_argument("--url", help="a mirror of the official archive (http, https or file URL)")

@@ -81,7 +81,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         "## Protocol" + preset,
         "",
         f"- data: {protocol['dataset']} ({protocol['data_source']}), {protocol['split']} split, "
-        f"{protocol['examples']} (n = {protocol['n']} of {protocol['n_available']})",
+        f"{protocol['examples']} (n = {protocol['n']} of {protocol['n_available']})"
+        + (f"; content sha256 `{protocol['data_fingerprint'][:16]}…`" if protocol.get("data_fingerprint") else ""),
         f"- threat model: {protocol['norm']}, eps = {protocol['eps']!r} (as given; 8/255 = {8 / 255:.6f} is different)",
         f"- model in {protocol['bn_mode']} mode, {protocol['dtype']}, on {protocol['device']}, "
         f"batch size {protocol['batch_size']}; processes: {protocol['sharding']}",

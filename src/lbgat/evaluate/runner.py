@@ -244,9 +244,17 @@ def _evaluate_shard(request: EvalRequest, plan_: Plan, loaded: LoadedModel, data
 
 def _check_inputs(request: EvalRequest, plan_: Plan, dataset: Dataset, device: torch.device) -> CheckInputs:
     count = min(max(request.check_n, 1), plan_.count)
+    reference = strength_reference(plan_.attacks)
+    steps, step_size = (reference.steps, reference.step_size) if reference else (20, plan_.step_size)
     return CheckInputs(dataset.test.images[:count].to(device).float().div_(255),
                        dataset.test.labels[:count].to(device), torch.arange(count, device=device),
-                       plan_.eps, plan_.step_size, plan_.norm, request.seed)
+                       plan_.eps, step_size, plan_.norm, request.seed, reference_steps=steps)
+
+
+def strength_reference(attacks: list[AttackSpec]) -> AttackSpec | None:
+    """The attack the strength check tests: the report's PGD with the most steps (the first of equals)."""
+    pgd_attacks = [spec for spec in attacks if spec.kind == "pgd"]
+    return max(pgd_attacks, key=lambda spec: spec.steps) if pgd_attacks else None
 
 
 def evaluate_checkpoint(request: EvalRequest, *, progress: bool = True) -> tuple[dict[str, Any], Path]:
@@ -383,6 +391,7 @@ def _header(request: EvalRequest, plan_: Plan, loaded: LoadedModel, dataset: Dat
         },
         "protocol": {
             "preset": request.protocol, "dataset": dataset.name, "data_source": dataset.source, "split": "test",
+            "data_fingerprint": dataset.test.fingerprint,
             "n": plan_.count, "n_available": len(dataset.test),
             "examples": f"the first {plan_.count} of the test split",
             "eps": plan_.eps, "norm": plan_.norm, "seed": request.seed, "batch_size": request.batch_size,

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from ..checkpoint import Checkpoint, load_checkpoint, load_state_strict, save_checkpoint
 from ..config import TrainConfig, config_to_yaml
 from ..data import Dataset
+from ..data.identity import check_same_data
 from ..errors import CheckpointError, ConfigError, LbgatError, UnsafeCheckpointError
 from ..evaluate.specs import AttackSpec
 from ..evaluate.suite import run_suite
@@ -39,8 +40,9 @@ LAST = "last.pt"
 PREVIOUS = "last.prev.pt"  # the checkpoint before last.pt, kept for when last.pt is damaged
 BEST = "best.pt"
 # Settings a resumed run may change: they do not alter what is computed.
+# data.root: the data is identified by its content fingerprint instead (lbgat.data.identity).
 RESUMABLE_CHANGES = frozenset({"max_steps", "log_every", "device", "out", "checkpoint_every", "on_nan",
-                               "channels_last", "compile"})
+                               "channels_last", "compile", "data.root"})
 # --on-nan skip gives up after this many non-finite steps in a row: the run has diverged for good.
 MAX_CONSECUTIVE_SKIPS = 10
 STOP_SIGNALS = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "SIGINT"}
@@ -139,6 +141,7 @@ class Trainer:
                 "name": parts.dataset.name, "source": parts.dataset.source,
                 "root": str(Path(self.config.data.root).resolve()) if self.config.data.root else None,
                 "classes": list(parts.dataset.classes), "image_shape": list(parts.dataset.image_shape),
+                "fingerprint": parts.dataset.fingerprint,
             },
             "position": dataclasses.asdict(self.position),
             "epoch_totals": dataclasses.asdict(self.epoch_totals),
@@ -532,6 +535,9 @@ def _train(config: TrainConfig, resume: bool, progress: bool, argv: list[str] | 
         changed = _differences(checkpoint.meta["config"], to_mapping(resolved))
         if changed:
             raise ConfigError(f"--resume with settings that differ from the run: {changed[0]}")
+        unchecked = check_same_data(checkpoint.meta, dataset)
+        if unchecked and world.is_main:
+            print(f"warning: {unchecked}", file=sys.stderr)
     parts = build_parts(resolved, dataset, world)
     _check_disk_space(run_dir, parts)
     parallel.barrier()  # every rank has checked the run directory before rank 0 writes into it
