@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from ..attacks.eager import eager
 from ..checkpoint import Checkpoint, load_checkpoint, load_state_strict, save_checkpoint
 from ..config import TrainConfig, config_to_yaml
 from ..data import Dataset
@@ -191,7 +192,9 @@ class Trainer:
         ]
         # Under torchrun each rank evaluates its share of every batch with rank 0's BN statistics, in fp32.
         parallel.broadcast_buffers(self.parts.method)
-        result = run_suite(self.parts.method.student, loader, specs, progress=self.progress, description="validate")
+        # The student's uncompiled forward under --compile: the attack takes input-only gradients.
+        result = run_suite(eager(self.parts.method.student), loader, specs, progress=self.progress,
+                           description="validate")
         counts = torch.tensor([float(result.outcomes[spec.name].count) for spec in specs] + [len(result.indices)],
                               dtype=torch.float64, device=self.parts.device)
         *correct, total = parallel.all_reduce_sum(counts).tolist()

@@ -1,0 +1,139 @@
+"""Issue 13 items 7-10: the attack under --compile takes input-only gradients, the training loop
+avoids per-step host syncs without changing what it computes, loaders share one device copy of the
+data, and the GPU settings (bf16 support, cudnn.benchmark, --sync-bn) are checked or warned about."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from lbgat.attacks.eager import eager
+from lbgat.data.loader import Batch
+from lbgat.methods import TrainAttack, create_method
+
+
+class TinyNet(nn.Module):
+    """A forward defined outside torch: dynamo skips torch.nn's own files (an nn.Sequential would stay eager)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4 * 8 * 8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.bn(self.conv(x))).flatten(1))
+
+
+def tiny_networks() -> tuple[nn.Module, nn.Module]:
+    torch.manual_seed(0)
+    return TinyNet(), TinyNet()
+
+
+def tiny_batch() -> Batch:
+    generator = torch.Generator().manual_seed(1)
+    return Batch(torch.rand(4, 3, 8, 8, generator=generator), torch.randint(0, 10, (4,), generator=generator),
+                 torch.arange(4), epoch=0, seed=0)
+
+
+class WeightGradients(TorchDispatchMode):
+    """Counts convolution backwards that compute the weight's gradient (output_mask[1])."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten.convolution_backward.default and args[-1][1]:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+@contextmanager
+def counting_compiled_calls(module: nn.Module) -> Iterator[list[str]]:
+    """Records each call of ``module``'s compiled forward (run eagerly here: nothing is compiled)."""
+    calls: list[str] = []
+
+    def compiled_stand_in(*args, **kwargs):
+        calls.append("compiled")
+        return module._call_impl(*args, **kwargs)
+
+    module._compiled_call_impl = compiled_stand_in
+    try:
+        yield calls
+    finally:
+        module._compiled_call_impl = None
+
+
+def lbgat_trades(student: nn.Module, teacher: nn.Module):
+    attack = TrainAttack(eps=0.03, step_size=0.01, steps=3, start="normal")
+    return create_method("lbgat-trades", student, teacher=teacher, params={"alpha": 6.0}, attack=attack)
+
+
+def test_the_training_attack_runs_the_students_uncompiled_forward() -> None:
+    """issue 13 item 7: with the student compiled in place (nn.Module.compile(), as --compile does), the
+    attack calls its eager forward and the training forwards the compiled one."""
+    student, teacher = tiny_networks()
+    method = lbgat_trades(student, teacher)
+    attack = method.adversarial
+    inside_attack: list[int] = []
+
+    def watched(batch):
+        before = len(calls)
+        result = attack(batch)
+        inside_attack.append(len(calls) - before)
+        return result
+
+    method.adversarial = watched
+    with counting_compiled_calls(student) as calls:
+        method(tiny_batch())["loss"].backward()
+    assert inside_attack == [0]
+    assert len(calls) == 2  # the adversarial and the natural training forward
+
+
+def test_an_eager_view_shares_modules_and_modes() -> None:
+    student, _ = tiny_networks()
+    assert eager(student) is student  # not compiled: itself
+    with counting_compiled_calls(student) as calls:
+        view = eager(student)
+        view.eval()
+        assert not student.training and not student.bn.training
+        x = torch.rand(2, 3, 8, 8)
+        assert torch.equal(view(x), student._call_impl(x)) and calls == []
+        assert list(view.parameters()) == list(student.parameters())
+
+
+def test_a_compiled_network_computes_weight_gradients_the_eager_attack_does_not() -> None:
+    """issue 13 item 7, the cost itself: through a compiled network (aot_eager backend: AOTAutograd's
+    joint graph without code generation) a gradient with respect to the input computes every weight
+    gradient too; through eager(network) none."""
+    student, _ = tiny_networks()
+    student.compile(backend="aot_eager")
+    x = torch.rand(4, 3, 8, 8, requires_grad=True)
+    counts = {}
+    for name, network in (("compiled", student), ("eager", eager(student))):
+        loss = network(x).sum()
+        with WeightGradients() as counter:
+            torch.autograd.grad(loss, x)
+        counts[name] = counter.count
+    assert counts == {"compiled": 1, "eager": 0}
+
+
+def test_loaders_of_the_same_data_share_one_device_copy() -> None:
+    """issue 13 item 9: the training and held-out loaders (and any other) of one dataset hold one copy
+    of it per device, not one each. The meta device stands in for a GPU: a real copy, no memory."""
+    from lbgat.data.base import ImageSet
+    from lbgat.data.loader import DeviceLoader, shared_on_device
+
+    images = ImageSet(torch.randint(0, 256, (10, 3, 8, 8), dtype=torch.uint8), torch.arange(10))
+    train = DeviceLoader(images, batch_size=4, seed=0, device="meta", indices=torch.arange(8), shuffle=True)
+    held_out = DeviceLoader(images, batch_size=2, seed=0, device="meta", indices=torch.arange(8, 10))
+    assert train.images.device.type == "meta"
+    assert train.images is held_out.images and train.labels is held_out.labels
+    other = ImageSet(images.images.clone(), images.labels.clone())
+    assert shared_on_device(other.images, torch.device("meta")) is not train.images  # other data, its own copy
+    assert shared_on_device(images.images, torch.device("cpu")) is images.images  # already there: no copy
