@@ -137,3 +137,54 @@ def test_loaders_of_the_same_data_share_one_device_copy() -> None:
     other = ImageSet(images.images.clone(), images.labels.clone())
     assert shared_on_device(other.images, torch.device("meta")) is not train.images  # other data, its own copy
     assert shared_on_device(images.images, torch.device("cpu")) is images.images  # already there: no copy
+
+
+def test_bf16_needs_it_in_hardware_on_the_requested_gpu(monkeypatch) -> None:
+    """issue 13 item 10: torch.cuda.is_bf16_supported() says yes for a V100 (emulated bf16) and asks
+    about the current GPU; the check asks about the GPU the run uses, for bf16 in hardware."""
+    import pytest
+
+    from lbgat.errors import ConfigError
+    from lbgat.train.precision import check_precision
+
+    capabilities = {0: (9, 0), 1: (7, 0)}  # an H100 as cuda:0 (the current device), a V100 as cuda:1
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capabilities[device.index])
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: f"GPU {device.index}")
+    monkeypatch.setattr(torch.version, "hip", None)
+    check_precision("bf16", torch.device("cuda:0"))
+    with pytest.raises(ConfigError, match="GPU 1 has no bf16 support in hardware"):
+        check_precision("bf16", torch.device("cuda:1"))
+    check_precision("fp16", torch.device("cuda:1"))
+
+
+def test_cudnn_autotuning_is_on_for_gpu_training_unless_deterministic() -> None:
+    """issue 13 item 10: cudnn.benchmark for the fixed shapes of training, off with --deterministic,
+    and the caller's setting back afterwards."""
+    from lbgat.train.gpu import cudnn_autotune
+
+    assert torch.backends.cudnn.benchmark is False
+    with cudnn_autotune(torch.device("cuda:0"), deterministic=False):
+        assert torch.backends.cudnn.benchmark is True
+    assert torch.backends.cudnn.benchmark is False
+    for device, deterministic in ((torch.device("cuda:0"), True), (torch.device("cpu"), False)):
+        with cudnn_autotune(device, deterministic):
+            assert torch.backends.cudnn.benchmark is False
+
+
+def test_sync_bn_warns_where_it_does_nothing_or_costs_a_collective_per_attack_step() -> None:
+    """issue 13 item 10: one line each; nothing for the ordinary case (torchrun, eval-mode attack)."""
+    import dataclasses
+
+    from lbgat.config import TrainConfig
+    from lbgat.train.gpu import sync_bn_warnings
+    from lbgat.world import World
+
+    config = TrainConfig(sync_bn=True)
+    train_mode = dataclasses.replace(config, attack=dataclasses.replace(config.attack, bn_mode="train"))
+    (alone,) = sync_bn_warnings(config, World())
+    assert "does nothing in a single process" in alone and "\n" not in alone
+    assert sync_bn_warnings(config, World(0, 2)) == []
+    (costly,) = sync_bn_warnings(train_mode, World(0, 2))
+    assert "at every attack step" in costly
+    assert sync_bn_warnings(TrainConfig(), World()) == []

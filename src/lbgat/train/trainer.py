@@ -33,6 +33,7 @@ from ..provenance import code_version, environment
 from ..structured import to_mapping
 from ..world import World, device_for, process_group, world_from_environment
 from . import parallel
+from .gpu import cudnn_autotune
 from .schedule import lr_at
 from .setup import RunParts, build_parts, expected_image_shape, load_data, resolve, resolve_device, validate
 
@@ -202,7 +203,9 @@ class Trainer:
         return {"clean_acc": clean, "robust_acc": robust, "n": int(total)}
 
     def run(self) -> TrainResult:
-        with self._stop_signals():
+        # --deterministic (issue 13 item 4) turns cuDNN's timing-based algorithm choice off.
+        deterministic = bool(getattr(self.config, "deterministic", False))
+        with self._stop_signals(), cudnn_autotune(self.parts.device, deterministic):
             return self._run()
 
     @contextmanager
