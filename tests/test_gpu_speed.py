@@ -188,3 +188,53 @@ def test_sync_bn_warns_where_it_does_nothing_or_costs_a_collective_per_attack_st
     (costly,) = sync_bn_warnings(train_mode, World(0, 2))
     assert "at every attack step" in costly
     assert sync_bn_warnings(TrainConfig(), World()) == []
+
+
+def test_a_loader_moves_each_epochs_order_to_the_device_once(monkeypatch) -> None:
+    """issue 13 item 8: no host-to-device copy per batch (on a GPU each one makes the host wait for the
+    device); the meta device stands in for a GPU."""
+    from lbgat.data.base import ImageSet
+    from lbgat.data.loader import Augment, DeviceLoader
+
+    images = ImageSet(torch.randint(0, 256, (12, 3, 8, 8), dtype=torch.uint8), torch.arange(12))
+    loader = DeviceLoader(images, batch_size=4, seed=0, device="meta", shuffle=True, augment=Augment(2, True))
+    copies: list[tuple[str, str]] = []
+    to = torch.Tensor.to
+
+    def counted(self, *args, **kwargs):
+        result = to(self, *args, **kwargs)
+        if result.device != self.device:
+            copies.append((self.device.type, result.device.type))
+        return result
+
+    monkeypatch.setattr(torch.Tensor, "to", counted)
+    batches = list(loader.batches(0))
+    assert len(batches) == 3 and all(batch.x.device.type == "meta" for batch in batches)
+    assert copies == [("cpu", "meta")]
+
+
+def test_ranks_agree_on_a_stop_every_few_steps_and_at_every_boundary(tmp_path, monkeypatch) -> None:
+    """issue 13 item 8: the stop flag's all-reduce (a host sync) runs every STOP_CHECK_EVERY steps and
+    at log intervals, checkpoints and epoch ends, the same steps on every rank, not after every step.
+    (A one-process run standing in for a distributed one: the all-reduce is recorded, not run.)"""
+    import torch.distributed as dist
+
+    from lbgat.config import build_config
+    from lbgat.train import parallel, train
+    from lbgat.train import trainer as trainer_module
+
+    agreed_at: list[int] = []
+    monkeypatch.setattr(parallel, "is_distributed", lambda: True)
+    monkeypatch.setattr(dist, "barrier", lambda *args, **kwargs: None)
+    original = trainer_module.Trainer._stop_agreed
+
+    def recorded(self, boundary):
+        monkeypatch.setattr(dist, "all_reduce", lambda *args, **kwargs: agreed_at.append(self.position.global_step))
+        return original(self, boundary)
+
+    monkeypatch.setattr(trainer_module.Trainer, "_stop_agreed", recorded)
+    config = build_config(None, {"method.name": "natural", "model": "tiny-cnn", "batch_size": 4,
+                                 "out": str(tmp_path / "run"), "schedule.epochs": 1, "log_every": 12},
+                          ["data.train_size=100", "data.val_size=0"])
+    train(config, progress=False)
+    assert agreed_at == [10, 12, 20, 24, 25]  # every 10 steps, each log interval of 12, the epoch's end (25)

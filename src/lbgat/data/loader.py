@@ -170,10 +170,12 @@ class DeviceLoader:
 
     def batches(self, epoch: int, start: int = 0) -> Iterator[Batch]:
         """Batches ``start``, ``start + 1``, ... of ``epoch`` (``start`` > 0 resumes mid-epoch)."""
-        order = self.order(epoch)
+        # On the device once per epoch: a copy per batch from (pageable) host memory would make the host
+        # wait for the device at every step.
+        order = self.order(epoch).to(self.device)
         for number in range(start, len(self)):
             global_batch = order[number * self.batch_size:(number + 1) * self.batch_size]
-            local = torch.tensor_split(global_batch, self.world_size)[self.rank].to(self.device)
+            local = torch.tensor_split(global_batch, self.world_size)[self.rank]
             rng = ExampleRNG(self.seed, epoch, local)
             images = augment_batch(self.images[local], rng, self.augment)
             x = to_unit_float(images).contiguous(memory_format=self.memory_format)
