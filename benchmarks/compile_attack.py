@@ -10,7 +10,8 @@ that computed a weight gradient (counted in one extra run; 0 is what an input-on
     python benchmarks/compile_attack.py                                   # CPU, wrn-10-1, batch 32
     python benchmarks/compile_attack.py --device cuda --model wrn-34-10 --batch-size 128
 
-The first attack of each way is its warm-up (for the compiled one, the compilation) and is not timed.
+The first attack of each way is its warm-up (for the compiled one, the compilation) and is not timed;
+then the two alternate (the order flips every repeat) and the medians are reported.
 """
 
 from __future__ import annotations
@@ -83,19 +84,21 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.attack_steps}-step KL attack on {args.model}, batch {args.batch_size}, {args.backend} backend, "
           f"{device}, torch {torch.__version__}; data: {source}")
 
-    rows = []
+    counts, times = {}, {name: [] for name in ways}
     for name, network in ways.items():
         warm_up = timed_attack(network, batch.x, args.attack_steps)
-        counter = count_weight_gradients(network, batch.x, args.attack_steps)
-        seconds = statistics.median(timed_attack(network, batch.x, args.attack_steps) for _ in range(args.repeats))
-        rows.append((name, seconds, counter.count, warm_up))
-        print(f"  {name}: {seconds:.3f} s per attack, {counter.count} weight-gradient convolution backwards "
-              f"(first attack {warm_up:.1f} s)", flush=True)
-    (_, compiled, _, _), (_, eager_seconds, _, _) = rows
+        counts[name] = count_weight_gradients(network, batch.x, args.attack_steps).count
+        print(f"  {name}: first attack {warm_up:.1f} s, {counts[name]} weight-gradient convolution backwards",
+              flush=True)
+    for repeat in range(args.repeats):  # alternating, the order flipped every repeat
+        for name in list(ways) if repeat % 2 == 0 else list(ways)[::-1]:
+            times[name].append(timed_attack(ways[name], batch.x, args.attack_steps))
+    rows = [(name, statistics.median(times[name]), counts[name]) for name in ways]
+    (_, compiled, _), (_, eager_seconds, _) = rows
     print()
     print("| attack | s per attack | weight-gradient conv backwards per attack |")
     print("|---|---:|---:|")
-    for name, seconds, count, _ in rows:
+    for name, seconds, count in rows:
         print(f"| {name} | {seconds:.3f} | {count} |")
     print(f"eager attack speed-up over the compiled one: {compiled / eager_seconds:.2f}x")
     return 0

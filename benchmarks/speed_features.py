@@ -20,7 +20,10 @@ import copy
 import statistics
 import sys
 import time
+from collections.abc import Iterable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from unittest.mock import patch
 
 import torch
 from torch import nn
@@ -36,33 +39,59 @@ EPOCH_IMAGES = 50_000
 
 
 class Variant:
-    """A method, its optimiser and how a step runs (precision, memory format, compiled or not)."""
+    """A method, its optimiser and how a step runs (precision, memory format, compiled or not).
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, feature: str | None, device: torch.device,
-                 steps: int) -> None:
-        self.channels_last = feature == "channels_last"
-        self.precision = Precision(feature if feature in ("bf16", "fp16") else "fp32", device)
-        attack = TrainAttack(eps=EPS, step_size=STEP_SIZE, steps=steps, start="normal", compiled=feature == "compile")
+    ``feature`` is one of FEATURES or a set of them; ``compiled_attack`` (with compile) sends the
+    attack through the compiled networks, as lbgat did before its attacks used the eager forward;
+    ``tf32`` sets TF32 for matmuls and cuDNN convolutions during the step (None: torch's setting).
+    """
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, feature: str | Iterable[str] | None,
+                 device: torch.device, steps: int, *, compiled_attack: bool = False,
+                 tf32: bool | None = None) -> None:
+        features = {feature} if isinstance(feature, str) else set(feature or ())
+        self.channels_last = "channels_last" in features
+        self.precision = Precision(next((name for name in ("bf16", "fp16") if name in features), "fp32"), device)
+        compiled = "compile" in features
+        attack = TrainAttack(eps=EPS, step_size=STEP_SIZE, steps=steps, start="normal", compiled=compiled)
         self.method: Method = create_method("lbgat-trades", student, teacher=teacher, params={"alpha": 6.0},
                                             attack=attack)
         if self.channels_last:
             self.method.to(memory_format=torch.channels_last)
-        if feature == "compile":
+        if compiled:
             student.compile()
             teacher.compile()
+        self.compiled_attack = compiled and compiled_attack
+        self.tf32 = tf32
         self.optimizer = torch.optim.SGD(self.method.parameters(), lr=0.1, momentum=0.9, weight_decay=2e-4)
 
     def __call__(self, batch: Batch) -> dict[str, float]:
         if self.channels_last:
             batch = Batch(batch.x.contiguous(memory_format=torch.channels_last), batch.y, batch.index, batch.epoch,
                           batch.seed)
-        self.method.train()
-        self.optimizer.zero_grad(set_to_none=True)
-        with self.precision.autocast():
-            terms = self.method(batch)
-        self.precision.backward(terms["loss"])
-        self.precision.step(self.optimizer)
+        with ExitStack() as settings:
+            if self.tf32 is not None:
+                settings.enter_context(tf32_set_to(self.tf32))
+            if self.compiled_attack:
+                settings.enter_context(patch("lbgat.methods.base.eager", lambda network: network))
+            self.method.train()
+            self.optimizer.zero_grad(set_to_none=True)
+            with self.precision.autocast():
+                terms = self.method(batch)
+            self.precision.backward(terms["loss"])
+            self.precision.step(self.optimizer)
         return {name: float(value.detach()) for name, value in terms.items()}
+
+
+@contextmanager
+def tf32_set_to(enabled: bool) -> Iterator[None]:
+    """TF32 (10-bit mantissa) for CUDA matmuls and cuDNN convolutions, or IEEE fp32, for the block."""
+    previous = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = previous
 
 
 def timed(step: Variant, batch: Batch) -> float:
