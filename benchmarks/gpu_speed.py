@@ -10,6 +10,8 @@ Variants (each a fresh copy of the same initial networks, stepping on the same b
                             the attack through their eager forward (input-only gradients: lbgat's way)
     bf16+cl+compile-attack  the same with the attack through the compiled networks, which computes
                             every weight gradient at every attack step (lbgat before issue 13 item 7)
+    bf16+cl+compile-frozen  the attack through the compiled networks with their weights frozen during
+                            its forwards: fused kernels and input-only gradients (a candidate)
 
 TF32 is off in every variant but tf32 (the bf16 ones run their convolutions in bf16 anyway);
 cudnn.benchmark is on, as in training. Each variant takes --warmup untimed steps (the first includes
@@ -22,7 +24,7 @@ The first step's total loss is compared with fp32's (same weights, batch and att
         --attack-steps 1 --steps 1 --warmup 1 --skip-compile    # a smoke run on CPU
 
 On an H200 expect roughly 15-25 s for the four eager variants and 60-120 s of compilation for each
-compiled one (estimates, not measurements).
+compiled one (estimates, not measurements); --variants picks a subset.
 """
 
 from __future__ import annotations
@@ -40,14 +42,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from speed_features import EPOCH_IMAGES, Variant, relative_gap  # noqa: E402
 from train_step import add_step_arguments, step_setup, synchronize  # noqa: E402
 
-# name -> (features, tf32, attack through the compiled networks)
-VARIANTS: dict[str, tuple[frozenset[str], bool, bool]] = {
-    "fp32": (frozenset(), False, False),
-    "tf32": (frozenset(), True, False),
-    "bf16": (frozenset({"bf16"}), False, False),
-    "bf16+cl": (frozenset({"bf16", "channels_last"}), False, False),
-    "bf16+cl+compile": (frozenset({"bf16", "channels_last", "compile"}), False, False),
-    "bf16+cl+compile-attack": (frozenset({"bf16", "channels_last", "compile"}), False, True),
+COMPILED = frozenset({"bf16", "channels_last", "compile"})
+# name -> (features, tf32, which forward the attack calls under compile: speed_features.ATTACK_FORWARDS)
+VARIANTS: dict[str, tuple[frozenset[str], bool, str]] = {
+    "fp32": (frozenset(), False, "eager"),
+    "tf32": (frozenset(), True, "eager"),
+    "bf16": (frozenset({"bf16"}), False, "eager"),
+    "bf16+cl": (frozenset({"bf16", "channels_last"}), False, "eager"),
+    "bf16+cl+compile": (COMPILED, False, "eager"),
+    "bf16+cl+compile-attack": (COMPILED, False, "compiled"),
+    "bf16+cl+compile-frozen": (COMPILED, False, "frozen"),
 }
 
 
@@ -97,9 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[tuple[str, float, float, float | None]] = []
     reference: dict[str, float] | None = None
     for name in names:
-        features, tf32, compiled_attack = VARIANTS[name]
+        features, tf32, attack = VARIANTS[name]
         variant = Variant(copy.deepcopy(student), copy.deepcopy(teacher), features, device, args.attack_steps,
-                          compiled_attack=compiled_attack, tf32=tf32)
+                          attack=attack, tf32=tf32)
         first, per_step, terms = measure(variant, batch, args.warmup, args.steps)
         if name == "fp32":
             reference = terms
@@ -126,10 +130,11 @@ def main(argv: list[str] | None = None) -> int:
               f"{EPOCH_IMAGES / rate / 60:.1f} min | {first:.1f} | {shown_gap} |")
         previous = per_step
     compiled = {name: per_step for name, _, per_step, _ in rows if "compile" in name}
-    if len(compiled) == 2:
-        eager_attack, compiled_attack = compiled["bf16+cl+compile"], compiled["bf16+cl+compile-attack"]
-        print(f"attack through the eager forward in a compiled step: {compiled_attack / eager_attack:.2f}x the "
-              "speed of the attack through the compiled networks")
+    if "bf16+cl+compile-attack" in compiled:
+        through_compiled = compiled["bf16+cl+compile-attack"]
+        for name in ("bf16+cl+compile", "bf16+cl+compile-frozen"):
+            if name in compiled:
+                print(f"{name}: {through_compiled / compiled[name]:.2f}x the speed of bf16+cl+compile-attack")
     print("compile time = first step s of a compiled variant minus its s/step")
     return 0
 
