@@ -23,8 +23,10 @@ The first step's total loss is compared with fp32's (same weights, batch and att
     python benchmarks/gpu_speed.py --device cpu --model tiny-cnn --teacher tiny-cnn --batch-size 4 \\
         --attack-steps 1 --steps 1 --warmup 1 --skip-compile    # a smoke run on CPU
 
-On an H200 expect roughly 15-25 s for the four eager variants and 60-120 s of compilation for each
-compiled one (estimates, not measurements); --variants picks a subset.
+On an H200 expect roughly 15-25 s for the four eager variants and 60-120 s of compilation for the
+first compiled one (estimates, not measurements); the later ones reuse inductor's on-disk cache
+for the graphs they share (the training forwards) and compile only their attack's graphs.
+--variants picks a subset.
 """
 
 from __future__ import annotations
