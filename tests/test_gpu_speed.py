@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import pytest
 import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -107,6 +108,7 @@ def test_an_eager_view_shares_modules_and_modes() -> None:
         assert list(view.parameters()) == list(student.parameters())
 
 
+@pytest.mark.skipif(not torch._dynamo.is_dynamo_supported(), reason="torch.compile does not run here")
 def test_a_compiled_network_computes_weight_gradients_the_eager_attack_does_not() -> None:
     """issue 13 item 7, the cost itself: through a compiled network (aot_eager backend: AOTAutograd's
     joint graph without code generation) a gradient with respect to the input computes every weight
@@ -142,8 +144,6 @@ def test_loaders_of_the_same_data_share_one_device_copy() -> None:
 def test_bf16_needs_it_in_hardware_on_the_requested_gpu(monkeypatch) -> None:
     """issue 13 item 10: torch.cuda.is_bf16_supported() says yes for a V100 (emulated bf16) and asks
     about the current GPU; the check asks about the GPU the run uses, for bf16 in hardware."""
-    import pytest
-
     from lbgat.errors import ConfigError
     from lbgat.train.precision import check_precision
 
@@ -238,3 +238,8 @@ def test_ranks_agree_on_a_stop_every_few_steps_and_at_every_boundary(tmp_path, m
                           ["data.train_size=100", "data.val_size=0"])
     train(config, progress=False)
     assert agreed_at == [10, 12, 20, 24, 25]  # every 10 steps, each log interval of 12, the epoch's end (25)
+
+
+def test_a_network_compiled_by_torch_compile_gives_back_its_original() -> None:
+    student, _ = tiny_networks()
+    assert eager(torch.compile(student, backend="aot_eager")) is student

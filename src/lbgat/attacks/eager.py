@@ -9,9 +9,9 @@ forward (same weights, same modules, same arithmetic up to the order of floating
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
-import torch
 from torch import nn
 
 
@@ -32,7 +32,10 @@ class EagerForward(nn.Module):
 
 def eager(module: nn.Module) -> nn.Module:
     """``module`` itself when it is not compiled; otherwise a view of it that runs uncompiled."""
-    if isinstance(module, torch._dynamo.eval_frame.OptimizedModule):  # torch.compile(module): a new wrapper
+    # torch.compile(module) returns a wrapper; without dynamo imported there can be none (and importing
+    # it here would cost every uncompiled run a second).
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")
+    if eval_frame is not None and isinstance(module, eval_frame.OptimizedModule):
         return module._orig_mod
     if getattr(module, "_compiled_call_impl", None) is not None:  # module.compile(): compiled in place
         return EagerForward(module)
