@@ -306,12 +306,12 @@ class Trainer:
                 if at_limit or stop or (periodic and not end_of_epoch):
                     self._save_last()
                 if stop:
-                    # No rank exits before rank 0's checkpoint is complete: torchrun stops the whole job
-                    # once one worker exits non-zero, and would kill rank 0 in the middle of the write.
-                    parallel.barrier()
                     bar.close()
                     name = STOP_SIGNALS.get(signal.Signals(stop), f"signal {stop}")
                     self.log({"event": "stopped", "reason": name, **dataclasses.asdict(self.position)})
+                    # No rank exits before rank 0's checkpoint is complete: torchrun stops the whole job
+                    # once one worker exits non-zero, and would kill rank 0 in the middle of the write.
+                    parallel.barrier()
                     raise TrainingStopped(
                         f"{name} received: stopped after step {self.position.global_step} (epoch {epoch + 1}) with "
                         f"a checkpoint; continue with --resume --out {self.run_dir}", int(stop),
