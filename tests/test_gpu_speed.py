@@ -243,3 +243,20 @@ def test_ranks_agree_on_a_stop_every_few_steps_and_at_every_boundary(tmp_path, m
 def test_a_network_compiled_by_torch_compile_gives_back_its_original() -> None:
     student, _ = tiny_networks()
     assert eager(torch.compile(student, backend="aot_eager")) is student
+
+
+def test_held_out_validation_attacks_the_uncompiled_student(tmp_path) -> None:
+    """issue 13 item 7: the validation PGD under --compile runs the eager forward too."""
+    from lbgat.config import build_config
+    from lbgat.train.setup import build_parts, load_data, resolve
+    from lbgat.train.trainer import Trainer
+
+    config = build_config(None, {"method.name": "pgd-at", "model": "tiny-cnn", "batch_size": 8, "compile": True,
+                                 "out": str(tmp_path / "run")}, ["data.train_size=16", "data.val_size=8",
+                                                                  "val.steps=2"])
+    dataset = load_data(config)
+    parts = build_parts(resolve(config, dataset.image_shape), dataset)
+    with counting_compiled_calls(parts.method.student) as calls:
+        metrics = Trainer(parts, tmp_path / "run", progress=False)._validate()
+    assert metrics is not None and metrics["n"] == 8
+    assert calls == []
