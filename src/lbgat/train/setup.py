@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from ..models import default_teacher, get_model_entry
 from ..rng import Stream, permutation
 from ..world import World, device_for
 from . import parallel
+from .gpu import sync_bn_warnings
 from .precision import PRECISIONS, Precision
 
 
@@ -294,6 +296,9 @@ def build_parts(config: TrainConfig, dataset: Dataset, world: World | None = Non
     with several processes) this process's shard of the data and the DDP module around the method."""
     world = world or World()
     device = device_for(world, resolve_device(config.device))
+    if world.is_main:
+        for warning in sync_bn_warnings(config, world):
+            print(warning, file=sys.stderr)
     precision = Precision(config.precision, device)
     channels, height, _ = dataset.image_shape
     student_spec = ModelSpec(config.model, dataset.num_classes, channels, height)

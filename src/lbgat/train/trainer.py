@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from ..attacks.eager import eager
 from ..checkpoint import Checkpoint, load_checkpoint, load_state_strict, save_checkpoint
 from ..config import TrainConfig, config_to_yaml
 from ..data import Dataset
@@ -33,6 +34,7 @@ from ..provenance import code_version, environment
 from ..structured import to_mapping
 from ..world import World, device_for, process_group, world_from_environment
 from . import parallel
+from .gpu import cudnn_autotune
 from .schedule import lr_at
 from .setup import RunParts, build_parts, expected_image_shape, load_data, resolve, resolve_device, validate
 
@@ -46,6 +48,9 @@ RESUMABLE_CHANGES = frozenset({"max_steps", "log_every", "device", "out", "check
 # --on-nan skip gives up after this many non-finite steps in a row: the run has diverged for good.
 MAX_CONSECUTIVE_SKIPS = 10
 STOP_SIGNALS = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "SIGINT"}
+# Under torchrun the ranks agree on a stop (an all-reduce and a host sync) every this many steps, and
+# at every log interval, checkpoint and epoch end: a stop signal takes effect at most this many steps late.
+STOP_CHECK_EVERY = 10
 
 
 class TrainingDiverged(LbgatError):
@@ -194,7 +199,9 @@ class Trainer:
         ]
         # Under torchrun each rank evaluates its share of every batch with rank 0's BN statistics, in fp32.
         parallel.broadcast_buffers(self.parts.method)
-        result = run_suite(self.parts.method.student, loader, specs, progress=self.progress, description="validate")
+        # The student's uncompiled forward under --compile: the attack takes input-only gradients.
+        result = run_suite(eager(self.parts.method.student), loader, specs, progress=self.progress,
+                           description="validate")
         counts = torch.tensor([float(result.outcomes[spec.name].count) for spec in specs] + [len(result.indices)],
                               dtype=torch.float64, device=self.parts.device)
         *correct, total = parallel.all_reduce_sum(counts).tolist()
@@ -202,7 +209,9 @@ class Trainer:
         return {"clean_acc": clean, "robust_acc": robust, "n": int(total)}
 
     def run(self) -> TrainResult:
-        with self._stop_signals():
+        # --deterministic (issue 13 item 4) turns cuDNN's timing-based algorithm choice off.
+        deterministic = bool(getattr(self.config, "deterministic", False))
+        with self._stop_signals(), cudnn_autotune(self.parts.device, deterministic):
             return self._run()
 
     @contextmanager
@@ -225,11 +234,14 @@ class Trainer:
             for number, handler in previous.items():
                 signal.signal(number, handler)
 
-    def _stop_agreed(self) -> int | None:
-        """The signal to stop for, agreed by every rank of a distributed job (all stop after the same step)."""
+    def _stop_agreed(self, boundary: bool) -> int | None:
+        """The signal to stop for, agreed by every rank of a distributed job (all stop after the same step).
+        The ranks agree every STOP_CHECK_EVERY steps and at a ``boundary`` (the same steps on every rank)."""
         requested = self.stop_requested or 0
         if parallel.is_distributed():
-            flag = torch.tensor([requested], device=self.parts.device)
+            if not boundary and self.position.global_step % STOP_CHECK_EVERY:
+                return None
+            flag = torch.full((1,), requested, device=self.parts.device)
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             requested = int(flag.item())
         return requested or None
@@ -252,9 +264,10 @@ class Trainer:
                        disable=not self.progress, dynamic_ncols=True, leave=False, file=sys.stderr)
             pending: dict[str, torch.Tensor] = {}
             pending_steps = 0
-            pending_seconds = 0.0
+            interval_started: float | None = None  # when the first step of the log interval began
             for batch in loader.batches(epoch, self.position.batch):
-                started = time.perf_counter()
+                if interval_started is None:
+                    interval_started = time.perf_counter()
                 self._ramp_attack()
                 parts.optimizer.zero_grad(set_to_none=True)
                 with parts.precision.autocast():
@@ -282,24 +295,26 @@ class Trainer:
                         total = value.detach().double()
                         pending[name] = pending.get(name, 0.0) + (total * fraction if self.world.sharded else total)
                     pending_steps += 1
-                pending_seconds += time.perf_counter() - started
                 self.position.batch += 1
                 self.position.global_step += 1
                 bar.update(1)
                 at_limit = self._at_step_limit()
-                stop = self._stop_agreed()
                 periodic = bool(config.checkpoint_every) and self.position.global_step % config.checkpoint_every == 0
                 end_of_epoch = self.position.batch == len(loader)
+                stop = self._stop_agreed(pending_steps == config.log_every or at_limit or periodic or end_of_epoch)
                 if pending_steps == config.log_every or at_limit or stop or periodic or end_of_epoch:
                     # Before any checkpoint: the divergence check runs here, so a saved state is finite.
-                    self._flush(pending, pending_steps, pending_seconds, bar, lr)
-                    pending, pending_steps, pending_seconds = {}, 0, 0.0
+                    self._flush(pending, pending_steps, interval_started, bar, lr)
+                    pending, pending_steps, interval_started = {}, 0, None
                 if at_limit or stop or (periodic and not end_of_epoch):
                     self._save_last()
                 if stop:
                     bar.close()
                     name = STOP_SIGNALS.get(signal.Signals(stop), f"signal {stop}")
                     self.log({"event": "stopped", "reason": name, **dataclasses.asdict(self.position)})
+                    # No rank exits before rank 0's checkpoint is complete: torchrun stops the whole job
+                    # once one worker exits non-zero, and would kill rank 0 in the middle of the write.
+                    parallel.barrier()
                     raise TrainingStopped(
                         f"{name} received: stopped after step {self.position.global_step} (epoch {epoch + 1}) with "
                         f"a checkpoint; continue with --resume --out {self.run_dir}", int(stop),
@@ -346,9 +361,13 @@ class Trainer:
         method.attack = dataclasses.replace(method.attack, eps=self.config.attack.eps * fraction,
                                             step_size=self.config.attack.step_size * fraction)
 
-    def _flush(self, pending: dict[str, torch.Tensor], steps: int, seconds: float, bar: tqdm, lr: float) -> None:
+    def _flush(self, pending: dict[str, torch.Tensor], steps: int, started: float, bar: tqdm, lr: float) -> None:
         # One host sync (and, under torchrun, one all-reduce) per log interval: per-step .item() calls
-        # would stall the GPU pipeline.
+        # would stall the GPU pipeline. The clock is read once the device has finished the interval's
+        # work (the host runs ahead of a GPU: without the sync, train_seconds would count launches).
+        if self.parts.device.type == "cuda":
+            torch.cuda.synchronize(self.parts.device)
+        seconds = time.perf_counter() - started
         names = list(pending)
         if self.world.sharded and names:
             summed = parallel.all_reduce_sum(torch.stack([pending[name] for name in names]))
