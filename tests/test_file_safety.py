@@ -321,6 +321,8 @@ def test_an_empty_out_is_refused(tmp_path: Path, monkeypatch, capsys) -> None:
         assert exit_.value.code == 2
         error = capsys.readouterr().err.strip()
         assert len(error.splitlines()) == 1 and "an empty string is not a folder name" in error
+    assert main([*TRAIN, "--max-steps", "1", "--set", "out=''"]) == 2  # the same from --set or a recipe
+    assert "out must name a folder, not an empty string" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
 
 
