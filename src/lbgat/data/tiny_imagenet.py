@@ -20,6 +20,7 @@ import torch
 from lbgat.data.base import Dataset, ImageSet
 from lbgat.data.folder import decode_images
 from lbgat.errors import DataError
+from lbgat.files import atomic_file
 
 FOLDER = "tiny-imagenet-200"
 LAYOUT = f"{FOLDER}/{{wnids.txt,train/<wnid>/images/*.JPEG,val/images/*.JPEG,val/val_annotations.txt}}"
@@ -245,10 +246,5 @@ def _digest(text: str) -> str:
 
 
 def _save_atomically(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with tmp.open("wb") as file:
-            np.save(file, array, allow_pickle=False)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_file(path) as file:
+        np.save(file, array, allow_pickle=False)

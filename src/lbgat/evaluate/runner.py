@@ -21,6 +21,7 @@ from ..config import threat_profile
 from ..data import Dataset, load_dataset
 from ..data.loader import DeviceLoader
 from ..errors import ConfigError, LbgatError
+from ..files import check_writable
 from ..provenance import code_version, environment
 from ..train.precision import PRECISIONS, Precision
 from ..train.setup import resolve_device
@@ -260,12 +261,13 @@ def strength_reference(attacks: list[AttackSpec]) -> AttackSpec | None:
 def evaluate_checkpoint(request: EvalRequest, *, progress: bool = True) -> tuple[dict[str, Any], Path]:
     """Run the request; returns the report and the folder it was written to (on the main process)."""
     check_request(request)
+    out = request.out or default_out(Path(request.checkpoint))
+    check_writable(out, "report folder")  # before any work, so no evaluation is lost to an unwritable folder
     world = world_from_environment()
     device = device_for(world, resolve_device(request.device))
     with process_group(world, device, GATHER_TIMEOUT):
         loaded, dataset, source = _load_models(request, device)
         plan_ = plan(request, dataset)
-        out = request.out or default_out(loaded.path)
         out.mkdir(parents=True, exist_ok=True)
         sha256 = sha256_of(loaded.path)
         started = time.strftime("%Y-%m-%dT%H:%M:%S%z")

@@ -68,6 +68,7 @@ def validate(config: TrainConfig, *, dataset_given: bool = False) -> None:
     _require(config.batch_size >= 1, f"batch_size must be >= 1, got {config.batch_size}")
     _require(config.max_steps is None or config.max_steps >= 1, f"max_steps must be >= 1, got {config.max_steps}")
     _require(config.seed >= 0, f"seed must be >= 0, got {config.seed}")
+    _require(config.out != "", "out must name a folder, not an empty string")
     _require(config.data.val_size >= 0, f"data.val_size must be >= 0, got {config.data.val_size}")
     _require(config.data.train_size is None or config.data.train_size >= 1,
              f"data.train_size must be >= 1, got {config.data.train_size}")

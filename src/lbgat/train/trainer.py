@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 import shutil
 import signal
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -30,6 +27,7 @@ from ..data.identity import check_same_data
 from ..errors import CheckpointError, ConfigError, LbgatError, UnsafeCheckpointError
 from ..evaluate.specs import AttackSpec
 from ..evaluate.suite import run_suite
+from ..files import append_line, check_writable, nearest_existing, strict_json, write_text_atomic
 from ..provenance import code_version, environment
 from ..structured import to_mapping
 from ..world import World, device_for, process_group, world_from_environment
@@ -66,6 +64,16 @@ class TrainingStopped(LbgatError):
         super().__init__(message)
         self.exit_code = 128 + signal_number  # 143 for SIGTERM, 130 for SIGINT, as a shell reports them
         self.announce = announce  # False on the other processes of a torchrun job: rank 0 says it once
+
+
+class CheckpointWriteError(LbgatError):
+    """A checkpoint could not be written (full disk, quota, ...); the ones written before are intact."""
+
+    def __init__(self, path: Path, error: OSError, run_dir: Path) -> None:
+        intact = next((run_dir / name for name in (LAST, PREVIOUS) if (run_dir / name).exists()), None)
+        recovery = (f"the previous checkpoint {intact} is intact: free some space, then continue with "
+                    f"--resume --out {run_dir}" if intact is not None else "no checkpoint of this run was written")
+        super().__init__(f"could not write the checkpoint {path}: {error.strerror or error}; {recovery}")
 
 
 @dataclass
@@ -156,7 +164,7 @@ class Trainer:
             "grad_scaler": self.parts.precision.state_dict(),
         }
 
-    def _save(self, path: Path, kind: str, *, with_optimizer: bool = True) -> None:
+    def _save(self, path: Path, kind: str, *, with_optimizer: bool = True, keep_previous: Path | None = None) -> None:
         if not self.world.is_main:
             return
         rng = {"torch_cpu": torch.get_rng_state()}
@@ -165,7 +173,11 @@ class Trainer:
         state = {key: value.detach().cpu() for key, value in self.parts.method.state_dict().items()}
         optimizer = self.parts.optimizer.state_dict() if with_optimizer else None
         meta = self._meta(kind)
-        save_checkpoint(path, meta, {**state, **{f"rng.{k}": v for k, v in _flatten_rng(rng).items()}}, optimizer)
+        try:
+            save_checkpoint(path, meta, {**state, **{f"rng.{k}": v for k, v in _flatten_rng(rng).items()}},
+                            optimizer, keep_previous=keep_previous)
+        except OSError as error:  # a full disk, a quota, a folder gone: the write left nothing behind
+            raise CheckpointWriteError(path, error, self.run_dir) from None
 
     def restore(self, checkpoint: Checkpoint) -> None:
         method_state = {key: value for key, value in checkpoint.state.items() if not key.startswith("rng.")}
@@ -184,8 +196,8 @@ class Trainer:
     def log(self, record: dict[str, Any]) -> None:
         if not self.world.is_main:
             return
-        with open(self.metrics_path, "a") as file:
-            file.write(json.dumps(record) + "\n")
+        # Strict JSON (NaN and infinities as null), one record per line, never after an unfinished line.
+        append_line(self.metrics_path, strict_json(record))
 
     def _validate(self) -> dict[str, float] | None:
         loader = self.parts.val_loader
@@ -341,10 +353,8 @@ class Trainer:
         """last.pt, keeping the one it replaces as last.prev.pt (the fallback of --resume)."""
         if not self.world.is_main:
             return
-        last = self.run_dir / LAST
-        if last.exists():
-            os.replace(last, self.run_dir / PREVIOUS)
-        self._save(last, "last")
+        # last.pt becomes last.prev.pt only once the new one is complete: a failed write keeps both.
+        self._save(self.run_dir / LAST, "last", keep_previous=self.run_dir / PREVIOUS)
 
     def _at_step_limit(self) -> bool:
         return self.config.max_steps is not None and self.position.global_step >= self.config.max_steps
@@ -436,39 +446,19 @@ def _write_run_files(run_dir: Path, config: TrainConfig, parts: RunParts, argv: 
     if not parts.world.is_main:
         return
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(config_to_yaml(config))
+    write_text_atomic(run_dir / "config.yaml", config_to_yaml(config))
     provenance = {
         "code_version": code_version(), "environment": environment(), "argv": argv,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "device": str(parts.device),
         "processes": parts.world.size,
         "dataset_source": parts.dataset.source,
     }
-    (run_dir / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
+    write_text_atomic(run_dir / "provenance.json", strict_json(provenance, indent=2) + "\n")
     split = {"split_seed": config.data.split_seed, "val_size": len(parts.val_indices),
              "train_size": len(parts.train_indices), "held_out_indices": parts.val_indices.tolist()}
     if config.data.train_size is not None:
         split["train_indices"] = parts.train_indices.tolist()
-    (run_dir / "split.json").write_text(json.dumps(split) + "\n")
-
-
-def _nearest_existing(path: Path) -> Path:
-    existing = path.absolute()
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    return existing
-
-
-def _check_writable(run_dir: Path) -> None:
-    """The run directory can be made and written to, checked before any data is read and without
-    leaving anything behind (the probe goes into the nearest folder that exists)."""
-    existing = _nearest_existing(run_dir)
-    if not existing.is_dir():
-        raise ConfigError(f"cannot write to the run directory {run_dir}: {existing} is not a directory")
-    try:
-        with tempfile.TemporaryFile(dir=existing):
-            pass
-    except OSError as error:
-        raise ConfigError(f"cannot write to the run directory {run_dir}: {error.strerror or error}") from None
+    write_text_atomic(run_dir / "split.json", strict_json(split) + "\n")
 
 
 def checkpoint_bytes(parts: RunParts) -> int:
@@ -482,7 +472,7 @@ def checkpoint_bytes(parts: RunParts) -> int:
 def _check_disk_space(run_dir: Path, parts: RunParts) -> None:
     """Room for one more checkpoint (written beside the old one before it replaces it)."""
     needed = int(checkpoint_bytes(parts) * 1.05) + (1 << 20)
-    free = shutil.disk_usage(_nearest_existing(run_dir)).free
+    free = shutil.disk_usage(nearest_existing(run_dir)).free
     if free < needed:
         raise ConfigError(f"not enough disk space for a checkpoint in {run_dir}: one needs about "
                           f"{needed / 2**20:.1f} MiB, {free / 2**20:.1f} MiB are free")
@@ -541,14 +531,14 @@ def _train(config: TrainConfig, resume: bool, progress: bool, argv: list[str] | 
     # reported before any data is read.
     early = resolve(config, known_shape) if known_shape is not None else None
     if early is not None:
-        _check_writable(Path(early.out))
+        check_writable(Path(early.out), "run directory")
     checkpoint = _check_run_dir(Path(early.out), resume) if early is not None else None
     if dataset is None:
         dataset = load_data(config)
     resolved = resolve(config, dataset.image_shape)
     run_dir = Path(resolved.out)
     if early is None:
-        _check_writable(run_dir)
+        check_writable(run_dir, "run directory")
         checkpoint = _check_run_dir(run_dir, resume)
     if checkpoint is not None:
         changed = _differences(checkpoint.meta["config"], to_mapping(resolved))
