@@ -20,49 +20,84 @@ import copy
 import statistics
 import sys
 import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from unittest.mock import patch
 
 import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compile_attack import FrozenWeights  # noqa: E402
+from lbgat.attacks.eager import eager  # noqa: E402
 from lbgat.data.loader import Batch  # noqa: E402
 from lbgat.methods import Method, TrainAttack, create_method  # noqa: E402
 from lbgat.train.precision import Precision  # noqa: E402
 from train_step import EPS, STEP_SIZE, add_step_arguments, step_setup, synchronize  # noqa: E402
 
 FEATURES = ("channels_last", "bf16", "fp16", "compile")
+# Under compile, what the attack calls instead of the student (see Variant).
+ATTACK_FORWARDS: dict[str, Callable[[nn.Module], nn.Module]] = {
+    "eager": eager, "compiled": lambda network: network, "frozen": FrozenWeights}
 EPOCH_IMAGES = 50_000
 
 
 class Variant:
-    """A method, its optimiser and how a step runs (precision, memory format, compiled or not)."""
+    """A method, its optimiser and how a step runs (precision, memory format, compiled or not).
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, feature: str | None, device: torch.device,
-                 steps: int) -> None:
-        self.channels_last = feature == "channels_last"
-        self.precision = Precision(feature if feature in ("bf16", "fp16") else "fp32", device)
-        attack = TrainAttack(eps=EPS, step_size=STEP_SIZE, steps=steps, start="normal", compiled=feature == "compile")
-        self.method: Method = create_method("lbgat-trades", student, teacher=teacher, params={"alpha": 6.0},
-                                            attack=attack)
+    ``feature`` is one of FEATURES or a set of them. With compile, ``attack`` says which forward of
+    the student the attack calls: "eager" (lbgat's: the uncompiled one), "compiled" (as lbgat did
+    before, computing every weight gradient at every attack step) or "frozen" (the compiled one with
+    the weights frozen during the forward, see compile_attack.FrozenWeights). ``tf32`` sets TF32 for
+    matmuls and cuDNN convolutions during the step (None: torch's setting).
+    """
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, feature: str | Iterable[str] | None,
+                 device: torch.device, steps: int, *, attack: str = "eager", tf32: bool | None = None) -> None:
+        features = {feature} if isinstance(feature, str) else set(feature or ())
+        self.channels_last = "channels_last" in features
+        self.precision = Precision(next((name for name in ("bf16", "fp16") if name in features), "fp32"), device)
+        compiled = "compile" in features
+        self.method: Method = create_method(
+            "lbgat-trades", student, teacher=teacher, params={"alpha": 6.0},
+            attack=TrainAttack(eps=EPS, step_size=STEP_SIZE, steps=steps, start="normal", compiled=compiled))
         if self.channels_last:
             self.method.to(memory_format=torch.channels_last)
-        if feature == "compile":
+        if compiled:
             student.compile()
             teacher.compile()
+        self.attack_forward = ATTACK_FORWARDS[attack] if compiled else None
+        self.tf32 = tf32
         self.optimizer = torch.optim.SGD(self.method.parameters(), lr=0.1, momentum=0.9, weight_decay=2e-4)
 
     def __call__(self, batch: Batch) -> dict[str, float]:
         if self.channels_last:
             batch = Batch(batch.x.contiguous(memory_format=torch.channels_last), batch.y, batch.index, batch.epoch,
                           batch.seed)
-        self.method.train()
-        self.optimizer.zero_grad(set_to_none=True)
-        with self.precision.autocast():
-            terms = self.method(batch)
-        self.precision.backward(terms["loss"])
-        self.precision.step(self.optimizer)
+        with ExitStack() as settings:
+            if self.tf32 is not None:
+                settings.enter_context(tf32_set_to(self.tf32))
+            if self.attack_forward is not None:
+                settings.enter_context(patch("lbgat.methods.base.eager", self.attack_forward))
+            self.method.train()
+            self.optimizer.zero_grad(set_to_none=True)
+            with self.precision.autocast():
+                terms = self.method(batch)
+            self.precision.backward(terms["loss"])
+            self.precision.step(self.optimizer)
         return {name: float(value.detach()) for name, value in terms.items()}
+
+
+@contextmanager
+def tf32_set_to(enabled: bool) -> Iterator[None]:
+    """TF32 (10-bit mantissa) for CUDA matmuls and cuDNN convolutions, or IEEE fp32, for the block."""
+    previous = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = previous
 
 
 def timed(step: Variant, batch: Batch) -> float:

@@ -24,6 +24,7 @@ from lbgat.checkpoint import load_checkpoint, read_tensors_file, save_checkpoint
 from lbgat.cli import main
 from lbgat.config import build_config, load_yaml, parse_override
 from lbgat.errors import CheckpointError, ConfigError, UnsafeCheckpointError
+from lbgat.recipes import find_recipe
 from lbgat.train.setup import validate
 
 TRADES = ["train", "--method", "trades", "--model", "tiny-cnn", "--batch-size", "8", "--no-progress"]
@@ -211,6 +212,22 @@ def test_teacher_settings_of_a_method_without_a_teacher_are_errors(method: str, 
         validate(build_config(None, {"method.name": method, "teacher": "tiny-cnn"}))
     with pytest.raises(ConfigError, match=f"{method} has no teacher, but teacher_checkpoints is set"):
         validate(build_config(None, {"method.name": method, "teacher_checkpoints": [str(tmp_path / "t.pt")]}))
+
+
+def test_a_recipes_teacher_is_for_the_methods_that_have_one() -> None:
+    """issue 12 item 6: one recipe serves several methods (the demo's names a teacher for LBGAT+TRADES and
+    also trains natural, PGD-AT and TRADES), so only a teacher asked for on the command line is an error."""
+    recipe = load_yaml(find_recipe("cpu/mnist-5k-demo"))
+    assert recipe["teacher"] == "tiny-cnn"
+    for method in ("natural", "pgd-at", "trades"):
+        config = build_config(recipe, {"method.name": method})
+        validate(config)
+        assert config.teacher is None
+    assert build_config(recipe, {"method.name": "lbgat-trades"}).teacher == "tiny-cnn"
+    with pytest.raises(ConfigError, match="natural has no teacher, but teacher is set"):
+        validate(build_config(recipe, {"method.name": "natural", "teacher": "tiny-cnn"}))
+    with pytest.raises(ConfigError, match="natural has no teacher, but teacher is set"):
+        validate(build_config(recipe, {"method.name": "natural"}, ["teacher=tiny-cnn"]))
 
 
 # ---------------------------------------------------------------------------------------- item 8: metadata

@@ -55,3 +55,26 @@ def test_scaling_benchmark_prints_its_three_tables(capsys, tmp_path: Path) -> No
     output = capsys.readouterr().out
     assert status == 0, output
     assert "| batch size |" in output and "| attack steps |" in output and "| tiny-cnn |" in output
+
+
+def test_gpu_speed_benchmark_runs_its_variants_on_cpu(capsys, tmp_path: Path) -> None:
+    benchmark = load("gpu_speed")
+    status = benchmark.main(["--device", "cpu", "--model", "tiny-cnn", "--teacher", "tiny-cnn", "--batch-size", "2",
+                             "--attack-steps", "1", "--steps", "1", "--warmup", "1", "--threads", "1",
+                             "--variants", "fp32,tf32,bf16+cl", "--data-root", str(tmp_path / "absent")])
+    output = capsys.readouterr().out
+    assert status == 0, output
+    assert "| fp32 |" in output and "| tf32 |" in output and "| bf16+cl |" in output
+    assert "| fp32 | " in output and "0.0e+00 |" in output  # fp32 against itself
+
+
+def test_compile_attack_benchmark_counts_the_weight_gradients_of_the_compiled_attack(capsys, tmp_path: Path) -> None:
+    """issue 13 item 7: through the compiled network every attack step computes the weight gradients."""
+    benchmark = load("compile_attack")
+    status = benchmark.main(["--model", "tiny-cnn", "--batch-size", "2", "--attack-steps", "2", "--repeats", "1",
+                             "--threads", "1", "--backend", "aot_eager", "--data-root", str(tmp_path / "absent")])
+    output = capsys.readouterr().out
+    assert status == 0, output
+    # tiny-cnn has two convolutions: two weight gradients per attack step through the compiled network.
+    assert "| through the compiled network | " in output and " | 4 |" in output
+    assert "| through its eager forward (lbgat) | " in output and " | 0 |" in output

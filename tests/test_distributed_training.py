@@ -243,3 +243,65 @@ def test_every_train_flag_passes_through_torchrun_unabbreviated() -> None:
     train_flags = [flag for action in commands.choices["train"]._actions for flag in action.option_strings]
     clashing = {flag for flag in train_flags if any(theirs.startswith(flag) for theirs in torchrun_flags)}
     assert clashing == {"-h", "--help"}
+
+
+# Runs `lbgat train` under torchrun and records when each rank exits; rank 0's stop checkpoint is made
+# slow (a slow disk), so a rank that does not wait for it exits first. Test-only: it patches the
+# trainer inside the worker processes, the product has no such hook.
+SLOW_STOP_SAVE = """
+import os, sys, time
+from pathlib import Path
+from lbgat.cli import main
+from lbgat.train import trainer
+
+times = Path(os.environ["LBGAT_TEST_TIMES"])
+rank = os.environ["RANK"]
+(times / f"pid-{rank}").write_text(str(os.getpid()))
+agreed, save_last = trainer.Trainer._stop_agreed, trainer.Trainer._save_last
+
+def remember_stop(self, *args, **kwargs):
+    self.stop_for = agreed(self, *args, **kwargs)
+    return self.stop_for
+
+def slow_save_last(self):
+    stopping = self.world.is_main and getattr(self, "stop_for", None)
+    if stopping:
+        time.sleep(3)
+    save_last(self)
+    if stopping:
+        (times / "saved").write_text(repr(time.time()))
+
+trainer.Trainer._stop_agreed, trainer.Trainer._save_last = remember_stop, slow_save_last
+status = main(sys.argv[1:])
+(times / f"exit-{rank}").write_text(repr(time.time()))
+sys.exit(status)
+"""
+
+
+def test_no_rank_exits_on_a_stop_before_rank_zero_saved(tmp_path: Path) -> None:
+    """issue 13 item 6: a stop signal reaching every worker (as a scheduler sends it) must not let
+    rank 1 exit while rank 0 still writes last.pt: torchrun stops the whole job once one worker exits
+    non-zero and kills the rest 30 s later. Every rank meets rank 0 after its save, then exits."""
+    script, times, out = tmp_path / "slow_stop_save.py", tmp_path / "times", tmp_path / "run"
+    script.write_text(SLOW_STOP_SAVE)
+    times.mkdir()
+    longer = [*LBGAT_TINY, "--epochs", "3", "--checkpoint-every", "1"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+         *longer, "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**quiet_environment(), "LBGAT_TEST_TIMES": str(times)})
+    deadline = time.monotonic() + 300
+    while steps_saved(out / "last.pt") < 3:
+        assert process.poll() is None, process.stderr.read()[-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    for rank in (0, 1):
+        os.kill(int((times / f"pid-{rank}").read_text()), signal.SIGTERM)
+    process.communicate(timeout=300)
+    assert process.returncode != 0
+    saved = float((times / "saved").read_text())
+    assert float((times / "exit-1").read_text()) > saved, "rank 1 exited before rank 0's checkpoint was written"
+    # (Once rank 1 has exited, torchrun sends rank 0 a SIGTERM too; by then its checkpoint is complete.)
+    stopped = [r for r in records(out) if r["event"] == "stopped"]
+    assert len(stopped) == 1 and stopped[0]["reason"] == "SIGTERM"
+    assert steps_saved(out / "last.pt") == stopped[0]["global_step"]

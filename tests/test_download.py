@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 import tarfile
 from pathlib import Path
 
@@ -15,9 +17,12 @@ from data_fixtures import (
     md5_of,
     serve_directory,
     write_cifar10,
+    write_cifar100,
+    write_pickle,
     write_tiny_imagenet,
 )
-from lbgat.data import download_dataset, load_dataset
+from lbgat.cli import main
+from lbgat.data import download, download_dataset, load_dataset
 from lbgat.errors import ConfigError, DataError
 
 
@@ -39,6 +44,16 @@ def data_root(tmp_path: Path) -> Path:
     return root
 
 
+def tree_digest(root: Path) -> dict[str, str]:
+    """Every file, folder and link under ``root`` with its content's sha256 (folders: 'dir')."""
+    def content(path: Path) -> str:
+        if path.is_symlink():
+            return f"link to {os.readlink(path)}"
+        return "dir" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
+
+    return {str(path.relative_to(root)): content(path) for path in sorted(root.rglob("*"))}
+
+
 def assert_untouched(root: Path) -> None:
     """Nothing was added to ``root``: no layout folder, no temporary file or folder."""
     assert sorted(p.name for p in root.iterdir()) == ["unrelated.txt"]
@@ -50,7 +65,9 @@ def test_http_download_then_load(cifar10_archive: Path, data_root: Path, capsys)
             "cifar10", data_root, url=f"{base_url}/{cifar10_archive.name}", md5=md5_of(cifar10_archive)
         )
     assert folder == data_root / "cifar-10-batches-py"
-    assert sorted(p.name for p in data_root.iterdir()) == ["cifar-10-batches-py", "unrelated.txt"]
+    assert sorted(p.name for p in data_root.iterdir()) == [
+        "cifar-10-batches-py", "cifar-10-python.tar.gz", "unrelated.txt"]  # the archive is kept for repairs
+    assert md5_of(data_root / "cifar-10-python.tar.gz") == md5_of(cifar10_archive)
     assert "extracted to" in capsys.readouterr().err
     expected = load_dataset("cifar10", cifar10_archive.parents[1] / "source")
     downloaded = load_dataset("cifar10", data_root)
@@ -66,11 +83,14 @@ def test_file_url_zip_download_of_tiny_imagenet(tmp_path: Path, data_root: Path,
     assert len(dataset.train) == len(written["train"]) and len(dataset.test) == len(written["test"])
 
 
-def test_existing_folder_is_not_downloaded_again(data_root: Path, capsys) -> None:
-    (data_root / "cifar-100-python").mkdir()
+def test_existing_intact_folder_is_verified_and_not_downloaded_again(tmp_path: Path, data_root: Path,
+                                                                     capsys) -> None:
+    write_cifar100(data_root)
+    before = tree_digest(data_root)
     unreachable = "http://127.0.0.1:9/never-fetched.tar.gz"
     assert download_dataset("cifar100", data_root, url=unreachable) == data_root / "cifar-100-python"
-    assert "already exists" in capsys.readouterr().err
+    assert "all 3 files present and readable; nothing downloaded" in capsys.readouterr().err
+    assert tree_digest(data_root) == before
 
 
 def test_checksum_mismatch_writes_nothing(cifar10_archive: Path, data_root: Path) -> None:
@@ -157,3 +177,137 @@ def test_unknown_dataset_and_scheme_are_config_errors(data_root: Path) -> None:
     with pytest.raises(ConfigError, match="only http, https, file"):
         download_dataset("cifar10", data_root, url="ftp://example.org/cifar.tar.gz")
     assert_untouched(data_root)
+
+
+# --- verifying and repairing a folder that is there (issue 12 item 13) -----------------------------
+
+
+@pytest.fixture
+def downloaded(cifar10_archive: Path, data_root: Path) -> Path:
+    """cifar10 downloaded from a file:// URL into data_root (the archive kept beside it)."""
+    download_dataset("cifar10", data_root, url=cifar10_archive.as_uri(), md5=md5_of(cifar10_archive), progress=False)
+    return data_root / "cifar-10-batches-py"
+
+
+def test_a_removed_batch_is_named_then_restored_from_the_kept_archive(
+    cifar10_archive: Path, data_root: Path, downloaded: Path, capsys
+) -> None:
+    """issue 12 item 13: `rm data_batch_3`; training/info name the file and the command, which repairs it."""
+    original = (downloaded / "data_batch_3").read_bytes()
+    (downloaded / "data_batch_3").unlink()
+    assert main(["data", "info", "cifar10", "--root", str(data_root)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error
+    assert (f"{downloaded / 'data_batch_3'} is missing; `lbgat data download cifar10 --root {data_root}` "
+            "will restore it") in error
+    unreachable = "http://127.0.0.1:9/never-fetched.tar.gz"  # the kept archive is enough: no network
+    assert main(["data", "download", "cifar10", "--root", str(data_root), "--url", unreachable,
+                 "--md5", md5_of(cifar10_archive)]) == 0
+    assert "restored data_batch_3" in capsys.readouterr().err
+    assert (downloaded / "data_batch_3").read_bytes() == original
+    assert (data_root / "unrelated.txt").read_text() == "already here"
+    assert main(["data", "info", "cifar10", "--root", str(data_root)]) == 0
+
+
+def test_a_damaged_batch_is_replaced_and_kept_aside_downloading_again_without_an_archive(
+    cifar10_archive: Path, data_root: Path, downloaded: Path, capsys
+) -> None:
+    """issue 12 item 13: a truncated batch is named on training; download fetches the archive again
+    (the kept one was removed), replaces the batch and keeps the damaged bytes as test_batch.damaged."""
+    (data_root / "cifar-10-python.tar.gz").unlink()
+    (downloaded / "notes.txt").write_text("mine")
+    original = (downloaded / "test_batch").read_bytes()
+    damaged = original[:1000]
+    (downloaded / "test_batch").write_bytes(damaged)
+    assert main(["train", "--method", "natural", "--model", "tiny-cnn", "--dataset", "cifar10", "--data-root",
+                 str(data_root), "--batch-size", "4", "--max-steps", "1", "--no-progress",
+                 "--out", str(data_root.parent / "run")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error and str(downloaded / "test_batch") in error and "truncated or corrupt" in error
+    assert f"`lbgat data download cifar10 --root {data_root}` will replace it" in error
+    with serve_directory(cifar10_archive.parent) as base_url:
+        download_dataset("cifar10", data_root, url=f"{base_url}/{cifar10_archive.name}",
+                         md5=md5_of(cifar10_archive), progress=False)
+    assert (downloaded / "test_batch").read_bytes() == original
+    assert (downloaded / "test_batch.damaged").read_bytes() == damaged
+    assert (downloaded / "notes.txt").read_text() == "mine"
+    assert md5_of(data_root / "cifar-10-python.tar.gz") == md5_of(cifar10_archive)  # kept again
+    assert not [p for p in downloaded.iterdir() if p.name.startswith(".lbgat")]
+    load_dataset("cifar10", data_root)
+
+
+@pytest.mark.parametrize("obstacle", ["folder", "dangling-link"])
+def test_something_unknown_in_the_way_is_one_line_and_nothing_changes(
+    cifar10_archive: Path, data_root: Path, downloaded: Path, obstacle: str
+) -> None:
+    """issue 12 item 13: lbgat replaces only files it can account for."""
+    path = downloaded / "data_batch_2"
+    path.unlink()
+    if obstacle == "folder":
+        path.mkdir()
+        (path / "inside.txt").write_text("x")
+    else:
+        os.symlink(data_root / "nowhere", path)
+    before = tree_digest(data_root)
+    with pytest.raises(DataError, match="is in the way") as caught:
+        download_dataset("cifar10", data_root, url=cifar10_archive.as_uri(), md5=md5_of(cifar10_archive),
+                         progress=False)
+    assert_one_line_naming(caught.value, path)
+    assert tree_digest(data_root) == before
+
+
+def test_a_file_where_the_dataset_folder_belongs_is_in_the_way(data_root: Path, cifar10_archive: Path) -> None:
+    """issue 12 item 13."""
+    (data_root / "cifar-10-batches-py").write_text("not a folder")
+    with pytest.raises(DataError, match="is in the way"):
+        download_dataset("cifar10", data_root, url=cifar10_archive.as_uri(), md5=md5_of(cifar10_archive),
+                         progress=False)
+    assert (data_root / "cifar-10-batches-py").read_text() == "not a folder"
+
+
+def test_official_checksums_readable_copies_of_ones_own_are_left_alone(
+    cifar10_archive: Path, data_root: Path, downloaded: Path, monkeypatch, capsys
+) -> None:
+    """issue 12 item 13: against known per-file checksums (here those of the generated archive, standing
+    in for torchvision's official list) an intact folder verifies; a file that reads cleanly but differs
+    is reported and left alone; a missing one is restored."""
+    official = download.SOURCES["cifar10"]
+    file_md5s = tuple((name, md5_of(downloaded / name)) for name in download.CIFAR10.files)
+    monkeypatch.setitem(download.SOURCES, "cifar10", download.ArchiveSource(
+        url=cifar10_archive.as_uri(), md5=md5_of(cifar10_archive), folder=official.folder, file_md5s=file_md5s))
+    download_dataset("cifar10", data_root)
+    assert "all 7 files present and readable, 7 of them matching the official checksums" in capsys.readouterr().err
+    write_pickle(downloaded / "data_batch_1", {"data": np.zeros((2, 3072), np.uint8), "labels": [0, 1]})
+    own = (downloaded / "data_batch_1").read_bytes()
+    (downloaded / "batches.meta").unlink()
+    download_dataset("cifar10", data_root)
+    err = capsys.readouterr().err
+    assert "restored batches.meta" in err
+    assert "data_batch_1 in" in err and "differ from the official files" in err
+    assert (downloaded / "data_batch_1").read_bytes() == own
+    assert md5_of(downloaded / "batches.meta") == dict(file_md5s)["batches.meta"]
+
+
+def test_tiny_imagenet_missing_val_image_is_named_and_restored(tmp_path: Path, data_root: Path, monkeypatch,
+                                                               capsys) -> None:
+    """issue 12 item 13: without a kept archive the folder's structure is checked; a missing listed image
+    sends download to the archive, which restores it."""
+    monkeypatch.setenv("LBGAT_CACHE_DIR", str(tmp_path / "cache"))
+    write_tiny_imagenet(tmp_path / "source")
+    archive = make_zip(tmp_path / "source", "tiny-imagenet-200", tmp_path / "tiny-imagenet-200.zip")
+    download_dataset("tiny-imagenet", data_root, url=archive.as_uri(), md5=md5_of(archive), progress=False)
+    (data_root / "tiny-imagenet-200.zip").unlink()
+    folder = data_root / "tiny-imagenet-200"
+    victim = sorted((folder / "val" / "images").iterdir())[0]
+    original = victim.read_bytes()
+    victim.unlink()
+    with pytest.raises(DataError) as caught:
+        load_dataset("tiny-imagenet", data_root)
+    assert_one_line_naming(caught.value, victim, f"`lbgat data download tiny-imagenet --root {data_root}` "
+                                                 "will restore it")
+    download_dataset("tiny-imagenet", data_root, url=archive.as_uri(), md5=md5_of(archive))
+    assert f"restored val/images/{victim.name}" in capsys.readouterr().err
+    assert victim.read_bytes() == original
+    load_dataset("tiny-imagenet", data_root)
+    download_dataset("tiny-imagenet", data_root, url="http://127.0.0.1:9/never-fetched.zip", md5=md5_of(archive))
+    assert "files present and readable; nothing downloaded" in capsys.readouterr().err  # the kept archive's list

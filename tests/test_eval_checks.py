@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lbgat.data import from_tensors
 from lbgat.evaluate import checks as checks_module
 from lbgat.evaluate.checks import (
     CheckInputs,
@@ -13,6 +17,7 @@ from lbgat.evaluate.checks import (
     run_checks,
     strength_check,
 )
+from lbgat.evaluate.runner import EvalRequest, _check_inputs, plan
 
 
 class SmallNet(nn.Module):
@@ -119,3 +124,61 @@ def test_probabilities_instead_of_logits_are_flagged() -> None:
     model = nn.Sequential(SmallNet(), nn.Softmax(dim=1)).eval()
     results = {result.name: result for result in run_checks(model, inputs_for(model), aa=None, strength=False)}
     assert results["softmax outputs"].verdict == "warn"
+
+
+def corner_model_and_images(shape: tuple[int, int, int], eps: float, fraction: float, count: int = 16
+                            ) -> tuple[nn.Module, torch.Tensor]:
+    """A linear model and images (all of class 0) that an Linf perturbation of ``fraction * eps`` per
+    pixel, towards the corner of the ball, just misclassifies: PGD must travel that far to succeed."""
+    features = shape[0] * shape[1] * shape[2]
+    weight = torch.where(torch.arange(features) % 2 == 0, 1.0, -1.0)
+    linear = nn.Linear(features, 2)
+    with torch.no_grad():  # scaled so that the logits stay small enough for cross-entropy to have a gradient
+        linear.weight.copy_(torch.stack([weight * 4 / (eps * features), torch.zeros(features)]))
+        linear.bias.zero_()
+    x = 0.45 + 0.1 * torch.rand(count, *shape, generator=torch.Generator().manual_seed(3))
+    margin = x.flatten(1) @ weight
+    x = x - ((margin - fraction * eps * features) / features)[:, None, None, None] * weight.view(*shape)
+    return nn.Sequential(nn.Flatten(), linear).eval(), x
+
+
+@pytest.mark.parametrize(("attacks", "verdict"), [("clean,pgd", "pass"), ("clean,pgd5", "warn")])
+def test_strength_check_tests_the_reports_own_pgd(attacks: str, verdict: str) -> None:
+    """issue 12 (smaller list): the demo reports PGD-40 on mnist-5k (eps 0.3, steps of 0.01), which
+    reaches the corner of the ball where PGD-20 cannot; the check must test PGD-40, not a fixed PGD-20,
+    and so not call it unreliable. A genuinely weak attack (PGD-5) is still called unreliable."""
+    shape = (1, 16, 16)
+    model, x = corner_model_and_images(shape, eps=0.3, fraction=0.75)
+    labels = torch.zeros(len(x), dtype=torch.int64)
+    dataset = from_tensors(x, labels, x, labels, classes=["0", "1"])
+    request = EvalRequest(checkpoint=Path("unused.pt"), attacks=attacks, check_n=len(x))
+    plan_ = plan(request, dataset)
+    inputs = _check_inputs(request, plan_, dataset, torch.device("cpu"))
+    reference = plan_.attacks[1]
+    assert (inputs.reference_steps, inputs.step_size, inputs.eps) == (reference.steps, 0.01, 0.3)
+    result = strength_check(model, inputs)
+    assert result.name == f"PGD-100 x 5 restarts vs PGD-{reference.steps}"
+    assert result.verdict == verdict, result.detail
+    if verdict == "pass":
+        assert "UNRELIABLE" not in result.detail and "PGD-40 0.00%" in result.detail
+    else:
+        assert f"PGD-{reference.steps} IS UNRELIABLE FOR THIS MODEL" in result.detail
+    # what the old check did (a fixed PGD-20) really is too weak here: the report's attack matters
+    fixed_pgd20 = CheckInputs(inputs.x, inputs.y, inputs.index, inputs.eps, inputs.step_size, "Linf", 0)
+    assert strength_check(model, fixed_pgd20).verdict == "warn"
+
+
+def test_strength_check_reference_is_the_strongest_pgd_and_longer_attacks_get_longer_checks() -> None:
+    """issue 12 (smaller list): with pgd20 and pgd200 in a report the check tests PGD-200 against a
+    stronger attack of at least as many steps."""
+    model = SmallNet().eval()
+    base = inputs_for(model, count=4)
+    inputs = CheckInputs(base.x, base.y, base.index, base.eps, base.step_size, "Linf", 0, reference_steps=200)
+    assert strength_check(model, inputs).name == "PGD-200 x 5 restarts vs PGD-200"
+    labels = torch.zeros(4, dtype=torch.int64)
+    dataset = from_tensors(base.x, labels, base.x, labels, classes=[str(i) for i in range(10)])
+    request = EvalRequest(checkpoint=Path("unused.pt"), attacks="clean,pgd20,cw50,pgd200,pgd200", check_n=4)
+    with pytest.raises(Exception, match="listed twice"):
+        plan(request, dataset)
+    request = EvalRequest(checkpoint=Path("unused.pt"), attacks="clean,pgd20,cw50,pgd200", check_n=4)
+    assert _check_inputs(request, plan(request, dataset), dataset, torch.device("cpu")).reference_steps == 200

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pickle
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +23,7 @@ from torch import nn
 
 from . import checkpoint_checks, pickle_safety
 from .errors import CheckpointError, UnsafeCheckpointError
+from .files import atomic_file
 
 FORMAT_VERSION = 1
 
@@ -72,48 +71,27 @@ class Checkpoint:
 
 
 def save_checkpoint(path: Path, meta: dict[str, Any], state: dict[str, torch.Tensor],
-                    optimizer: dict[str, Any] | None = None) -> None:
-    """Write atomically: a temporary file in the same folder, fsync, then rename over ``path``."""
+                    optimizer: dict[str, Any] | None = None, *, keep_previous: Path | None = None) -> None:
+    """Write atomically: a temporary file in the same folder, fsync, then rename over ``path`` (an
+    existing ``path`` becomes ``keep_previous`` only once the new file is complete)."""
     payload: dict[str, Any] = {"lbgat_checkpoint": FORMAT_VERSION, "meta": json.dumps(meta), "state": state}
     if optimizer is not None:
         payload["optimizer"] = optimizer
-    save_tensors_file(path, payload)
+    save_tensors_file(path, payload, keep_previous=keep_previous)
 
 
-def save_tensors_file(path: Path, payload: dict[str, Any]) -> None:
-    """``torch.save`` of plain containers, atomically: a temporary file in the same folder, fsync, rename."""
+def save_tensors_file(path: Path, payload: dict[str, Any], *, keep_previous: Path | None = None) -> None:
+    """``torch.save`` of plain containers, atomically (see :func:`lbgat.files.atomic_file`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
+    with atomic_file(path, keep_previous=keep_previous) as file:
+        try:
             torch.save(payload, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(temporary, 0o666 & ~_current_umask())  # mkstemp creates 0600
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_directory(directory: Path) -> None:
-    try:
-        descriptor = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
+        except RuntimeError as error:
+            # torch's zip writer turns a failed write (a full disk) into a RuntimeError as it closes;
+            # the OSError it interrupted says what happened.
+            if isinstance(error.__context__, OSError):
+                raise error.__context__ from None
+            raise
 
 
 def check_checkpoint_path(path: Path, what: str = "checkpoint") -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from .errors import LbgatError
+from .files import describe_os_error
 
 
 class _Parser(argparse.ArgumentParser):
@@ -17,6 +18,13 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _folder(value: str) -> Path:
+    """A folder argument: an empty string is a mistake (it would silently mean the current or default folder)."""
+    if not value:
+        raise argparse.ArgumentTypeError("an empty string is not a folder name")
+    return Path(value)
 
 
 def _add_train(commands: argparse._SubParsersAction) -> None:
@@ -38,7 +46,7 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--max-steps", type=int, help="stop after this many optimiser steps in all (smoke runs)")
     parser.add_argument("--seed", type=int)
-    parser.add_argument("--out", help="run directory (default runs/<dataset>-<method>-<model>-s<seed>)")
+    parser.add_argument("--out", type=_folder, help="run directory (default runs/<dataset>-<method>-<model>-s<seed>)")
     parser.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     parser.add_argument("--checkpoint-every", type=int, metavar="STEPS",
@@ -70,7 +78,7 @@ def _run_train(args: argparse.Namespace) -> int:
     flags = {
         "method.name": args.method, "model": args.model, "teacher": args.teacher, "data.name": args.dataset,
         "data.root": args.data_root, "schedule.epochs": args.epochs, "batch_size": args.batch_size,
-        "max_steps": args.max_steps, "seed": args.seed, "out": args.out, "device": args.device,
+        "max_steps": args.max_steps, "seed": args.seed, "out": args.out and str(args.out), "device": args.device,
         "teacher_checkpoints": args.teacher_checkpoints, "checkpoint_every": args.checkpoint_every,
         "on_nan": args.on_nan, "precision": args.precision, "channels_last": args.channels_last or None,
         "compile": args.compile or None, "sync_bn": args.sync_bn or None,
@@ -124,7 +132,7 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--data-root", help="dataset folder (default: the one used in training)")
     parser.add_argument("--check-n", type=int, default=100,
                         help="examples for the PGD-100x5 strength check (default 100; 0 skips it)")
-    parser.add_argument("--out", type=Path, help="report folder (default: eval-<checkpoint name> beside it)")
+    parser.add_argument("--out", type=_folder, help="report folder (default: eval-<checkpoint name> beside it)")
     parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
                         help="model arithmetic: fp32 (default, the evaluation of record) or bf16/fp16 autocast")
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
@@ -168,10 +176,12 @@ def _add_demo(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("demo", help="train and compare natural, PGD-AT, TRADES and LBGAT+TRADES on CPU",
                                  description="The main job: train four methods on the embedded MNIST subset, "
                                              "evaluate them, and print one comparison table.")
-    parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder for the runs (default runs/demo)")
+    parser.add_argument("--out", type=_folder, default=Path("runs/demo"),
+                        help="folder for the runs (default runs/demo)")
     parser.add_argument("--quick", action="store_true",
-                        help="a few steps per method (a smoke test; its numbers mean nothing)")
-    parser.add_argument("--fresh", action="store_true", help="delete earlier demo runs in --out first")
+                        help="a few steps per method, in OUT-quick (OUT/demo-quick for `.`); its numbers mean nothing")
+    parser.add_argument("--fresh", action="store_true",
+                        help="delete earlier demo runs in --out first (refused if the folder holds anything else)")
     parser.add_argument("--no-progress", action="store_true")
     parser.set_defaults(handler=_run_demo)
 
@@ -186,7 +196,8 @@ def _run_demo(args: argparse.Namespace) -> int:
 def _add_data(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("data", help="download or inspect datasets")
     actions = parser.add_subparsers(dest="action", required=True, parser_class=_Parser)
-    download = actions.add_parser("download", help="fetch an official archive and verify its checksum")
+    download = actions.add_parser("download", help="fetch an official archive and verify its checksum; on a "
+                                  "folder that is there, verify its files and repair missing or damaged ones")
     download.add_argument("name", choices=["cifar10", "cifar100", "tiny-imagenet"])
     download.add_argument("--root", required=True, type=Path, help="folder to put the dataset in")
     download.add_argument("--url", help="a mirror of the official archive (http, https or file URL)")
@@ -292,6 +303,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"lbgat {args.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as error:
+        # A file or folder the system refused (a name too long, a full disk, no permission): the
+        # user's environment, not a bug, so one line. An OSError without a file keeps its traceback.
+        if error.filename is None:
+            raise
+        print(f"lbgat {args.command}: error: {describe_os_error(error)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -237,16 +237,38 @@ def build_config(
     tree: dict[str, Any] = {}
     if recipe:
         tree = _merge(tree, _normalise_method(recipe))
+    teacher_given = False  # on the command line: an error for a method without a teacher (see setup.validate)
     for key, value in (flags or {}).items():
         if value is not None:
             _set_dotted(tree, key, value)
+            teacher_given |= key == "teacher"
     for text in overrides:
         key, value = parse_override(text)
         if key.startswith("method.") and key not in ("method.name", "method.params"):
             _set_dotted(tree, "method.params." + key.removeprefix("method."), value)
         else:
             _set_dotted(tree, key, value)
+            teacher_given |= key == "teacher"
+    if recipe and "teacher" in recipe and not teacher_given:
+        _recipe_teacher_only_where_used(tree)
     return from_mapping(TrainConfig, tree)
+
+
+def _recipe_teacher_only_where_used(tree: dict[str, Any]) -> None:
+    """A recipe's ``teacher`` is for the methods that train one, so that one recipe serves several methods
+    (the demo's trains natural, PGD-AT, TRADES and LBGAT+TRADES with it)."""
+    from .methods import get_method
+
+    method = tree.get("method")
+    name = method.get("name", MethodConfig.name) if isinstance(method, dict) else MethodConfig.name
+    if not isinstance(name, str):
+        return  # reported as a bad setting by from_mapping
+    try:
+        uses_teacher = get_method(name).uses_teacher
+    except ConfigError:
+        return  # an unknown method is reported by validate
+    if not uses_teacher:
+        tree.pop("teacher", None)
 
 
 def _normalise_method(recipe: dict[str, Any]) -> dict[str, Any]:

@@ -7,14 +7,15 @@ so each row can be reproduced with ``lbgat train`` and ``lbgat eval``.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .config import build_config, load_yaml
+from .demo_files import clear_demo_outputs, quick_folder
 from .evaluate import EvalRequest, evaluate_checkpoint
+from .files import strict_json, write_text_atomic
 from .recipes import find_recipe
 from .train import train
 from .train.trainer import LAST
@@ -69,9 +70,9 @@ def render_table(rows: list[dict[str, Any]], header: str) -> str:
 def run_demo(out: Path, *, quick: bool = False, fresh: bool = False, progress: bool = True) -> list[dict[str, Any]]:
     recipe = load_yaml(find_recipe(RECIPE))
     if quick:
-        out = out.with_name(out.name + "-quick")
-    if fresh and out.exists():
-        shutil.rmtree(out)
+        out = quick_folder(out)
+    if fresh:
+        clear_demo_outputs(out, [row.folder for row in ROWS])
     results: list[dict[str, Any]] = []
     protocol: dict[str, Any] = {}
     for row in ROWS:
@@ -94,8 +95,8 @@ def run_demo(out: Path, *, quick: bool = False, fresh: bool = False, progress: b
               f"robust = PGD-{robust['steps']}: L-inf eps = {robust['eps']:g}, {robust['steps']} steps of "
               f"{robust['step_size']:g}, uniform random start, final iterate, model in eval mode")
     table = render_table(results, header)
-    (out / "summary.md").write_text("```\n" + table + "\n```\n")
-    (out / "summary.json").write_text(json.dumps({"protocol": protocol, "rows": results}, indent=2) + "\n")
+    write_text_atomic(out / "summary.md", "```\n" + table + "\n```\n")
+    write_text_atomic(out / "summary.json", strict_json({"protocol": protocol, "rows": results}, indent=2) + "\n")
     print()
     print(table)
     print()
@@ -108,10 +109,14 @@ def _train_seconds(run_dir: Path, fallback: float) -> float:
     """Training time from metrics.jsonl (so a re-run that re-uses a finished run reports the real cost)."""
     total = 0.0
     try:
-        for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-            record = json.loads(line)
-            if record.get("event") == "epoch":
-                total += record.get("train_seconds", 0.0)
-    except (OSError, json.JSONDecodeError):
+        lines = (run_dir / "metrics.jsonl").read_text(errors="replace").splitlines()
+    except OSError:
         return fallback
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by a killed run
+            continue
+        if isinstance(record, dict) and record.get("event") == "epoch":
+            total += record.get("train_seconds") or 0.0
     return total or fallback

@@ -146,8 +146,9 @@ def pgd(
     update, step_tensor = None, None
     if compiled and norm == "Linf":
         # The step size as a tensor: a Python float would be baked into the compiled code, and the
-        # eps warm-up changes it at every training step.
-        update, step_tensor = compiled_linf_update(), torch.tensor(step_size, dtype=x.dtype, device=x.device)
+        # eps warm-up changes it at every training step. Filled on the device: torch.tensor() would copy
+        # it from the host and wait for the device.
+        update, step_tensor = compiled_linf_update(), torch.full((), step_size, dtype=x.dtype, device=x.device)
     with model_mode(model, bn_mode):
         clean_probs = None
         if objective == "kl":

@@ -1,12 +1,14 @@
 """CIFAR-10 and CIFAR-100 in the official "python version" layout.
 
-Files are read through :func:`safe_unpickle`; their checksums are not checked (re-serialised
-copies are fine, the download verifies the archive instead) and the ``filenames`` key is not
-needed. Every batch is checked for shape, length and label range.
+Files are read through :func:`safe_unpickle`; their checksums are not checked here (re-serialised
+copies are fine; ``lbgat data download`` checks them against the official ones) and the
+``filenames`` key is not needed. Every batch is checked for shape, length and label range. A
+missing or unreadable file is named with the command that restores it.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from lbgat.data.safe_pickle import safe_unpickle
 from lbgat.errors import DataError
 
 _ROW_BYTES = 3 * 32 * 32
+DAMAGED_SUFFIX = ".damaged"  # a file `lbgat data download` replaces is kept under its name + this
 
 
 @dataclass(frozen=True)
@@ -33,10 +36,16 @@ class CifarLayout:
     labels_key: str
     names_key: str
     layout_hint: str  # the file list, as shown in error messages
+    num_classes: int
 
     @property
     def layout(self) -> str:
         return f"{self.folder}/{self.layout_hint}"
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        """Every file the reader needs, in the layout folder."""
+        return (self.meta_file, *self.train_files, *self.test_files)
 
 
 CIFAR10 = CifarLayout(
@@ -48,6 +57,7 @@ CIFAR10 = CifarLayout(
     labels_key="labels",
     names_key="label_names",
     layout_hint="{data_batch_1..5,test_batch,batches.meta}",
+    num_classes=10,
 )
 CIFAR100 = CifarLayout(
     dataset="cifar100",
@@ -58,6 +68,7 @@ CIFAR100 = CifarLayout(
     labels_key="fine_labels",
     names_key="fine_label_names",
     layout_hint="{train,test,meta}",
+    num_classes=100,
 )
 
 
@@ -89,12 +100,14 @@ def _find_folder(layout: CifarLayout, root: Path) -> Path:
             f"{layout.dataset}: {root} has no {layout.folder} folder "
             f"(expected {root / layout.layout}; {_download_hint(layout, root)})"
         )
-    for name in (layout.meta_file, *layout.train_files, *layout.test_files):
-        if not (folder / name).is_file():
-            raise DataError(
-                f"{layout.dataset}: {folder / name} is missing "
-                f"(expected {folder.parent / layout.layout}; {_download_hint(layout, folder.parent)})"
-            )
+    for name in layout.files:
+        path = folder / name
+        if path.is_file():
+            continue
+        if os.path.lexists(path):
+            raise DataError(f"{layout.dataset}: {path} is in the way (not a file): move it away, then "
+                            f"{_repair_hint(layout, folder, 'restore')}")
+        raise DataError(f"{layout.dataset}: {path} is missing; {_repair_hint(layout, folder, 'restore')}")
     return folder
 
 
@@ -102,18 +115,41 @@ def _download_hint(layout: CifarLayout, parent: Path) -> str:
     return f"get it with `lbgat data download {layout.dataset} --root {parent}`"
 
 
+def _repair_hint(layout: CifarLayout, folder: Path, action: str) -> str:
+    """What repairs a file of ``folder``: the download command when it manages that folder."""
+    if folder.name == layout.folder:
+        return f"`lbgat data download {layout.dataset} --root {folder.parent}` will {action} it"
+    return f"put the file from the official {layout.folder} there"
+
+
 def _corrupt(layout: CifarLayout, path: Path, problem: str) -> DataError:
-    return DataError(
-        f"{layout.dataset}: {path} {problem}; replace it with a fresh copy "
-        f"(delete {path.parent} and run `lbgat data download {layout.dataset} --root {path.parent.parent}`)"
-    )
+    return DataError(f"{layout.dataset}: {path} {problem}; {_damage_hint(layout, path)}")
+
+
+def _damage_hint(layout: CifarLayout, path: Path) -> str:
+    hint = _repair_hint(layout, path.parent, "replace")
+    if path.parent.name == layout.folder:
+        hint += f" (keeping this file as {path.name}{DAMAGED_SUFFIX})"
+    return hint
+
+
+def file_problem(layout: CifarLayout, path: Path) -> str | None:
+    """Why the reader cannot use ``path`` (one file of the layout), or None when it reads cleanly."""
+    try:
+        if path.name == layout.meta_file:
+            _read_class_names(layout, path.parent)
+        else:
+            _read_batch(layout, path, layout.num_classes)
+    except DataError as exc:
+        return str(exc)
+    return None
 
 
 def _read_dict(layout: CifarLayout, path: Path) -> dict[str, Any]:
     try:
         content = safe_unpickle(path)
     except DataError as exc:
-        raise DataError(f"{layout.dataset}: {exc}") from exc
+        raise DataError(f"{layout.dataset}: {exc}; {_damage_hint(layout, path)}") from exc
     if not isinstance(content, dict):
         raise _corrupt(layout, path, f"holds a {type(content).__name__}, not a dict")
     # Files written by Python 3 code that kept bytes keys are accepted as well.

@@ -20,6 +20,7 @@ import torch
 from lbgat.data.base import Dataset, ImageSet
 from lbgat.data.folder import decode_images
 from lbgat.errors import DataError
+from lbgat.files import atomic_file
 
 FOLDER = "tiny-imagenet-200"
 LAYOUT = f"{FOLDER}/{{wnids.txt,train/<wnid>/images/*.JPEG,val/images/*.JPEG,val/val_annotations.txt}}"
@@ -31,6 +32,18 @@ _JPEG_SUFFIXES = (".jpeg", ".jpg")
 def cache_dir() -> Path:
     """Where decoded datasets are cached: $LBGAT_CACHE_DIR, else ~/.cache/lbgat."""
     return Path(os.environ.get("LBGAT_CACHE_DIR") or Path.home() / ".cache" / "lbgat")
+
+
+def structure_problem(folder: Path) -> str | None:
+    """Why the reader cannot list the images of the layout ``folder`` (a missing index file, class
+    folder or listed val image), or None; the images themselves are not decoded."""
+    try:
+        wnids = _read_wnids(folder)
+        _list_train(folder, wnids)
+        _list_val(folder, wnids)
+    except DataError as exc:
+        return str(exc)
+    return None
 
 
 def load_tiny_imagenet(root: Path, *, image_size: int = 32, progress: bool = True) -> Dataset:
@@ -76,16 +89,24 @@ def _find_folder(root: Path) -> Path:
     )
 
 
-def _read_text(path: Path) -> str:
+def _restore_hint(folder: Path) -> str:
+    """The command that restores a file of ``folder``, when lbgat's downloader manages that folder."""
+    if folder.name == FOLDER:
+        return f"; `lbgat data download tiny-imagenet --root {folder.parent}` will restore it"
+    return ""
+
+
+def _read_text(path: Path, folder: Path | None = None) -> str:
     try:
         return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"tiny-imagenet: cannot read {path}: {exc}") from exc
+        hint = _restore_hint(folder) if folder is not None and not path.exists() else ""
+        raise DataError(f"tiny-imagenet: cannot read {path}: {exc}{hint}") from exc
 
 
 def _read_wnids(folder: Path) -> list[str]:
     path = folder / "wnids.txt"
-    wnids = [line.strip() for line in _read_text(path).splitlines() if line.strip()]
+    wnids = [line.strip() for line in _read_text(path, folder).splitlines() if line.strip()]
     if not wnids or len(set(wnids)) != len(wnids):
         raise DataError(f"tiny-imagenet: {path} must list distinct class wnids, one a line")
     return sorted(wnids)
@@ -110,6 +131,7 @@ def _list_train(folder: Path, wnids: list[str]) -> tuple[list[Path], list[int]]:
         if not images:
             raise DataError(
                 f"tiny-imagenet: {image_dir} has no JPEG images (expected {folder.parent / LAYOUT})"
+                + _restore_hint(folder)
             )
         files += images
         labels += [label] * len(images)
@@ -130,7 +152,7 @@ def _list_val(folder: Path, wnids: list[str]) -> tuple[list[Path], list[int]]:
     label_of = {wnid: label for label, wnid in enumerate(wnids)}
     files: list[Path] = []
     labels: list[int] = []
-    for line_number, line in enumerate(_read_text(annotations).splitlines(), start=1):
+    for line_number, line in enumerate(_read_text(annotations, folder).splitlines(), start=1):
         if not line.strip():
             continue
         fields = line.split("\t")
@@ -142,7 +164,7 @@ def _list_val(folder: Path, wnids: list[str]) -> tuple[list[Path], list[int]]:
             raise DataError(f"tiny-imagenet: {where} names {filename!r}, not a file in val/images")
         path = folder / "val" / "images" / filename
         if not path.is_file():
-            raise DataError(f"tiny-imagenet: {path} is listed in {annotations} but missing")
+            raise DataError(f"tiny-imagenet: {path} is listed in {annotations} but missing{_restore_hint(folder)}")
         files.append(path)
         labels.append(label_of[wnid])
     if len(set(files)) != len(files):
@@ -224,10 +246,5 @@ def _digest(text: str) -> str:
 
 
 def _save_atomically(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with tmp.open("wb") as file:
-            np.save(file, array, allow_pickle=False)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_file(path) as file:
+        np.save(file, array, allow_pickle=False)

@@ -4,8 +4,10 @@
   randomness, softmax outputs, zero gradients, dynamic defence; and, when AutoAttack ran, the
   number of classes and "Square beats the white-box attacks".
 - eps = 0 gives the clean accuracy.
-- On a subset: PGD-100 with 5 restarts scores <= PGD-20 (else the attack has a bug) and
-  >= PGD-20 - max(2 points, 2 binomial standard errors) (else PGD-20 is unreliable for this model).
+- On a subset: PGD-100 with 5 restarts scores <= the report's PGD-K (else the attack has a bug) and
+  >= PGD-K - max(2 points, 2 binomial standard errors) (else PGD-K is unreliable for this model).
+  PGD-K is the report's strongest PGD attack with its own steps and step size (PGD-20 when the
+  report has none); with K > 100 the stronger attack takes K steps.
 - Logits do not depend on the batch an example is in (the model really is in eval mode).
 """
 
@@ -50,6 +52,7 @@ class CheckInputs:
     step_size: float
     norm: str
     seed: int
+    reference_steps: int = 20  # the report's PGD attack, which the strength check tests
 
 
 def _aa_message_check(name: str, marker: str, messages: list[str], what: str) -> CheckResult:
@@ -115,25 +118,34 @@ def _robust_under_pgd(model: nn.Module, inputs: CheckInputs, steps: int, stream:
         return model(x_adv).argmax(1) == inputs.y
 
 
+def strength_check_name(inputs: CheckInputs) -> str:
+    return f"PGD-{_strong_steps(inputs)} x {STRENGTH_RESTARTS} restarts vs PGD-{inputs.reference_steps}"
+
+
+def _strong_steps(inputs: CheckInputs) -> int:
+    return max(STRENGTH_STEPS, inputs.reference_steps)
+
+
 def strength_check(model: nn.Module, inputs: CheckInputs) -> CheckResult:
-    """PGD-100 with 5 restarts against PGD-20 on the check subset."""
-    name = f"PGD-{STRENGTH_STEPS} x {STRENGTH_RESTARTS} restarts vs PGD-20"
+    """PGD-100 (or longer) with 5 restarts against the report's PGD attack on the check subset."""
+    name = strength_check_name(inputs)
+    reference, strong_steps = f"PGD-{inputs.reference_steps}", _strong_steps(inputs)
     count = len(inputs.y)
-    pgd20 = int(_robust_under_pgd(model, inputs, 20, Stream.EVAL_ATTACK_START).sum())
+    weak = int(_robust_under_pgd(model, inputs, inputs.reference_steps, Stream.EVAL_ATTACK_START).sum())
     robust = torch.ones(count, dtype=torch.bool, device=inputs.y.device)
     for restart in range(STRENGTH_RESTARTS):
-        robust &= _robust_under_pgd(model, inputs, STRENGTH_STEPS, Stream.CHECK_RESTARTS + restart)
+        robust &= _robust_under_pgd(model, inputs, strong_steps, Stream.CHECK_RESTARTS + restart)
     strong = int(robust.sum())
-    accuracy20, strong_accuracy = pgd20 / count, strong / count
-    standard_error = math.sqrt(accuracy20 * (1 - accuracy20) / count)
+    weak_accuracy, strong_accuracy = weak / count, strong / count
+    standard_error = math.sqrt(weak_accuracy * (1 - weak_accuracy) / count)
     allowance = max(0.02, 2 * standard_error)
-    figures = (f"on {count} examples: PGD-20 {100 * accuracy20:.2f}%, PGD-{STRENGTH_STEPS}x{STRENGTH_RESTARTS} "
+    figures = (f"on {count} examples: {reference} {100 * weak_accuracy:.2f}%, PGD-{strong_steps}x{STRENGTH_RESTARTS} "
                f"{100 * strong_accuracy:.2f}% (allowed gap {100 * allowance:.2f} points)")
-    if strong > pgd20:
+    if strong > weak:
         return CheckResult(name, "fail", f"the stronger attack scored HIGHER, so the attack has a bug: {figures}")
-    if strong_accuracy < accuracy20 - allowance:
-        return CheckResult(name, "warn", f"PGD-20 IS UNRELIABLE FOR THIS MODEL (a stronger PGD finds many more "
-                                         f"adversarial examples; suspect gradient masking): {figures}")
+    if strong_accuracy < weak_accuracy - allowance:
+        return CheckResult(name, "warn", f"{reference} IS UNRELIABLE FOR THIS MODEL (a stronger PGD finds many "
+                                         f"more adversarial examples; suspect gradient masking): {figures}")
     return CheckResult(name, "pass", figures)
 
 
@@ -159,7 +171,6 @@ def run_checks(model: nn.Module, inputs: CheckInputs, *, aa: AAResult | None, st
     if strength and len(inputs.y):
         results.append(strength_check(model, inputs))
     else:
-        results.append(CheckResult(f"PGD-{STRENGTH_STEPS} x {STRENGTH_RESTARTS} restarts vs PGD-20", "skipped",
-                                   "--check-n 0"))
+        results.append(CheckResult(strength_check_name(inputs), "skipped", "--check-n 0"))
     results.append(batch_independence_check(model, inputs))
     return results

@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
-
-def _write_atomic(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
-
+from ..files import strict_json, write_text_atomic
 
 VERDICT_MARKS = {"pass": "pass", "warn": "**WARNING**", "fail": "**FAILED**", "skipped": "skipped"}
 
@@ -81,7 +74,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         "## Protocol" + preset,
         "",
         f"- data: {protocol['dataset']} ({protocol['data_source']}), {protocol['split']} split, "
-        f"{protocol['examples']} (n = {protocol['n']} of {protocol['n_available']})",
+        f"{protocol['examples']} (n = {protocol['n']} of {protocol['n_available']})"
+        + (f"; content sha256 `{protocol['data_fingerprint'][:16]}…`" if protocol.get("data_fingerprint") else ""),
         f"- threat model: {protocol['norm']}, eps = {protocol['eps']!r} (as given; 8/255 = {8 / 255:.6f} is different)",
         f"- model in {protocol['bn_mode']} mode, {protocol['dtype']}, on {protocol['device']}, "
         f"batch size {protocol['batch_size']}; processes: {protocol['sharding']}",
@@ -99,7 +93,7 @@ def render_markdown(report: dict[str, Any]) -> str:
 def write_report(report: dict[str, Any], out: Path, *, per_sample: dict[str, torch.Tensor],
                  indices: torch.Tensor) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out / "report.json", json.dumps(report, indent=2) + "\n")
-    _write_atomic(out / "report.md", render_markdown(report))
+    write_text_atomic(out / "report.json", strict_json(report, indent=2) + "\n")
+    write_text_atomic(out / "report.md", render_markdown(report))
     flags = {"indices": indices.tolist(), "correct": {name: flags.int().tolist() for name, flags in per_sample.items()}}
-    _write_atomic(out / "per_sample.json", json.dumps(flags) + "\n")
+    write_text_atomic(out / "per_sample.json", strict_json(flags) + "\n")

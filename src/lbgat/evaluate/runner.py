@@ -21,6 +21,7 @@ from ..config import threat_profile
 from ..data import Dataset, load_dataset
 from ..data.loader import DeviceLoader
 from ..errors import ConfigError, LbgatError
+from ..files import check_writable
 from ..provenance import code_version, environment
 from ..train.precision import PRECISIONS, Precision
 from ..train.setup import resolve_device
@@ -250,20 +251,29 @@ def _evaluate_shard(request: EvalRequest, plan_: Plan, loaded: LoadedModel, data
 
 def _check_inputs(request: EvalRequest, plan_: Plan, dataset: Dataset, device: torch.device) -> CheckInputs:
     count = min(max(request.check_n, 1), plan_.count)
+    reference = strength_reference(plan_.attacks)
+    steps, step_size = (reference.steps, reference.step_size) if reference else (20, plan_.step_size)
     return CheckInputs(dataset.test.images[:count].to(device).float().div_(255),
                        dataset.test.labels[:count].to(device), torch.arange(count, device=device),
-                       plan_.eps, plan_.step_size, plan_.norm, request.seed)
+                       plan_.eps, step_size, plan_.norm, request.seed, reference_steps=steps)
+
+
+def strength_reference(attacks: list[AttackSpec]) -> AttackSpec | None:
+    """The attack the strength check tests: the report's PGD with the most steps (the first of equals)."""
+    pgd_attacks = [spec for spec in attacks if spec.kind == "pgd"]
+    return max(pgd_attacks, key=lambda spec: spec.steps) if pgd_attacks else None
 
 
 def evaluate_checkpoint(request: EvalRequest, *, progress: bool = True) -> tuple[dict[str, Any], Path]:
     """Run the request; returns the report and the folder it was written to (on the main process)."""
     check_request(request)
+    out = request.out or default_out(Path(request.checkpoint))
+    check_writable(out, "report folder")  # before any work, so no evaluation is lost to an unwritable folder
     world = world_from_environment()
     device = device_for(world, resolve_device(request.device))
     with process_group(world, device, GATHER_TIMEOUT):
         loaded, dataset, source = _load_models(request, device)
         plan_ = plan(request, dataset)
-        out = request.out or default_out(loaded.path)
         out.mkdir(parents=True, exist_ok=True)
         sha256 = sha256_of(loaded.path)
         started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -389,6 +399,7 @@ def _header(request: EvalRequest, plan_: Plan, loaded: LoadedModel, dataset: Dat
         },
         "protocol": {
             "preset": request.protocol, "dataset": dataset.name, "data_source": dataset.source, "split": "test",
+            "data_fingerprint": dataset.test.fingerprint,
             "n": plan_.count, "n_available": len(dataset.test),
             "examples": f"the first {plan_.count} of the test split",
             "eps": plan_.eps, "norm": plan_.norm, "seed": request.seed, "batch_size": request.batch_size,

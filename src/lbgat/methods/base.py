@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..attacks import BNMode, Objective, Start, pgd
+from ..attacks.eager import eager
 from ..data.loader import Batch
 from ..rng import Stream
 
@@ -68,10 +69,11 @@ class Method(nn.Module):
         raise NotImplementedError
 
     def adversarial(self, batch: Batch) -> torch.Tensor:
-        """The method's training attack on the student (in the attack's BN mode)."""
+        """The method's training attack on the student (in the attack's BN mode). Under --compile the
+        attack runs the student's uncompiled forward: its input-only gradients skip the weight gradients."""
         assert self.attack is not None and self.attack_objective is not None
         return pgd(
-            self.student, batch.x, batch.y,
+            eager(self.student), batch.x, batch.y,
             eps=self.attack.eps, step_size=self.attack.step_size, steps=self.attack.steps,
             objective=self.attack.objective or self.attack_objective, start=self.attack.start,
             start_std=self.attack.start_std,

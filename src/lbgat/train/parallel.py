@@ -77,7 +77,7 @@ def all_agree(flag: bool, device: torch.device) -> bool:
     """True only if ``flag`` is true on every rank."""
     if not is_distributed():
         return flag
-    value = torch.tensor([1 if flag else 0], device=device)
+    value = torch.full((1,), 1 if flag else 0, device=device)
     dist.all_reduce(value, op=dist.ReduceOp.MIN)
     return bool(value.item())
 

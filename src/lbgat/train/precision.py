@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
+from .gpu import has_native_bf16
 
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -22,9 +23,9 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 def check_precision(precision: str, device: torch.device) -> None:
     if precision not in PRECISIONS:
         raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ConfigError(f"precision bf16 asked for, but {torch.cuda.get_device_name(device)} has no bf16 support; "
-                          "use fp16")
+    if precision == "bf16" and device.type == "cuda" and not has_native_bf16(device):
+        raise ConfigError(f"precision bf16 asked for, but {torch.cuda.get_device_name(device)} has no bf16 support "
+                          "in hardware (compute capability 8.0 or newer); use fp16")
 
 
 class Precision:

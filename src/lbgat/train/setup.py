@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from ..models import default_teacher, get_model_entry
 from ..rng import Stream, permutation
 from ..world import World, device_for
 from . import parallel
+from .gpu import sync_bn_warnings
 from .precision import PRECISIONS, Precision
 
 SEED_LIMIT = 2**63  # torch.manual_seed takes a signed 64-bit integer
@@ -68,6 +70,7 @@ def validate(config: TrainConfig, *, dataset_given: bool = False) -> None:
     _require(config.batch_size >= 1, f"batch_size must be >= 1, got {config.batch_size}")
     _require(config.max_steps is None or config.max_steps >= 1, f"max_steps must be >= 1, got {config.max_steps}")
     _require(0 <= config.seed < SEED_LIMIT, f"seed must be in [0, 2**63), got {config.seed}")
+    _require(config.out != "", "out must name a folder, not an empty string")
     _require(config.data.val_size >= 0, f"data.val_size must be >= 0, got {config.data.val_size}")
     _require(config.data.train_size is None or config.data.train_size >= 1,
              f"data.train_size must be >= 1, got {config.data.train_size}")
@@ -302,6 +305,9 @@ def build_parts(config: TrainConfig, dataset: Dataset, world: World | None = Non
     with several processes) this process's shard of the data and the DDP module around the method."""
     world = world or World()
     device = device_for(world, resolve_device(config.device))
+    if world.is_main:
+        for warning in sync_bn_warnings(config, world):
+            print(warning, file=sys.stderr)
     precision = Precision(config.precision, device)
     channels, height, _ = dataset.image_shape
     student_spec = ModelSpec(config.model, dataset.num_classes, channels, height)

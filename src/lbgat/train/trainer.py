@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 import shlex
 import shutil
 import signal
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -23,6 +20,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from ..attacks.eager import eager
 from ..checkpoint import (
     Checkpoint,
     check_checkpoint_path,
@@ -33,13 +31,16 @@ from ..checkpoint import (
 )
 from ..config import TrainConfig, config_to_yaml
 from ..data import Dataset
+from ..data.identity import check_same_data
 from ..errors import CheckpointError, ConfigError, LbgatError, UnsafeCheckpointError
 from ..evaluate.specs import AttackSpec
 from ..evaluate.suite import run_suite
+from ..files import append_line, check_writable, nearest_existing, strict_json, write_text_atomic
 from ..provenance import code_version, environment
 from ..structured import to_mapping
 from ..world import World, device_for, process_group, world_from_environment
 from . import parallel
+from .gpu import cudnn_autotune
 from .schedule import lr_at
 from .setup import RunParts, build_parts, expected_image_shape, load_data, resolve, resolve_device, validate
 
@@ -47,11 +48,15 @@ LAST = "last.pt"
 PREVIOUS = "last.prev.pt"  # the checkpoint before last.pt, kept for when last.pt is damaged
 BEST = "best.pt"
 # Settings a resumed run may change: they do not alter what is computed.
+# data.root: the data is identified by its content fingerprint instead (lbgat.data.identity).
 RESUMABLE_CHANGES = frozenset({"max_steps", "log_every", "device", "out", "checkpoint_every", "on_nan",
-                               "channels_last", "compile"})
+                               "channels_last", "compile", "data.root"})
 # --on-nan skip gives up after this many non-finite steps in a row: the run has diverged for good.
 MAX_CONSECUTIVE_SKIPS = 10
 STOP_SIGNALS = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "SIGINT"}
+# Under torchrun the ranks agree on a stop (an all-reduce and a host sync) every this many steps, and
+# at every log interval, checkpoint and epoch end: a stop signal takes effect at most this many steps late.
+STOP_CHECK_EVERY = 10
 
 
 class TrainingDiverged(LbgatError):
@@ -67,6 +72,16 @@ class TrainingStopped(LbgatError):
         super().__init__(message)
         self.exit_code = 128 + signal_number  # 143 for SIGTERM, 130 for SIGINT, as a shell reports them
         self.announce = announce  # False on the other processes of a torchrun job: rank 0 says it once
+
+
+class CheckpointWriteError(LbgatError):
+    """A checkpoint could not be written (full disk, quota, ...); the ones written before are intact."""
+
+    def __init__(self, path: Path, error: OSError, run_dir: Path) -> None:
+        intact = next((run_dir / name for name in (LAST, PREVIOUS) if (run_dir / name).exists()), None)
+        recovery = (f"the previous checkpoint {intact} is intact: free some space, then continue with "
+                    f"--resume --out {run_dir}" if intact is not None else "no checkpoint of this run was written")
+        super().__init__(f"could not write the checkpoint {path}: {error.strerror or error}; {recovery}")
 
 
 @dataclass
@@ -165,6 +180,7 @@ class Trainer:
                 "name": parts.dataset.name, "source": parts.dataset.source,
                 "root": str(Path(self.config.data.root).resolve()) if self.config.data.root else None,
                 "classes": list(parts.dataset.classes), "image_shape": list(parts.dataset.image_shape),
+                "fingerprint": parts.dataset.fingerprint,
             },
             "position": dataclasses.asdict(self.position),
             "epoch_totals": dataclasses.asdict(self.epoch_totals),
@@ -174,7 +190,7 @@ class Trainer:
             "grad_scaler": self.parts.precision.state_dict(),
         }
 
-    def _save(self, path: Path, kind: str, *, with_optimizer: bool = True) -> None:
+    def _save(self, path: Path, kind: str, *, with_optimizer: bool = True, keep_previous: Path | None = None) -> None:
         if not self.world.is_main:
             return
         rng = {"torch_cpu": torch.get_rng_state()}
@@ -183,7 +199,11 @@ class Trainer:
         state = {key: value.detach().cpu() for key, value in self.parts.method.state_dict().items()}
         optimizer = self.parts.optimizer.state_dict() if with_optimizer else None
         meta = self._meta(kind)
-        save_checkpoint(path, meta, {**state, **{f"rng.{k}": v for k, v in _flatten_rng(rng).items()}}, optimizer)
+        try:
+            save_checkpoint(path, meta, {**state, **{f"rng.{k}": v for k, v in _flatten_rng(rng).items()}},
+                            optimizer, keep_previous=keep_previous)
+        except OSError as error:  # a full disk, a quota, a folder gone: the write left nothing behind
+            raise CheckpointWriteError(path, error, self.run_dir) from None
 
     def restore(self, checkpoint: Checkpoint) -> None:
         method_state = {key: value for key, value in checkpoint.state.items() if not key.startswith("rng.")}
@@ -206,8 +226,8 @@ class Trainer:
     def log(self, record: dict[str, Any]) -> None:
         if not self.world.is_main:
             return
-        with open(self.metrics_path, "a") as file:
-            file.write(json.dumps(record) + "\n")
+        # Strict JSON (NaN and infinities as null), one record per line, never after an unfinished line.
+        append_line(self.metrics_path, strict_json(record))
 
     def _validate(self) -> dict[str, float] | None:
         loader = self.parts.val_loader
@@ -221,7 +241,9 @@ class Trainer:
         ]
         # Under torchrun each rank evaluates its share of every batch with rank 0's BN statistics, in fp32.
         parallel.broadcast_buffers(self.parts.method)
-        result = run_suite(self.parts.method.student, loader, specs, progress=self.progress, description="validate")
+        # The student's uncompiled forward under --compile: the attack takes input-only gradients.
+        result = run_suite(eager(self.parts.method.student), loader, specs, progress=self.progress,
+                           description="validate")
         counts = torch.tensor([float(result.outcomes[spec.name].count) for spec in specs] + [len(result.indices)],
                               dtype=torch.float64, device=self.parts.device)
         *correct, total = parallel.all_reduce_sum(counts).tolist()
@@ -229,7 +251,9 @@ class Trainer:
         return {"clean_acc": clean, "robust_acc": robust, "n": int(total)}
 
     def run(self) -> TrainResult:
-        with self._stop_signals():
+        # --deterministic (issue 13 item 4) turns cuDNN's timing-based algorithm choice off.
+        deterministic = bool(getattr(self.config, "deterministic", False))
+        with self._stop_signals(), cudnn_autotune(self.parts.device, deterministic):
             return self._run()
 
     @contextmanager
@@ -252,11 +276,14 @@ class Trainer:
             for number, handler in previous.items():
                 signal.signal(number, handler)
 
-    def _stop_agreed(self) -> int | None:
-        """The signal to stop for, agreed by every rank of a distributed job (all stop after the same step)."""
+    def _stop_agreed(self, boundary: bool) -> int | None:
+        """The signal to stop for, agreed by every rank of a distributed job (all stop after the same step).
+        The ranks agree every STOP_CHECK_EVERY steps and at a ``boundary`` (the same steps on every rank)."""
         requested = self.stop_requested or 0
         if parallel.is_distributed():
-            flag = torch.tensor([requested], device=self.parts.device)
+            if not boundary and self.position.global_step % STOP_CHECK_EVERY:
+                return None
+            flag = torch.full((1,), requested, device=self.parts.device)
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             requested = int(flag.item())
         return requested or None
@@ -282,9 +309,10 @@ class Trainer:
                        disable=not self.progress, dynamic_ncols=True, leave=False, file=sys.stderr)
             pending: dict[str, torch.Tensor] = {}
             pending_steps = 0
-            pending_seconds = 0.0
+            interval_started: float | None = None  # when the first step of the log interval began
             for batch in loader.batches(epoch, self.position.batch):
-                started = time.perf_counter()
+                if interval_started is None:
+                    interval_started = time.perf_counter()
                 self._ramp_attack()
                 parts.optimizer.zero_grad(set_to_none=True)
                 with parts.precision.autocast():
@@ -311,24 +339,26 @@ class Trainer:
                         total = value.detach().double()
                         pending[name] = pending.get(name, 0.0) + (total * fraction if self.world.sharded else total)
                     pending_steps += 1
-                pending_seconds += time.perf_counter() - started
                 self.position.batch += 1
                 self.position.global_step += 1
                 bar.update(1)
                 at_limit = self._at_step_limit()
-                stop = self._stop_agreed()
                 periodic = bool(config.checkpoint_every) and self.position.global_step % config.checkpoint_every == 0
                 end_of_epoch = self.position.batch == len(loader)
+                stop = self._stop_agreed(pending_steps == config.log_every or at_limit or periodic or end_of_epoch)
                 if pending_steps == config.log_every or at_limit or stop or periodic or end_of_epoch:
                     # Before any checkpoint: the divergence check runs here, so a saved state is finite.
-                    self._flush(pending, pending_steps, pending_seconds, bar, lr)
-                    pending, pending_steps, pending_seconds = {}, 0, 0.0
+                    self._flush(pending, pending_steps, interval_started, bar, lr)
+                    pending, pending_steps, interval_started = {}, 0, None
                 if at_limit or stop or (periodic and not end_of_epoch):
                     self._save_last()
                 if stop:
                     bar.close()
                     name = STOP_SIGNALS.get(signal.Signals(stop), f"signal {stop}")
                     self.log({"event": "stopped", "reason": name, **dataclasses.asdict(self.position)})
+                    # No rank exits before rank 0's checkpoint is complete: torchrun stops the whole job
+                    # once one worker exits non-zero, and would kill rank 0 in the middle of the write.
+                    parallel.barrier()
                     raise TrainingStopped(
                         f"{name} received: stopped after step {self.position.global_step} (epoch {epoch + 1}) with "
                         f"a checkpoint; continue with --resume --out {shlex.quote(str(self.run_dir))}", int(stop),
@@ -355,10 +385,10 @@ class Trainer:
         """last.pt, keeping the one it replaces as last.prev.pt (the fallback of --resume)."""
         if not self.world.is_main:
             return
-        last = self.run_dir / LAST
-        if last.exists() and self.keep_last_as_previous:
-            os.replace(last, self.run_dir / PREVIOUS)
-        self._save(last, "last")
+        # last.pt becomes last.prev.pt only once the new one is complete: a failed write keeps both.
+        # After a resume from last.prev.pt, the damaged last.pt is replaced and the good fallback kept.
+        previous = self.run_dir / PREVIOUS if self.keep_last_as_previous else None
+        self._save(self.run_dir / LAST, "last", keep_previous=previous)
         self.keep_last_as_previous = True
 
     def _last_good_checkpoint(self) -> str:
@@ -384,9 +414,13 @@ class Trainer:
         method.attack = dataclasses.replace(method.attack, eps=self.config.attack.eps * fraction,
                                             step_size=self.config.attack.step_size * fraction)
 
-    def _flush(self, pending: dict[str, torch.Tensor], steps: int, seconds: float, bar: tqdm, lr: float) -> None:
+    def _flush(self, pending: dict[str, torch.Tensor], steps: int, started: float, bar: tqdm, lr: float) -> None:
         # One host sync (and, under torchrun, one all-reduce) per log interval: per-step .item() calls
-        # would stall the GPU pipeline.
+        # would stall the GPU pipeline. The clock is read once the device has finished the interval's
+        # work (the host runs ahead of a GPU: without the sync, train_seconds would count launches).
+        if self.parts.device.type == "cuda":
+            torch.cuda.synchronize(self.parts.device)
+        seconds = time.perf_counter() - started
         names = list(pending)
         if self.world.sharded and names:
             summed = parallel.all_reduce_sum(torch.stack([pending[name] for name in names]))
@@ -455,39 +489,19 @@ def _write_run_files(run_dir: Path, config: TrainConfig, parts: RunParts, argv: 
     if not parts.world.is_main:
         return
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(config_to_yaml(config))
+    write_text_atomic(run_dir / "config.yaml", config_to_yaml(config))
     provenance = {
         "code_version": code_version(), "environment": environment(), "argv": argv,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "device": str(parts.device),
         "processes": parts.world.size,
         "dataset_source": parts.dataset.source,
     }
-    (run_dir / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
+    write_text_atomic(run_dir / "provenance.json", strict_json(provenance, indent=2) + "\n")
     split = {"split_seed": config.data.split_seed, "val_size": len(parts.val_indices),
              "train_size": len(parts.train_indices), "held_out_indices": parts.val_indices.tolist()}
     if config.data.train_size is not None:
         split["train_indices"] = parts.train_indices.tolist()
-    (run_dir / "split.json").write_text(json.dumps(split) + "\n")
-
-
-def _nearest_existing(path: Path) -> Path:
-    existing = path.absolute()
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    return existing
-
-
-def _check_writable(run_dir: Path) -> None:
-    """The run directory can be made and written to, checked before any data is read and without
-    leaving anything behind (the probe goes into the nearest folder that exists)."""
-    existing = _nearest_existing(run_dir)
-    if not existing.is_dir():
-        raise ConfigError(f"cannot write to the run directory {run_dir}: {existing} is not a directory")
-    try:
-        with tempfile.TemporaryFile(dir=existing):
-            pass
-    except OSError as error:
-        raise ConfigError(f"cannot write to the run directory {run_dir}: {error.strerror or error}") from None
+    write_text_atomic(run_dir / "split.json", strict_json(split) + "\n")
 
 
 def checkpoint_bytes(parts: RunParts) -> int:
@@ -501,7 +515,7 @@ def checkpoint_bytes(parts: RunParts) -> int:
 def _check_disk_space(run_dir: Path, parts: RunParts) -> None:
     """Room for one more checkpoint (written beside the old one before it replaces it)."""
     needed = int(checkpoint_bytes(parts) * 1.05) + (1 << 20)
-    free = shutil.disk_usage(_nearest_existing(run_dir)).free
+    free = shutil.disk_usage(nearest_existing(run_dir)).free
     if free < needed:
         raise ConfigError(f"not enough disk space for a checkpoint in {run_dir}: one needs about "
                           f"{needed / 2**20:.1f} MiB, {free / 2**20:.1f} MiB are free")
@@ -563,19 +577,22 @@ def _train(config: TrainConfig, resume: bool, progress: bool, argv: list[str] | 
     # reported before any data is read.
     early = resolve(config, known_shape) if known_shape is not None else None
     if early is not None:
-        _check_writable(Path(early.out))
+        check_writable(Path(early.out), "run directory")
     checkpoint = _check_run_dir(Path(early.out), resume) if early is not None else None
     if dataset is None:
         dataset = load_data(config)
     resolved = resolve(config, dataset.image_shape)
     run_dir = Path(resolved.out)
     if early is None:
-        _check_writable(run_dir)
+        check_writable(run_dir, "run directory")
         checkpoint = _check_run_dir(run_dir, resume)
     if checkpoint is not None:
         changed = _most_meaningful_first(_differences(checkpoint.meta["config"], to_mapping(resolved)))
         if changed:
             raise ConfigError(f"--resume with settings that differ from the run: {changed[0]}")
+        unchecked = check_same_data(checkpoint.meta, dataset)
+        if unchecked and world.is_main:
+            print(f"warning: {unchecked}", file=sys.stderr)
     parts = build_parts(resolved, dataset, world)
     _check_disk_space(run_dir, parts)
     parallel.barrier()  # every rank has checked the run directory before rank 0 writes into it

@@ -1,0 +1,145 @@
+"""Training images/s of the LBGAT+TRADES step on a GPU, one setting after another, on identical weights.
+
+Variants (each a fresh copy of the same initial networks, stepping on the same batch):
+
+    fp32                    IEEE fp32: TF32 off for matmuls and cuDNN convolutions
+    tf32                    TF32 on (10-bit mantissa in the tensor cores)
+    bf16                    --precision bf16 (autocast; the attack's arithmetic stays fp32)
+    bf16+cl                 bf16 with --channels-last
+    bf16+cl+compile         bf16, channels-last, --compile: compiled networks for the training forwards,
+                            the attack through their eager forward (input-only gradients: lbgat's way)
+    bf16+cl+compile-attack  the same with the attack through the compiled networks, which computes
+                            every weight gradient at every attack step (lbgat before issue 13 item 7)
+    bf16+cl+compile-frozen  the attack through the compiled networks with their weights frozen during
+                            its forwards: fused kernels and input-only gradients (a candidate)
+
+TF32 is off in every variant but tf32 (the bf16 ones run their convolutions in bf16 anyway);
+cudnn.benchmark is on, as in training. Each variant takes --warmup untimed steps (the first includes
+compilation, reported separately) and then --steps timed ones between two device synchronisations.
+The first step's total loss is compared with fp32's (same weights, batch and attack start).
+
+    python benchmarks/gpu_speed.py                     # CUDA: wrn-34-10 + resnet18-lbgat, batch 128, 10 steps
+    python benchmarks/gpu_speed.py --skip-compile      # without the two compiled variants
+    python benchmarks/gpu_speed.py --device cpu --model tiny-cnn --teacher tiny-cnn --batch-size 4 \\
+        --attack-steps 1 --steps 1 --warmup 1 --skip-compile    # a smoke run on CPU
+
+On an H200 expect roughly 15-25 s for the four eager variants and 60-120 s of compilation for the
+first compiled one (estimates, not measurements); the later ones reuse inductor's on-disk cache
+for the graphs they share (the training forwards) and compile only their attack's graphs.
+--variants picks a subset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from speed_features import EPOCH_IMAGES, Variant, relative_gap  # noqa: E402
+from train_step import add_step_arguments, step_setup, synchronize  # noqa: E402
+
+COMPILED = frozenset({"bf16", "channels_last", "compile"})
+# name -> (features, tf32, which forward the attack calls under compile: speed_features.ATTACK_FORWARDS)
+VARIANTS: dict[str, tuple[frozenset[str], bool, str]] = {
+    "fp32": (frozenset(), False, "eager"),
+    "tf32": (frozenset(), True, "eager"),
+    "bf16": (frozenset({"bf16"}), False, "eager"),
+    "bf16+cl": (frozenset({"bf16", "channels_last"}), False, "eager"),
+    "bf16+cl+compile": (COMPILED, False, "eager"),
+    "bf16+cl+compile-attack": (COMPILED, False, "compiled"),
+    "bf16+cl+compile-frozen": (COMPILED, False, "frozen"),
+}
+
+
+def measure(variant: Variant, batch, warmup: int, steps: int) -> tuple[float, float, dict[str, float]]:
+    """(seconds of the first step, seconds per timed step, the first step's loss terms)."""
+    synchronize()
+    started = time.perf_counter()
+    first = variant(batch)  # returns floats: the step has finished
+    first_seconds = time.perf_counter() - started
+    for _ in range(warmup - 1):
+        variant(batch)
+    synchronize()
+    started = time.perf_counter()
+    for _ in range(steps):
+        variant(batch)
+    synchronize()
+    return first_seconds, (time.perf_counter() - started) / steps, first
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_step_arguments(parser, model="wrn-34-10", teacher="resnet18-lbgat", batch_size=128)
+    parser.set_defaults(device="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--attack-steps", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per variant")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per variant (>= 1)")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {', '.join(VARIANTS)}")
+    parser.add_argument("--skip-compile", action="store_true", help="leave out the compiled variants")
+    args = parser.parse_args(argv)
+    names = [name for name in args.variants.split(",") if name]
+    unknown = sorted(set(names) - set(VARIANTS))
+    if unknown:
+        parser.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+    if args.skip_compile:
+        names = [name for name in names if "compile" not in VARIANTS[name][0]]
+    if args.warmup < 1 or args.steps < 1:
+        parser.error("--warmup and --steps must be >= 1")
+
+    device, batch, source, student, teacher = step_setup(args)
+    torch.backends.cudnn.benchmark = True
+    where = (f"{torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda}" if device.type == "cuda"
+             else f"{torch.get_num_threads()} CPU threads")
+    print(f"LBGAT+TRADES step, {args.model} student + {args.teacher} teacher, batch {args.batch_size}, "
+          f"{args.attack_steps}-step attack, {where}, torch {torch.__version__}")
+    print(f"data: {source}; {args.warmup} warm-up + {args.steps} timed steps per variant")
+
+    rows: list[tuple[str, float, float, float | None]] = []
+    reference: dict[str, float] | None = None
+    for name in names:
+        features, tf32, attack = VARIANTS[name]
+        variant = Variant(copy.deepcopy(student), copy.deepcopy(teacher), features, device, args.attack_steps,
+                          attack=attack, tf32=tf32)
+        first, per_step, terms = measure(variant, batch, args.warmup, args.steps)
+        if name == "fp32":
+            reference = terms
+        gap = relative_gap(terms, reference) if reference is not None else None
+        rows.append((name, first, per_step, gap))
+        print(f"  {name:>22}: {per_step:.3f} s/step, {args.batch_size / per_step:8.1f} images/s "
+              f"(first step {first:.1f} s)", flush=True)
+        del variant
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        torch._dynamo.reset()
+
+    baseline = next((per_step for name, _, per_step, _ in rows if name == "fp32"), rows[0][2] if rows else None)
+    print()
+    print("| variant | s/step | images/s | vs fp32 | vs row above | epoch (50k) | first step s | loss gap vs fp32 |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    previous = None
+    for name, first, per_step, gap in rows:
+        rate = args.batch_size / per_step
+        above = f"{previous / per_step:.2f}x" if previous is not None else ""
+        shown_gap = f"{gap:.1e}" if gap is not None else ""
+        print(f"| {name} | {per_step:.3f} | {rate:.1f} | {baseline / per_step:.2f}x | {above} | "
+              f"{EPOCH_IMAGES / rate / 60:.1f} min | {first:.1f} | {shown_gap} |")
+        previous = per_step
+    compiled = {name: per_step for name, _, per_step, _ in rows if "compile" in name}
+    if "bf16+cl+compile-attack" in compiled:
+        through_compiled = compiled["bf16+cl+compile-attack"]
+        for name in ("bf16+cl+compile", "bf16+cl+compile-frozen"):
+            if name in compiled:
+                print(f"{name}: {through_compiled / compiled[name]:.2f}x the speed of bf16+cl+compile-attack")
+    print("compile time = first step s of a compiled variant minus its s/step")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

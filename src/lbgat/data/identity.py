@@ -1,0 +1,44 @@
+"""Whether a resumed run sees the data it was trained on: compared by content, never by path.
+
+A run records :attr:`Dataset.fingerprint` (sha256 of each split's images and labels) in its
+checkpoints; a resume with the same data under another path, spelling or serialisation is accepted,
+and one with different content is refused naming the split that differs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lbgat.data.base import Dataset
+from lbgat.errors import ConfigError
+
+_SHOWN_HEX = 12  # enough of a sha256 to tell two fingerprints apart in a message
+
+
+def recorded_fingerprint(meta: Any) -> dict[str, str] | None:
+    """The fingerprint a checkpoint's metadata holds, or None (a run from before fingerprints)."""
+    dataset = meta.get("dataset") if isinstance(meta, dict) else None
+    fingerprint = dataset.get("fingerprint") if isinstance(dataset, dict) else None
+    if isinstance(fingerprint, dict) and all(isinstance(fingerprint.get(split), str) for split in ("train", "test")):
+        return {split: fingerprint[split] for split in ("train", "test")}
+    return None
+
+
+def check_same_data(meta: Any, dataset: Dataset) -> str | None:
+    """Refuse (ConfigError, one line) data whose content differs from what the run recorded.
+
+    Returns a warning to show when the run recorded no fingerprint (nothing can be checked), else None.
+    """
+    recorded = recorded_fingerprint(meta)
+    if recorded is None:
+        return ("the run's checkpoint records no data fingerprint (written by an older lbgat), so the data "
+                f"cannot be checked against it; resuming on {dataset.name} from {dataset.source}")
+    now = dataset.fingerprint
+    for split in ("train", "test"):
+        if recorded[split] != now[split]:
+            image_set = dataset.train if split == "train" else dataset.test
+            raise ConfigError(
+                f"--resume with different data: the {split} split of {dataset.name} in {dataset.source} "
+                f"({len(image_set)} images) has fingerprint {now[split][:_SHOWN_HEX]}…, the run trained on "
+                f"{recorded[split][:_SHOWN_HEX]}…; resume with the run's data (its path may differ)")
+    return None
