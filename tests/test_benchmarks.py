@@ -55,3 +55,15 @@ def test_scaling_benchmark_prints_its_three_tables(capsys, tmp_path: Path) -> No
     output = capsys.readouterr().out
     assert status == 0, output
     assert "| batch size |" in output and "| attack steps |" in output and "| tiny-cnn |" in output
+
+
+def test_gpu_correctness_benchmark_runs_on_cpu(capsys) -> None:
+    """Issue 13: the device check script runs its checks on CPU too (tiny sizes; the fp16 rows must show
+    the old attack's zero gradients and lbgat's none)."""
+    benchmark = load("gpu_correctness")
+    status = benchmark.main(["--device", "cpu", "--checks", "1,3", "--train-steps", "2", "--examples", "8",
+                             "--attack-steps", "1"])
+    output = capsys.readouterr().out
+    assert status == 0, output
+    assert "| fp16 unscaled (old) |" in output and "| fp16 (lbgat) |" in output
+    assert "n/a on CPU" in output
