@@ -1,13 +1,13 @@
 """Each speed feature against its absence: one LBGAT+TRADES training step, side by side in one process.
 
-For every feature asked for (channels_last, bf16, fp16, compile) two copies of the same networks,
-fp32/contiguous/eager and with the feature, take a step on identical weights and tensors; the
+For every feature asked for (channels_last, bf16, fp16, compile, tf32) two copies of the same networks,
+IEEE fp32 (no TF32)/contiguous/eager and with the feature, take a step on identical weights and tensors; the
 relative difference of their loss terms is printed, then the two alternate (the order flips every
 repeat) and the medians give the speed-up.
 
     python benchmarks/speed_features.py                                   # CPU: wrn-10-1 pair, batch 32
     python benchmarks/speed_features.py --device cuda --model wrn-34-10 --teacher resnet18-lbgat \\
-        --batch-size 128 --features channels_last,bf16,fp16,compile       # the paper's setting on a GPU
+        --batch-size 128 --features channels_last,bf16,fp16,compile,tf32  # the paper's setting on a GPU
 
 Each feature's first step (its warm-up; for compile, the compilation) is not timed. The projected
 epoch is 50,000 images / images per second, the CIFAR training set.
@@ -26,12 +26,13 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from lbgat.arithmetic import float32_mode  # noqa: E402
 from lbgat.data.loader import Batch  # noqa: E402
 from lbgat.methods import Method, TrainAttack, create_method  # noqa: E402
 from lbgat.train.precision import Precision  # noqa: E402
 from train_step import EPS, STEP_SIZE, add_step_arguments, step_setup, synchronize  # noqa: E402
 
-FEATURES = ("channels_last", "bf16", "fp16", "compile")
+FEATURES = ("channels_last", "bf16", "fp16", "compile", "tf32")
 EPOCH_IMAGES = 50_000
 
 
@@ -41,6 +42,7 @@ class Variant:
     def __init__(self, student: nn.Module, teacher: nn.Module, feature: str | None, device: torch.device,
                  steps: int) -> None:
         self.channels_last = feature == "channels_last"
+        self.tf32 = feature == "tf32"  # every other variant, the baseline included, runs IEEE fp32 (lbgat's default)
         self.precision = Precision(feature if feature in ("bf16", "fp16") else "fp32", device)
         attack = TrainAttack(eps=EPS, step_size=STEP_SIZE, steps=steps, start="normal", compiled=feature == "compile")
         self.method: Method = create_method("lbgat-trades", student, teacher=teacher, params={"alpha": 6.0},
@@ -58,10 +60,11 @@ class Variant:
                           batch.seed)
         self.method.train()
         self.optimizer.zero_grad(set_to_none=True)
-        with self.precision.autocast():
-            terms = self.method(batch)
-        self.precision.backward(terms["loss"])
-        self.precision.step(self.optimizer)
+        with float32_mode(self.tf32):
+            with self.precision.autocast():
+                terms = self.method(batch)
+            self.precision.backward(terms["loss"])
+            self.precision.step(self.optimizer)
         return {name: float(value.detach()) for name, value in terms.items()}
 
 
