@@ -4,8 +4,9 @@ TF32: on NVIDIA GPUs from Ampere on, cuDNN convolutions and cuBLAS matmuls may c
 with a 10-bit mantissa (TF32). torch 2.13 lets convolutions do so by default
 (``torch.backends.cudnn.conv.fp32_precision == "tf32"``) and keeps matmuls in IEEE fp32. lbgat sets
 both explicitly, with the per-backend ``fp32_precision`` API (the legacy ``allow_tf32`` flags are
-neither read nor written: torch refuses to read them once the two APIs are mixed): IEEE unless TF32
-is asked for (``--tf32``), and puts back what was there when done.
+neither read nor written: torch refuses to read them once the two APIs are mixed; torch < 2.9, which
+has only those flags, gets them instead): IEEE unless TF32 is asked for (``--tf32``), and puts back
+what was there when done.
 
 Deterministic: ``--deterministic`` makes PyTorch use deterministic algorithms only (an error for an
 op without one), cuDNN deterministic and not benchmarking, and cuBLAS a fixed workspace
@@ -28,22 +29,36 @@ CUBLAS_WORKSPACE = "CUBLAS_WORKSPACE_CONFIG"
 DETERMINISTIC_WORKSPACES = (":4096:8", ":16:8")  # the two settings NVIDIA documents as deterministic
 
 
-def _fp32_backends() -> list[Any]:
-    return [torch.backends.cudnn.conv, torch.backends.cuda.matmul]
+def _has_fp32_precision_api() -> bool:
+    """torch >= 2.9 has the per-backend ``fp32_precision``; older releases only the ``allow_tf32`` flags."""
+    return hasattr(getattr(torch.backends.cudnn, "conv", None), "fp32_precision")
+
+
+def _fp32_precisions() -> tuple[str, str]:
+    """(convolutions, matmuls) on CUDA: "tf32" or "ieee" (or "none": torch's default, for the new API)."""
+    if _has_fp32_precision_api():
+        return torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision
+    return ("tf32" if torch.backends.cudnn.allow_tf32 else "ieee",
+            "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee")
+
+
+def _set_fp32_precisions(conv: str, matmul: str) -> None:
+    if _has_fp32_precision_api():
+        torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision = conv, matmul
+    else:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = conv == "tf32", matmul == "tf32"
 
 
 @contextmanager
 def float32_mode(tf32: bool) -> Iterator[None]:
     """Within the block, fp32 convolutions and matmuls on CUDA are TF32 when ``tf32``, else IEEE fp32."""
-    backends = _fp32_backends()
-    saved = [backend.fp32_precision for backend in backends]
-    for backend in backends:
-        backend.fp32_precision = "tf32" if tf32 else "ieee"
+    saved = _fp32_precisions()
+    mode = "tf32" if tf32 else "ieee"
+    _set_fp32_precisions(mode, mode)
     try:
         yield
     finally:
-        for backend, value in zip(backends, saved, strict=True):
-            backend.fp32_precision = value
+        _set_fp32_precisions(*saved)
 
 
 def check_cublas_workspace() -> None:
@@ -87,11 +102,12 @@ def describe_arithmetic(precision: str, device: torch.device, *, deterministic: 
     if device.type != "cuda":
         tf32 = f"n/a on {device.type.upper()} (TF32 exists only on NVIDIA GPUs)"
         # oneDNN's own setting ("none": its default, IEEE fp32).
+        mkldnn = torch.backends.mkldnn
         conv, matmul = (value if value != "none" else "ieee" for value in (
-            torch.backends.mkldnn.conv.fp32_precision, torch.backends.mkldnn.matmul.fp32_precision))
+            getattr(getattr(mkldnn, "conv", None), "fp32_precision", "none"),
+            getattr(getattr(mkldnn, "matmul", None), "fp32_precision", "none")))
     else:
-        conv = torch.backends.cudnn.conv.fp32_precision
-        matmul = torch.backends.cuda.matmul.fp32_precision
+        conv, matmul = _fp32_precisions()
         capable = torch.cuda.get_device_capability(device) >= (8, 0)
         if "tf32" not in (conv, matmul):
             tf32 = "off: IEEE fp32 convolutions and matmuls"

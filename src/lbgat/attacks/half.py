@@ -38,7 +38,14 @@ MAX_SHIFT = 100  # fp32 holds 2**127: a shift past this would overflow the gradi
 
 def under_fp16_autocast(device_type: str) -> bool:
     """True inside a float16 autocast region for ``device_type``."""
-    return torch.is_autocast_enabled(device_type) and torch.get_autocast_dtype(device_type) == torch.float16
+    try:
+        return torch.is_autocast_enabled(device_type) and torch.get_autocast_dtype(device_type) == torch.float16
+    except (TypeError, AttributeError):  # torch < 2.4: one function per device type
+        if device_type == "cuda":
+            return torch.is_autocast_enabled() and torch.get_autocast_gpu_dtype() == torch.float16
+        if device_type == "cpu":
+            return torch.is_autocast_cpu_enabled() and torch.get_autocast_cpu_dtype() == torch.float16
+        return False
 
 
 class _Shifts:
