@@ -382,6 +382,7 @@ def _merge_aa(shards: list[dict[str, Any]], spec: AttackSpec, order: torch.Tenso
 
 def _arithmetic(request: EvalRequest, device: torch.device) -> dict[str, str]:
     arithmetic = describe_arithmetic(request.precision, device, deterministic=False)
+    del arithmetic["deterministic"]  # a training setting: evaluation has no --deterministic
     if request.precision != "fp32":
         arithmetic["dtype"] = f"{request.precision} autocast (asked for; fp32 is the evaluation of record)"
     return arithmetic
@@ -408,7 +409,7 @@ def _header(request: EvalRequest, plan_: Plan, loaded: LoadedModel, dataset: Dat
             "examples": f"the first {plan_.count} of the test split",
             "eps": plan_.eps, "norm": plan_.norm, "seed": request.seed, "batch_size": request.batch_size,
             "bn_mode": "eval", "device": str(device),
-            # dtype, tf32, conv, matmul, deterministic: read back from torch, so they say what ran.
+            # dtype, tf32, conv, matmul: read back from torch, so they say what ran.
             **_arithmetic(request, device),
             "processes": world.size,
             "sharding": "one process" if not world.sharded else (
