@@ -34,18 +34,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lbgat.arithmetic import describe_arithmetic, float32_mode
-from lbgat.attacks import pgd
-from lbgat.attacks.half import scaled_input_gradients, under_fp16_autocast
-from lbgat.checkpoint import ModelSpec, load_checkpoint
-from lbgat.data import load_dataset
-from lbgat.data.loader import Batch
-from lbgat.methods import TrainAttack, create_method
-from lbgat.methods.teachers import FrozenEnsemble
-from lbgat.rng import ExampleRNG
-from lbgat.train.precision import DTYPES, Precision
-
 SOURCE = Path(__file__).resolve().parents[1] / "src"
+sys.path.insert(0, str(SOURCE))  # this checkout's lbgat, installed or not
+from lbgat.arithmetic import describe_arithmetic, float32_mode  # noqa: E402
+from lbgat.attacks import pgd  # noqa: E402
+from lbgat.attacks.half import scaled_input_gradients, under_fp16_autocast  # noqa: E402
+from lbgat.checkpoint import ModelSpec, load_checkpoint  # noqa: E402
+from lbgat.data import load_dataset  # noqa: E402
+from lbgat.data.loader import Batch  # noqa: E402
+from lbgat.methods import TrainAttack, create_method  # noqa: E402
+from lbgat.methods.teachers import FrozenEnsemble  # noqa: E402
+from lbgat.rng import ExampleRNG  # noqa: E402
+from lbgat.train.precision import DTYPES, Precision  # noqa: E402
+
 EPS, STEP = 0.3, 0.01  # the MNIST threat model of the TRADES evaluation (PGD-20 by default here)
 LR = 0.01  # natural SGD of the small-cnn: about 90 % test accuracy after 100 steps of 128
 
