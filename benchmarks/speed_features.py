@@ -1,13 +1,13 @@
 """Each speed feature against its absence: one LBGAT+TRADES training step, side by side in one process.
 
-For every feature asked for (channels_last, bf16, fp16, compile) two copies of the same networks,
-fp32/contiguous/eager and with the feature, take a step on identical weights and tensors; the
+For every feature asked for (channels_last, bf16, fp16, compile, tf32) two copies of the same networks,
+IEEE fp32/contiguous/eager and with the feature, take a step on identical weights and tensors; the
 relative difference of their loss terms is printed, then the two alternate (the order flips every
 repeat) and the medians give the speed-up.
 
     python benchmarks/speed_features.py                                   # CPU: wrn-10-1 pair, batch 32
     python benchmarks/speed_features.py --device cuda --model wrn-34-10 --teacher resnet18-lbgat \\
-        --batch-size 128 --features channels_last,bf16,fp16,compile       # the paper's setting on a GPU
+        --batch-size 128 --features channels_last,bf16,fp16,compile,tf32  # the paper's setting on a GPU
 
 Each feature's first step (its warm-up; for compile, the compilation) is not timed. The projected
 epoch is 50,000 images / images per second, the CIFAR training set.
@@ -20,8 +20,8 @@ import copy
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Iterable
+from contextlib import ExitStack
 from pathlib import Path
 from unittest.mock import patch
 
@@ -30,13 +30,14 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compile_attack import FrozenWeights  # noqa: E402
+from lbgat.arithmetic import float32_mode  # noqa: E402
 from lbgat.attacks.eager import eager  # noqa: E402
 from lbgat.data.loader import Batch  # noqa: E402
 from lbgat.methods import Method, TrainAttack, create_method  # noqa: E402
 from lbgat.train.precision import Precision  # noqa: E402
 from train_step import EPS, STEP_SIZE, add_step_arguments, step_setup, synchronize  # noqa: E402
 
-FEATURES = ("channels_last", "bf16", "fp16", "compile")
+FEATURES = ("channels_last", "bf16", "fp16", "compile", "tf32")
 # Under compile, what the attack calls instead of the student (see Variant).
 ATTACK_FORWARDS: dict[str, Callable[[nn.Module], nn.Module]] = {
     "eager": eager, "compiled": lambda network: network, "frozen": FrozenWeights}
@@ -50,7 +51,8 @@ class Variant:
     the student the attack calls: "eager" (lbgat's: the uncompiled one), "compiled" (as lbgat did
     before, computing every weight gradient at every attack step) or "frozen" (the compiled one with
     the weights frozen during the forward, see compile_attack.FrozenWeights). ``tf32`` sets TF32 for
-    matmuls and cuDNN convolutions during the step (None: torch's setting).
+    matmuls and cuDNN convolutions during the step (None: on for the "tf32" feature, else IEEE fp32,
+    lbgat's default).
     """
 
     def __init__(self, student: nn.Module, teacher: nn.Module, feature: str | Iterable[str] | None,
@@ -68,7 +70,7 @@ class Variant:
             student.compile()
             teacher.compile()
         self.attack_forward = ATTACK_FORWARDS[attack] if compiled else None
-        self.tf32 = tf32
+        self.tf32 = "tf32" in features if tf32 is None else tf32
         self.optimizer = torch.optim.SGD(self.method.parameters(), lr=0.1, momentum=0.9, weight_decay=2e-4)
 
     def __call__(self, batch: Batch) -> dict[str, float]:
@@ -76,8 +78,7 @@ class Variant:
             batch = Batch(batch.x.contiguous(memory_format=torch.channels_last), batch.y, batch.index, batch.epoch,
                           batch.seed)
         with ExitStack() as settings:
-            if self.tf32 is not None:
-                settings.enter_context(tf32_set_to(self.tf32))
+            settings.enter_context(float32_mode(self.tf32))
             if self.attack_forward is not None:
                 settings.enter_context(patch("lbgat.methods.base.eager", self.attack_forward))
             self.method.train()
@@ -87,17 +88,6 @@ class Variant:
             self.precision.backward(terms["loss"])
             self.precision.step(self.optimizer)
         return {name: float(value.detach()) for name, value in terms.items()}
-
-
-@contextmanager
-def tf32_set_to(enabled: bool) -> Iterator[None]:
-    """TF32 (10-bit mantissa) for CUDA matmuls and cuDNN convolutions, or IEEE fp32, for the block."""
-    previous = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = previous
 
 
 def timed(step: Variant, batch: Batch) -> float:

@@ -78,3 +78,15 @@ def test_compile_attack_benchmark_counts_the_weight_gradients_of_the_compiled_at
     # tiny-cnn has two convolutions: two weight gradients per attack step through the compiled network.
     assert "| through the compiled network | " in output and " | 4 |" in output
     assert "| through its eager forward (lbgat) | " in output and " | 0 |" in output
+
+
+def test_gpu_correctness_benchmark_runs_on_cpu(capsys) -> None:
+    """Issue 13: the device check script runs its checks on CPU too (tiny sizes; the fp16 rows must show
+    the old attack's zero gradients and lbgat's none)."""
+    benchmark = load("gpu_correctness")
+    status = benchmark.main(["--device", "cpu", "--checks", "1,3", "--train-steps", "2", "--examples", "8",
+                             "--attack-steps", "1"])
+    output = capsys.readouterr().out
+    assert status == 0, output
+    assert "| fp16 unscaled (old) |" in output and "| fp16 (lbgat) |" in output
+    assert "n/a on CPU" in output

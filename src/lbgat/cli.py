@@ -63,6 +63,12 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
                              "(slower on CPU; see docs/performance.md)")
     parser.add_argument("--sync-bn", action="store_true", help="under torchrun on GPUs: BatchNorm statistics over "
                                                                 "the global batch (SyncBatchNorm)")
+    parser.add_argument("--tf32", action="store_true",
+                        help="let fp32 convolutions and matmuls use TF32 on Ampere+ GPUs (faster, 10-bit mantissa; "
+                             "default: IEEE fp32)")
+    parser.add_argument("--deterministic", action="store_true",
+                        help="deterministic GPU kernels only (bit-exact GPU resume with fp32; slower; sets "
+                             "CUBLAS_WORKSPACE_CONFIG=:4096:8)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override any setting, e.g. --set method.alpha=0 --set attack.steps=5 (repeatable)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -81,7 +87,8 @@ def _run_train(args: argparse.Namespace) -> int:
         "max_steps": args.max_steps, "seed": args.seed, "out": args.out and str(args.out), "device": args.device,
         "teacher_checkpoints": args.teacher_checkpoints, "checkpoint_every": args.checkpoint_every,
         "on_nan": args.on_nan, "precision": args.precision, "channels_last": args.channels_last or None,
-        "compile": args.compile or None, "sync_bn": args.sync_bn or None,
+        "compile": args.compile or None, "sync_bn": args.sync_bn or None, "tf32": args.tf32 or None,
+        "deterministic": args.deterministic or None,
     }
     config = build_config(recipe, flags, args.overrides)
     result = train(config, resume=args.resume, progress=not args.no_progress, argv=sys.argv)
@@ -135,6 +142,8 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=_folder, help="report folder (default: eval-<checkpoint name> beside it)")
     parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
                         help="model arithmetic: fp32 (default, the evaluation of record) or bf16/fp16 autocast")
+    parser.add_argument("--tf32", action="store_true",
+                        help="let fp32 convolutions and matmuls use TF32 on Ampere+ GPUs (default: IEEE fp32)")
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(handler=_run_eval)
@@ -149,7 +158,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         data_root=args.data_root, out=args.out, device=args.device, protocol=args.protocol, norm=args.norm,
         model=args.model, num_classes=args.num_classes, aa_version=args.aa_version, aa_attacks=args.aa_attacks,
         aa_batch_size=args.aa_batch_size, transfer_from=args.transfer_from, source_model=args.source_model,
-        check_n=args.check_n, precision=args.precision,
+        check_n=args.check_n, precision=args.precision, tf32=args.tf32,
     )
     report, out = evaluate_checkpoint(request, progress=not args.no_progress)
     if not report:  # a non-main process of a sharded evaluation

@@ -118,6 +118,11 @@ class TrainConfig:
     channels_last: bool = False  # networks and inputs in channels-last memory format
     compile: bool = False  # torch.compile the networks and the attack's update step
     sync_bn: bool = False  # under torchrun on GPUs: BatchNorm statistics over the global batch
+    # Arithmetic (docs/performance.md, docs/reliability.md). tf32: let fp32 convolutions and matmuls use
+    # TF32 on Ampere+ GPUs (off: IEEE fp32, what "float32" says). deterministic: deterministic kernels
+    # only, for bit-exact GPU resume. Neither may change on resume: both change what is computed.
+    tf32: bool = False
+    deterministic: bool = False
 
 
 @dataclass(frozen=True)

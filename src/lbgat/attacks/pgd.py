@@ -4,6 +4,7 @@ epsilon-ball and [0, 1] after every step; FGSM / FGM as its one-step case."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Literal
 
 import torch
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..rng import ExampleRNG, Stream
+from .half import batch_coupled, scaled_input_gradients, under_fp16_autocast
 from .modes import BNMode, model_mode
 from .objectives import OBJECTIVES, Objective, cross_entropy_sum, cw_margin_sum, kl_from_clean_sum
 
@@ -136,6 +138,10 @@ def pgd(
 
     Only input gradients are computed (``torch.autograd.grad`` w.r.t. the input), and the clean
     prediction the KL objective compares against is computed once, not at every step.
+
+    Under fp16 autocast the objective's backward runs at a per-example power-of-two scale
+    (:mod:`lbgat.attacks.half`), so gradients that would underflow fp16 still give a step; the
+    fp32 and bf16 paths are untouched.
     """
     _check(eps, step_size, steps, objective, start, norm)
     if objective != "kl" and y is None:
@@ -150,6 +156,9 @@ def pgd(
         # it from the host and wait for the device.
         update, step_tensor = compiled_linf_update(), torch.full((), step_size, dtype=x.dtype, device=x.device)
     with model_mode(model, bn_mode):
+        forward: Callable[[torch.Tensor], torch.Tensor] = model
+        if under_fp16_autocast(x.device.type):  # only here: the fp32 and bf16 arithmetic stays as it was
+            forward = partial(scaled_input_gradients, model, per_example=not batch_coupled(model))
         clean_probs = None
         if objective == "kl":
             with torch.no_grad():
@@ -157,7 +166,7 @@ def pgd(
         for _ in range(steps):
             x_adv.requires_grad_(True)
             with torch.enable_grad():
-                logits = model(x_adv)
+                logits = forward(x_adv)
                 if objective == "ce":
                     loss = cross_entropy_sum(logits, y)
                 elif objective == "cw":

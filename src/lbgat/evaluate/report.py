@@ -79,6 +79,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"- threat model: {protocol['norm']}, eps = {protocol['eps']!r} (as given; 8/255 = {8 / 255:.6f} is different)",
         f"- model in {protocol['bn_mode']} mode, {protocol['dtype']}, on {protocol['device']}, "
         f"batch size {protocol['batch_size']}; processes: {protocol['sharding']}",
+        f"- float32 arithmetic: TF32 {protocol.get('tf32', 'not recorded')}; convolutions "
+        f"{protocol.get('conv', 'not recorded')}, matmuls {protocol.get('matmul', 'not recorded')}",
         f"- random start: {protocol['random_start']}; seed {protocol['seed']}",
         f"- reported iterate: {protocol['reported_iterate']}",
         f"- sanity checks on the first {protocol['check_n']} examples",

@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..arithmetic import describe_arithmetic, float32_mode
+from ..attacks.half import batch_coupled, scaled_input_gradients
 from ..checkpoint import LoadedModel, PlainStateDictError, load_for_eval, sha256_of
 from ..config import threat_profile
 from ..data import Dataset, load_dataset
@@ -23,7 +25,7 @@ from ..data.loader import DeviceLoader
 from ..errors import ConfigError, LbgatError
 from ..files import check_writable
 from ..provenance import code_version, environment
-from ..train.precision import PRECISIONS, Precision
+from ..train.precision import DTYPES, PRECISIONS, Precision
 from ..train.setup import resolve_device
 from .autoattack import AA_PACKAGE, AA_SOURCE, AAResult, AASettings, run_autoattack
 from .checks import CheckInputs, run_checks
@@ -84,6 +86,7 @@ class EvalRequest:
     source_model: str | None = None
     check_n: int = 100
     precision: str = "fp32"  # fp32 is the evaluation of record; bf16/fp16 autocast only when asked
+    tf32: bool = False  # IEEE fp32 convolutions and matmuls unless asked (TF32 on Ampere+ GPUs)
 
 
 @dataclass(frozen=True)
@@ -202,15 +205,26 @@ def _load_models(request: EvalRequest, device: torch.device) -> tuple[LoadedMode
 
 
 class AutocastModel(nn.Module):
-    """A model run under bf16/fp16 autocast, returning fp32 logits (evaluation in low precision, on request)."""
+    """A model run under bf16/fp16 autocast, returning fp32 logits (evaluation in low precision, on request).
+
+    Under fp16 its input gradients are computed at a per-example power-of-two scale and unscaled
+    (:mod:`lbgat.attacks.half`), so every attack, AutoAttack's included, sees gradients that did not
+    underflow in the fp16 backward.
+    """
 
     def __init__(self, model: nn.Module, device: torch.device, precision: str) -> None:
         super().__init__()
         self.model = model
         self.precision = Precision(precision, device)
 
+    @property
+    def autocast_dtype(self) -> torch.dtype:
+        return DTYPES[self.precision.name]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with self.precision.autocast():
+            if self.precision.name == "fp16":
+                return scaled_input_gradients(self.model, x, per_example=not batch_coupled(self.model))
             return self.model(x).float()
 
 
@@ -271,7 +285,7 @@ def evaluate_checkpoint(request: EvalRequest, *, progress: bool = True) -> tuple
     check_writable(out, "report folder")  # before any work, so no evaluation is lost to an unwritable folder
     world = world_from_environment()
     device = device_for(world, resolve_device(request.device))
-    with process_group(world, device, GATHER_TIMEOUT):
+    with float32_mode(request.tf32), process_group(world, device, GATHER_TIMEOUT):
         loaded, dataset, source = _load_models(request, device)
         plan_ = plan(request, dataset)
         out.mkdir(parents=True, exist_ok=True)
@@ -382,6 +396,14 @@ def _merge_aa(shards: list[dict[str, Any]], spec: AttackSpec, order: torch.Tenso
     return row, flags, check
 
 
+def _arithmetic(request: EvalRequest, device: torch.device) -> dict[str, str]:
+    arithmetic = describe_arithmetic(request.precision, device, deterministic=False)
+    del arithmetic["deterministic"]  # a training setting: evaluation has no --deterministic
+    if request.precision != "fp32":
+        arithmetic["dtype"] = f"{request.precision} autocast (asked for; fp32 is the evaluation of record)"
+    return arithmetic
+
+
 def _header(request: EvalRequest, plan_: Plan, loaded: LoadedModel, dataset: Dataset, source: LoadedModel | None,
             world: World, device: torch.device, sha256: str, started: str, seconds: float) -> dict[str, Any]:
     meta = loaded.meta or {}
@@ -404,8 +426,8 @@ def _header(request: EvalRequest, plan_: Plan, loaded: LoadedModel, dataset: Dat
             "examples": f"the first {plan_.count} of the test split",
             "eps": plan_.eps, "norm": plan_.norm, "seed": request.seed, "batch_size": request.batch_size,
             "bn_mode": "eval", "device": str(device),
-            "dtype": "float32" if request.precision == "fp32" else
-            f"{request.precision} autocast (asked for; fp32 is the evaluation of record)",
+            # dtype, tf32, conv, matmul: read back from torch, so they say what ran.
+            **_arithmetic(request, device),
             "processes": world.size,
             "sharding": "one process" if not world.sharded else (
                 f"{world.size} processes; global batch b on rank b mod {world.size} (clean/FGSM/PGD/CW identical "

@@ -39,9 +39,20 @@ class Precision:
         self.scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
 
     def autocast(self) -> AbstractContextManager[Any]:
+        """The step's autocast region, without autocast's weight-cast cache.
+
+        Inside one training step the attack's clean forward runs under ``no_grad``; with the cache on,
+        the low-precision copies of the weights cast there are reused by the later forwards of the
+        same region, and those copies have no gradient history, so the weights behind them get no
+        gradient (issue 13 item 2; PyTorch issues #112583, #142234 and #158232, fixed upstream by
+        pytorch/pytorch#165068, merged in December 2025: 2.9 and every earlier release allowed by
+        ``torch>=2.1`` have the bug; torch 2.13 does not show it on CPU). Without the
+        cache every forward casts the weights anew: correct on every torch this package allows,
+        at the price of one cast per forward, small next to a convolution's cost.
+        """
         if self.name == "fp32":
             return nullcontext()
-        return torch.autocast(self.device.type, dtype=DTYPES[self.name])
+        return torch.autocast(self.device.type, dtype=DTYPES[self.name], cache_enabled=False)
 
     def backward(self, loss: torch.Tensor) -> None:
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()

@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from ..arithmetic import describe_arithmetic, deterministic_algorithms, float32_mode
 from ..attacks.eager import eager
 from ..checkpoint import (
     Checkpoint,
@@ -193,9 +194,9 @@ class Trainer:
     def _save(self, path: Path, kind: str, *, with_optimizer: bool = True, keep_previous: Path | None = None) -> None:
         if not self.world.is_main:
             return
+        # No CUDA generator states: every random draw of training comes from the counter-based hash of
+        # lbgat.rng, so there is nothing on the GPU to restore (checkpoints that hold them still load).
         rng = {"torch_cpu": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng["torch_cuda"] = torch.cuda.get_rng_state_all()
         state = {key: value.detach().cpu() for key, value in self.parts.method.state_dict().items()}
         optimizer = self.parts.optimizer.state_dict() if with_optimizer else None
         meta = self._meta(kind)
@@ -252,8 +253,7 @@ class Trainer:
 
     def run(self) -> TrainResult:
         # --deterministic (issue 13 item 4) turns cuDNN's timing-based algorithm choice off.
-        deterministic = bool(getattr(self.config, "deterministic", False))
-        with self._stop_signals(), cudnn_autotune(self.parts.device, deterministic):
+        with self._stop_signals(), cudnn_autotune(self.parts.device, self.config.deterministic):
             return self._run()
 
     @contextmanager
@@ -495,6 +495,7 @@ def _write_run_files(run_dir: Path, config: TrainConfig, parts: RunParts, argv: 
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "device": str(parts.device),
         "processes": parts.world.size,
         "dataset_source": parts.dataset.source,
+        "arithmetic": describe_arithmetic(config.precision, parts.device, deterministic=config.deterministic),
     }
     write_text_atomic(run_dir / "provenance.json", strict_json(provenance, indent=2) + "\n")
     split = {"split_seed": config.data.split_seed, "val_size": len(parts.val_indices),
@@ -563,7 +564,9 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
     """
     world = world_from_environment()
     device = device_for(world, resolve_device(config.device)) if world.sharded else torch.device("cpu")
-    with process_group(world, device):
+    # Before the process group: --deterministic must set the cuBLAS workspace before CUDA starts.
+    with (deterministic_algorithms(config.deterministic, resolve_device(config.device)), float32_mode(config.tf32),
+          process_group(world, device)):
         return _train(config, resume, progress, argv, dataset, world)
 
 
@@ -600,7 +603,9 @@ def _train(config: TrainConfig, resume: bool, progress: bool, argv: list[str] | 
     if checkpoint is not None:
         trainer.restore(checkpoint)
         trainer.keep_last_as_previous = checkpoint.path.name != PREVIOUS
-        trainer.log({"event": "resumed", **dataclasses.asdict(trainer.position), "processes": world.size})
+        trainer.log({"event": "resumed", **dataclasses.asdict(trainer.position), "processes": world.size,
+                     "arithmetic": describe_arithmetic(resolved.precision, parts.device,
+                                                       deterministic=resolved.deterministic)})
     else:
         _write_run_files(run_dir, resolved, parts, argv)
         trainer.log({"event": "started", "config": to_mapping(resolved)})
