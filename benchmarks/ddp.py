@@ -24,6 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lbgat.checkpoint import load_checkpoint  # noqa: E402
+from lbgat.methods import get_method  # noqa: E402
 from train_step import DEFAULT_DATA  # noqa: E402
 
 
@@ -33,7 +34,7 @@ def train_command(args: argparse.Namespace, out: Path) -> list[str]:
                "--device", args.device, "--out", str(out), "--no-progress",
                "--set", f"data.train_size={args.batch_size * args.steps}", "--set", "data.val_size=0",
                "--set", f"attack.steps={args.attack_steps}", "--set", f"optim.lr={args.lr}"]
-    if args.teacher:
+    if args.teacher and get_method(args.method).uses_teacher and not get_method(args.method).frozen_teacher:
         command += ["--teacher", args.teacher]
     return command
 

@@ -14,7 +14,6 @@ import hashlib
 import json
 import pickle
 import warnings
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import checkpoint_checks, pickle_safety
 from .errors import CheckpointError, UnsafeCheckpointError
 from .files import atomic_file
 
@@ -94,27 +94,43 @@ def save_tensors_file(path: Path, payload: dict[str, Any], *, keep_previous: Pat
             raise
 
 
-def read_tensors_file(path: str | Path) -> Any:
-    """``torch.load(weights_only=True)`` with one-line errors for missing, damaged or unsafe files."""
-    path = Path(path)
+def check_checkpoint_path(path: Path, what: str = "checkpoint") -> None:
+    """``path`` is a regular file (a folder or a FIFO is named as such, and never opened)."""
+    if path.is_dir():
+        raise CheckpointError(f"{what} {path} is a directory, not a checkpoint file")
+    if not path.exists():
+        raise CheckpointError(f"{what} {path} does not exist")
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        raise CheckpointError(f"{what} {path} is not a regular file")
+
+
+def read_tensors_file(path: str | Path) -> Any:
+    """``torch.load(weights_only=True)`` with one-line errors for missing, damaged or unsafe files.
+
+    A file whose pickle names a Python global that is not allowed raises :class:`UnsafeCheckpointError`
+    (tampering); anything else that cannot be read raises :class:`CheckpointError` (damage).
+    """
+    path = Path(path)
+    check_checkpoint_path(path)
     try:
         with warnings.catch_warnings():
             # torch warns about pickle protocols before refusing a file; the refusal says it all.
             warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else "unsupported content"
-        if "weights_only" in str(error) or "Unsupported global" in str(error):
+        refused = pickle_safety.refused_global(str(error), path)
+        if refused is not None:
             raise UnsafeCheckpointError(
                 f"refusing to load {path}: it contains pickled code or objects, not just tensors "
-                f"({first_line[:160]})"
+                f"(it names the Python global {refused}, which weights-only loading does not allow)"
             ) from None
-        raise CheckpointError(f"checkpoint {path} is damaged or not a PyTorch file ({first_line[:160]})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as error:
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"checkpoint {path} is damaged or truncated ({message[:160]})") from None
+        detail = pickle_safety.unpickling_detail(str(error), error.__context__)
+        raise CheckpointError(f"checkpoint {path} is damaged or not a PyTorch file ({detail})") from None
+    except Exception as error:  # noqa: BLE001 - whatever torch raises on bytes it cannot parse is damage
+        detail = pickle_safety.brief(str(error)) if str(error).strip() else ""
+        if not isinstance(error, RuntimeError):  # torch's own errors say what they are; KeyError('101') does not
+            detail = f"{type(error).__name__}: {detail}" if detail else type(error).__name__
+        raise CheckpointError(f"checkpoint {path} is damaged or truncated ({detail})") from None
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
@@ -131,10 +147,19 @@ def _checkpoint_from_payload(payload: object, path: Path) -> Checkpoint:
     if payload["lbgat_checkpoint"] != FORMAT_VERSION:
         raise CheckpointError(f"{path} has checkpoint format {payload['lbgat_checkpoint']}, expected {FORMAT_VERSION}")
     try:
-        meta = json.loads(payload["meta"])
-    except (TypeError, json.JSONDecodeError):
+        meta = json.loads(payload.get("meta"))
+    except (TypeError, ValueError, RecursionError):
         raise CheckpointError(f"checkpoint {path} has unreadable metadata") from None
-    return Checkpoint(meta=meta, state=payload["state"], optimizer=payload.get("optimizer"), path=path)
+    state = checkpoint_checks.check_state(payload.get("state"), path)
+    return Checkpoint(meta=checkpoint_checks.check_meta(meta, path), state=state,
+                      optimizer=payload.get("optimizer"), path=path)
+
+
+def require_resumable(checkpoint: Checkpoint) -> Checkpoint:
+    """``checkpoint`` if ``--resume`` can restore everything from it: position, running sums,
+    optimiser and RNG state, all finite; else a one-line :class:`CheckpointError`."""
+    checkpoint_checks.check_resumable(checkpoint.meta, checkpoint.optimizer, checkpoint.state, checkpoint.path)
+    return checkpoint
 
 
 def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
@@ -197,6 +222,10 @@ def _plain_state_dict(payload: object, path: Path) -> dict[str, torch.Tensor]:
     return dict(payload)
 
 
+class PlainStateDictError(CheckpointError):
+    """A plain state dict loaded without saying its architecture (each command names its own flag)."""
+
+
 @dataclass
 class LoadedModel:
     """A model ready for evaluation, and what it was loaded from."""
@@ -226,14 +255,21 @@ def load_for_eval(path: str | Path, *, arch: str | None = None, num_classes: int
         if num_classes is not None and num_classes != spec.num_classes:
             raise CheckpointError(f"{path} has {spec.num_classes} classes, not {num_classes}")
         state, meta = checkpoint.network_state("student"), checkpoint.meta
+        checkpoint_checks.check_finite(((f"student.{key}", value) for key, value in state.items()), path)
     else:
         if arch is None:
-            raise CheckpointError(f"{path} is a plain state dict: say which architecture it is with --model "
-                                  "(and --num-classes if not 10)")
+            raise PlainStateDictError(f"{path} is a plain state dict: say which architecture it is with --model "
+                                      "(and --num-classes if not 10)")
         state = _plain_state_dict(payload, path)
+        checkpoint_checks.check_finite(state.items(), path)
         spec = ModelSpec(arch, num_classes or 10, in_channels, image_size)
         meta = None
-    model = spec.build()
+    try:
+        model = spec.build()
+    except (RuntimeError, MemoryError, OverflowError, ValueError) as error:  # sizes no network can have
+        detail = pickle_safety.brief(str(error)) or type(error).__name__
+        raise CheckpointError(f"{path} describes a {spec.arch} that cannot be built ({spec.num_classes} classes, "
+                              f"{spec.in_channels}x{spec.image_size} inputs): {detail}") from None
     load_state_strict(model, state, path)
     return LoadedModel(model.to(device).eval(), spec, path, meta)
 

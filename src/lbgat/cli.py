@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -93,12 +94,14 @@ def _run_train(args: argparse.Namespace) -> int:
     result = train(config, resume=args.resume, progress=not args.no_progress, argv=sys.argv)
     if not result.is_main:  # another process of a torchrun job: rank 0 reports
         return 0
+    if result.note:
+        print(result.note)
     state = "finished" if result.finished else f"stopped after step {result.position.global_step}"
     print(f"training {state}; run directory: {result.run_dir}")
     print(f"  last checkpoint: {result.last}")
     if result.best is not None:
         print(f"  best (held-out robust accuracy) checkpoint: {result.best}")
-    print(f"  evaluate with: lbgat eval {result.last}")
+    print(f"  evaluate with: lbgat eval {shlex.quote(str(result.last))}")
     return 0
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from . import yaml_loader
 from .errors import ConfigError
 from .structured import coerce, field_annotation, from_mapping, to_mapping
 
@@ -173,19 +174,40 @@ def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """A recipe file as a mapping, read with the safe loader (no Python objects)."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a directory, not a YAML file")
+    if path.exists() and not path.is_file():  # a FIFO or device would block or never end
+        raise ConfigError(f"config file {path} is not a regular file")
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except OSError as error:
-        raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
+        raise ConfigError(f"cannot read config file {path}: {error.strerror or error}") from None
     try:
-        data = yaml.safe_load(text)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"config file {path} is not a YAML text file (not UTF-8 at byte {error.start})") from None
+    try:
+        data = yaml_loader.load(text)
     except yaml.YAMLError as error:
-        raise ConfigError(f"config file {path} is not valid YAML: {str(error).splitlines()[0]}") from None
+        raise ConfigError(f"config file {path} is not valid YAML: {_first_line(error)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of settings, got {type(data).__name__}")
+        raise ConfigError(f"config file {path} must hold a mapping of settings, got {_yaml_kind(data)}")
+    odd_keys = [key for key in data if not isinstance(key, str)]
+    if odd_keys:
+        raise ConfigError(f"config file {path} has a setting named {odd_keys[0]!r}; setting names are words")
     return data
+
+
+def _first_line(error: yaml.YAMLError) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+def _yaml_kind(data: object) -> str:
+    kinds = {list: "a list", str: "a string", int: "a number", float: "a number", bool: "a boolean"}
+    return kinds.get(type(data), type(data).__name__)
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -195,7 +217,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not sep or not key:
         raise ConfigError(f"--set expects key=value, got {text!r}")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = yaml_loader.load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
     if key.startswith("method.") and key != "method.name" and key != "method.params":
@@ -220,16 +242,38 @@ def build_config(
     tree: dict[str, Any] = {}
     if recipe:
         tree = _merge(tree, _normalise_method(recipe))
+    teacher_given = False  # on the command line: an error for a method without a teacher (see setup.validate)
     for key, value in (flags or {}).items():
         if value is not None:
             _set_dotted(tree, key, value)
+            teacher_given |= key == "teacher"
     for text in overrides:
         key, value = parse_override(text)
         if key.startswith("method.") and key not in ("method.name", "method.params"):
             _set_dotted(tree, "method.params." + key.removeprefix("method."), value)
         else:
             _set_dotted(tree, key, value)
+            teacher_given |= key == "teacher"
+    if recipe and "teacher" in recipe and not teacher_given:
+        _recipe_teacher_only_where_used(tree)
     return from_mapping(TrainConfig, tree)
+
+
+def _recipe_teacher_only_where_used(tree: dict[str, Any]) -> None:
+    """A recipe's ``teacher`` is for the methods that train one, so that one recipe serves several methods
+    (the demo's trains natural, PGD-AT, TRADES and LBGAT+TRADES with it)."""
+    from .methods import get_method
+
+    method = tree.get("method")
+    name = method.get("name", MethodConfig.name) if isinstance(method, dict) else MethodConfig.name
+    if not isinstance(name, str):
+        return  # reported as a bad setting by from_mapping
+    try:
+        uses_teacher = get_method(name).uses_teacher
+    except ConfigError:
+        return  # an unknown method is reported by validate
+    if not uses_teacher:
+        tree.pop("teacher", None)
 
 
 def _normalise_method(recipe: dict[str, Any]) -> dict[str, Any]:
@@ -240,7 +284,10 @@ def _normalise_method(recipe: dict[str, Any]) -> dict[str, Any]:
         recipe["method"] = {"name": method}
     elif isinstance(method, dict):
         params = {key: value for key, value in method.items() if key not in ("name", "params")}
-        normalised: dict[str, Any] = {"params": {**method.get("params", {}), **params}}
+        given = method.get("params", {})
+        if not isinstance(given, dict):
+            raise ConfigError(f"setting 'method.params' must be a mapping, got {given!r}")
+        normalised: dict[str, Any] = {"params": {**given, **params}}
         if "name" in method:
             normalised["name"] = method["name"]
         recipe["method"] = normalised

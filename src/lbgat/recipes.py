@@ -29,4 +29,8 @@ def find_recipe(name_or_path: str) -> Path:
     for option in (candidate, candidate.with_suffix(".yaml")):
         if option.is_file():
             return option
+    if path.is_dir():
+        raise ConfigError(f"config {name_or_path!r} is a directory, not a YAML recipe file")
+    if path.exists():
+        raise ConfigError(f"config {name_or_path!r} is not a regular file (a recipe is read from a YAML file)")
     raise ConfigError(f"config {name_or_path!r} is neither a file nor a shipped recipe (see `lbgat recipes`)")

@@ -8,6 +8,7 @@ and bools are never numbers.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -16,6 +17,10 @@ from typing import Any, TypeVar
 from .errors import ConfigError
 
 T = TypeVar("T")
+
+
+class NotFiniteError(ConfigError):
+    """A float setting given as infinity or NaN: no setting means anything at those values."""
 
 
 def _type_name(annotation: Any) -> str:
@@ -41,6 +46,8 @@ def coerce(value: Any, annotation: Any, where: str) -> Any:
         for option in typing.get_args(annotation):
             try:
                 return coerce(value, option, where)
+            except NotFiniteError:
+                raise
             except ConfigError:
                 continue
     elif origin is typing.Literal:
@@ -64,7 +71,13 @@ def coerce(value: Any, annotation: Any, where: str) -> Any:
             return value
     elif annotation is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
+            try:
+                number = float(value)
+            except OverflowError:  # an integer beyond any float
+                number = math.inf
+            if not math.isfinite(number):
+                raise NotFiniteError(f"setting '{where}' must be a finite number, got {value!r}")
+            return number
     elif annotation is str:
         if isinstance(value, str):
             return value
@@ -82,7 +95,7 @@ def from_mapping(cls: type[T], mapping: Mapping[str, Any], where: str = "") -> T
         raise ConfigError(f"setting '{where or cls.__name__}' must be a mapping, got {mapping!r}")
     hints = typing.get_type_hints(cls)
     fields = {field.name: field for field in dataclasses.fields(cls) if field.init}
-    unknown = sorted(set(mapping) - set(fields))
+    unknown = sorted(set(mapping) - set(fields), key=str)  # a recipe may use numbers as names
     if unknown:
         prefix = f"{where}." if where else ""
         known = ", ".join(prefix + name for name in fields) or "none"

@@ -18,7 +18,7 @@ from torch import nn
 
 from ..arithmetic import describe_arithmetic, float32_mode
 from ..attacks.half import batch_coupled, scaled_input_gradients
-from ..checkpoint import LoadedModel, load_for_eval, sha256_of
+from ..checkpoint import LoadedModel, PlainStateDictError, load_for_eval, sha256_of
 from ..config import threat_profile
 from ..data import Dataset, load_dataset
 from ..data.loader import DeviceLoader
@@ -173,6 +173,8 @@ def _load_models(request: EvalRequest, device: torch.device) -> tuple[LoadedMode
             raise ConfigError(f"{request.checkpoint} is a plain state dict: say which data to evaluate on with "
                               "--dataset (and --data-root)")
         trained_on = loaded.meta.get("dataset", {})
+        if not trained_on.get("name"):
+            raise ConfigError(f"{request.checkpoint} does not say which data it was trained on: give --dataset")
         image_size = loaded.meta.get("config", {}).get("data", {}).get("image_size")
         dataset = load_dataset(trained_on.get("name"), request.data_root or trained_on.get("root"),
                                image_size=image_size)
@@ -185,8 +187,12 @@ def _load_models(request: EvalRequest, device: torch.device) -> tuple[LoadedMode
         raise ConfigError(f"{dataset.name} has {dataset.num_classes} classes, the model {spec.num_classes}")
     source = None
     if request.transfer_from is not None:
-        source = load_for_eval(request.transfer_from, arch=request.source_model, num_classes=spec.num_classes,
-                               in_channels=channels, image_size=height, device=device)
+        try:
+            source = load_for_eval(request.transfer_from, arch=request.source_model, num_classes=spec.num_classes,
+                                   in_channels=channels, image_size=height, device=device)
+        except PlainStateDictError:
+            raise ConfigError(f"--transfer-from {request.transfer_from} is a plain state dict: say which "
+                              "architecture it is with --source-model") from None
         if source.spec.num_classes != spec.num_classes:
             raise ConfigError(f"the transfer source has {source.spec.num_classes} classes, the model "
                               f"{spec.num_classes}")

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..attacks import BN_MODES, OBJECTIVES, STARTS
-from ..checkpoint import ModelSpec, load_for_eval
+from ..checkpoint import ModelSpec, PlainStateDictError, check_checkpoint_path, load_for_eval
 from ..config import TrainConfig, default_decay_epochs, threat_profile
 from ..data import Dataset, get_dataset_info, load_dataset
 from ..data.loader import Augment, DeviceLoader
@@ -26,6 +26,8 @@ from ..world import World, device_for
 from . import parallel
 from .gpu import sync_bn_warnings
 from .precision import PRECISIONS, Precision
+
+SEED_LIMIT = 2**63  # torch.manual_seed takes a signed 64-bit integer
 
 
 def _require(condition: bool, message: str) -> None:
@@ -67,12 +69,13 @@ def validate(config: TrainConfig, *, dataset_given: bool = False) -> None:
     _require(all(epoch >= 1 for epoch in schedule.decay_epochs or []), "schedule.decay_epochs must be >= 1")
     _require(config.batch_size >= 1, f"batch_size must be >= 1, got {config.batch_size}")
     _require(config.max_steps is None or config.max_steps >= 1, f"max_steps must be >= 1, got {config.max_steps}")
-    _require(config.seed >= 0, f"seed must be >= 0, got {config.seed}")
+    _require(0 <= config.seed < SEED_LIMIT, f"seed must be in [0, 2**63), got {config.seed}")
     _require(config.out != "", "out must name a folder, not an empty string")
     _require(config.data.val_size >= 0, f"data.val_size must be >= 0, got {config.data.val_size}")
     _require(config.data.train_size is None or config.data.train_size >= 1,
              f"data.train_size must be >= 1, got {config.data.train_size}")
-    _require(config.data.split_seed >= 0, f"data.split_seed must be >= 0, got {config.data.split_seed}")
+    _require(0 <= config.data.split_seed < SEED_LIMIT,
+             f"data.split_seed must be in [0, 2**63), got {config.data.split_seed}")
     _require(config.data.crop_padding is None or config.data.crop_padding >= 0, "data.crop_padding must be >= 0")
     _require(config.val.batch_size >= 1, f"val.batch_size must be >= 1, got {config.val.batch_size}")
     _require(config.val.every >= 1, f"val.every must be >= 1, got {config.val.every}")
@@ -101,6 +104,8 @@ def _validate_teacher(config: TrainConfig) -> None:
                                         f"at most one checkpoint to start it from, got {len(checkpoints)}")
     else:
         _require(not checkpoints, f"{method_cls.name} has no teacher, but teacher_checkpoints is set")
+        _require(config.teacher is None, f"{method_cls.name} has no teacher, but teacher is set "
+                                         f"({config.teacher}); drop --teacher")
     if method_params(config.method.name, config.method.params).__dict__.get("separate_bn"):
         _require(config.teacher is None or config.teacher == config.model,
                  f"separate_bn shares the student's weights with the teacher, so teacher must equal model "
@@ -259,10 +264,13 @@ def load_teacher(config: TrainConfig, dataset: Dataset, teacher: nn.Module | Non
     loaded = []
     for entry in config.teacher_checkpoints:
         arch, path = _teacher_source(entry)
-        if not path.is_file():
-            raise ConfigError(f"teacher checkpoint {path} does not exist")
-        model = load_for_eval(path, arch=arch, num_classes=dataset.num_classes, in_channels=channels,
-                              image_size=height)
+        check_checkpoint_path(path, "teacher checkpoint")
+        try:
+            model = load_for_eval(path, arch=arch, num_classes=dataset.num_classes, in_channels=channels,
+                                  image_size=height)
+        except PlainStateDictError:
+            raise ConfigError(f"teacher checkpoint {path} is a plain state dict: give its architecture as "
+                              f"ARCH=PATH (e.g. --teacher-checkpoint resnet18={path})") from None
         if model.spec.num_classes != dataset.num_classes or (model.spec.in_channels, model.spec.image_size) != (
                 channels, height):
             raise ConfigError(f"teacher checkpoint {path} is a {model.spec.num_classes}-class model for "

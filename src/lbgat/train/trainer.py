@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shlex
 import shutil
 import signal
 import sys
@@ -21,7 +22,14 @@ from tqdm import tqdm
 
 from ..arithmetic import describe_arithmetic, deterministic_algorithms, float32_mode
 from ..attacks.eager import eager
-from ..checkpoint import Checkpoint, load_checkpoint, load_state_strict, save_checkpoint
+from ..checkpoint import (
+    Checkpoint,
+    check_checkpoint_path,
+    load_checkpoint,
+    load_state_strict,
+    require_resumable,
+    save_checkpoint,
+)
 from ..config import TrainConfig, config_to_yaml
 from ..data import Dataset
 from ..data.identity import check_same_data
@@ -106,6 +114,7 @@ class TrainResult:
     position: Position
     finished: bool
     is_main: bool = True  # False on the other processes of a torchrun job
+    note: str | None = None  # said before the summary, e.g. that a resumed run had nothing left to do
 
 
 def _differences(saved: dict[str, Any], new: dict[str, Any], prefix: str = "",
@@ -128,6 +137,21 @@ def _differences(saved: dict[str, Any], new: dict[str, Any], prefix: str = "",
     return found
 
 
+# A resume that changes several settings names the one that explains the others first (trades ->
+# pgd-at also changes attack.objective, start and warmup, but the method is the difference).
+MEANINGFUL_FIRST = ("method.name", "model", "teacher", "data.name", "teacher_checkpoints", "method.params")
+
+
+def _most_meaningful_first(changes: list[str]) -> list[str]:
+    def rank(change: str) -> int:
+        setting = change.split(" ", 1)[0]
+        for position, prefix in enumerate(MEANINGFUL_FIRST):
+            if setting == prefix or setting.startswith(prefix + "."):
+                return position
+        return len(MEANINGFUL_FIRST)
+    return sorted(changes, key=rank)
+
+
 class Trainer:
     """Runs one training job described by a resolved :class:`TrainConfig`."""
 
@@ -141,6 +165,8 @@ class Trainer:
         self.position = Position()
         self.epoch_totals = EpochTotals()
         self.best: dict[str, Any] | None = None
+        # False after a resume from last.prev.pt: the damaged last.pt must not replace that good fallback.
+        self.keep_last_as_previous = True
         self.metrics_path = run_dir / "metrics.jsonl"
 
     # ----------------------------------------------------------------- state
@@ -185,11 +211,15 @@ class Trainer:
         load_state_strict(self.parts.method, method_state, checkpoint.path)
         if checkpoint.optimizer is None:
             raise ConfigError(f"{checkpoint.path} holds no optimiser state, so it cannot be resumed (use {LAST})")
-        self.parts.optimizer.load_state_dict(checkpoint.optimizer)
+        try:
+            self.parts.optimizer.load_state_dict(checkpoint.optimizer)
+            self.parts.precision.load_state_dict(checkpoint.meta.get("grad_scaler"))
+        except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as error:
+            raise CheckpointError(f"{checkpoint.path} holds optimiser or gradient-scaler state that does not fit "
+                                  f"the run: {' '.join(str(error).split())[:200]}") from None
         self.position = Position(**checkpoint.meta["position"])
         self.epoch_totals = EpochTotals(**checkpoint.meta["epoch_totals"])
         self.best = checkpoint.meta.get("best")
-        self.parts.precision.load_state_dict(checkpoint.meta.get("grad_scaler"))
         if "rng.torch_cpu" in checkpoint.state:
             torch.set_rng_state(checkpoint.state["rng.torch_cpu"])
 
@@ -262,9 +292,12 @@ class Trainer:
         config, parts = self.config, self.parts
         loader = parts.train_loader
         epochs = config.schedule.epochs
-        last_path = self.run_dir / LAST
         if self._at_step_limit():  # e.g. resumed with the --max-steps it already reached
-            return self._result(finished=False)
+            return self._result(finished=False, note=(
+                f"nothing to do: the run is already at step {self.position.global_step}, and --max-steps is "
+                f"{config.max_steps} (raise --max-steps to train further)"))
+        if self.position.epoch >= epochs:
+            return self._result(finished=True, note=f"nothing to do: the run already finished all {epochs} epochs")
         skipped_in_a_row = 0
         while self.position.epoch < epochs:
             epoch = self.position.epoch
@@ -296,8 +329,7 @@ class Trainer:
                     if skipped_in_a_row >= MAX_CONSECUTIVE_SKIPS:
                         raise TrainingDiverged(
                             f"{skipped_in_a_row} non-finite steps in a row in epoch {epoch + 1} up to step "
-                            f"{self.position.global_step + 1}; the run has diverged (last good checkpoint: "
-                            f"{last_path})")
+                            f"{self.position.global_step + 1}; the run has diverged; {self._last_good_checkpoint()}")
                 else:
                     skipped_in_a_row = 0
                     parts.precision.step(parts.optimizer)
@@ -329,7 +361,7 @@ class Trainer:
                     parallel.barrier()
                     raise TrainingStopped(
                         f"{name} received: stopped after step {self.position.global_step} (epoch {epoch + 1}) with "
-                        f"a checkpoint; continue with --resume --out {self.run_dir}", int(stop),
+                        f"a checkpoint; continue with --resume --out {shlex.quote(str(self.run_dir))}", int(stop),
                         announce=self.world.is_main)
                 if at_limit:
                     bar.close()
@@ -354,7 +386,18 @@ class Trainer:
         if not self.world.is_main:
             return
         # last.pt becomes last.prev.pt only once the new one is complete: a failed write keeps both.
-        self._save(self.run_dir / LAST, "last", keep_previous=self.run_dir / PREVIOUS)
+        # After a resume from last.prev.pt, the damaged last.pt is replaced and the good fallback kept.
+        previous = self.run_dir / PREVIOUS if self.keep_last_as_previous else None
+        self._save(self.run_dir / LAST, "last", keep_previous=previous)
+        self.keep_last_as_previous = True
+
+    def _last_good_checkpoint(self) -> str:
+        """Where a diverged run can be taken up again: a checkpoint is written only after a finite loss, so
+        the newest one on disk is good (last.pt not when it was found damaged). Named only if one exists."""
+        for name in (LAST, PREVIOUS) if self.keep_last_as_previous else (PREVIOUS,):
+            if (self.run_dir / name).is_file():
+                return f"the last good checkpoint is {self.run_dir / name}"
+        return "no checkpoint was written yet"
 
     def _at_step_limit(self) -> bool:
         return self.config.max_steps is not None and self.position.global_step >= self.config.max_steps
@@ -387,7 +430,7 @@ class Trainer:
             shown = ", ".join(f"{name} {value / steps:.4g}" for name, value in values.items())
             raise TrainingDiverged(
                 f"loss became non-finite in epoch {self.position.epoch + 1} by step {self.position.global_step} "
-                f"({shown}); the last good checkpoint is {self.run_dir / LAST}"
+                f"({shown}); {self._last_good_checkpoint()}"
             )
         for name, value in values.items():
             self.epoch_totals.sums[name] = self.epoch_totals.sums.get(name, 0.0) + value
@@ -426,9 +469,9 @@ class Trainer:
                             f" PGD-{config.val.steps} {100 * val_metrics['robust_acc']:.2f}%")
             tqdm.write(f"epoch {epoch + 1}/{epochs}: {summary}", file=sys.stderr)
 
-    def _result(self, *, finished: bool) -> TrainResult:
+    def _result(self, *, finished: bool, note: str | None = None) -> TrainResult:
         return TrainResult(self.run_dir, self.run_dir / LAST, self._best_path(), self.position, finished,
-                           self.world.is_main)
+                           self.world.is_main, note)
 
     def _best_path(self) -> Path | None:
         path = self.run_dir / BEST
@@ -492,16 +535,19 @@ def _check_run_dir(run_dir: Path, resume: bool) -> Checkpoint | None:
 
 def _resumable_checkpoint(last: Path, previous: Path) -> Checkpoint:
     """last.pt, or last.prev.pt (with a warning) when last.pt is missing, truncated or damaged.
-    A file refused as unsafe is never skipped over: that is tampering, not damage."""
+    A file refused as unsafe is never skipped over: that is tampering, not damage. Nor is a folder or
+    other non-file in last.pt's place: the run could not write its next checkpoint there."""
+    if last.exists() and not last.is_file():
+        check_checkpoint_path(last)  # raises, saying what is there instead
     try:
-        return load_checkpoint(last)
+        return require_resumable(load_checkpoint(last))
     except UnsafeCheckpointError:
         raise
     except CheckpointError as error:
         if not previous.exists():
             raise
         damage = str(error)
-    fallback = load_checkpoint(previous)
+    fallback = require_resumable(load_checkpoint(previous))
     position = fallback.meta.get("position", {})
     print(f"warning: {damage}; resuming from the previous checkpoint {previous} (epoch "
           f"{position.get('epoch', 0) + 1}, after step {position.get('global_step')})", file=sys.stderr)
@@ -544,7 +590,7 @@ def _train(config: TrainConfig, resume: bool, progress: bool, argv: list[str] | 
         check_writable(run_dir, "run directory")
         checkpoint = _check_run_dir(run_dir, resume)
     if checkpoint is not None:
-        changed = _differences(checkpoint.meta["config"], to_mapping(resolved))
+        changed = _most_meaningful_first(_differences(checkpoint.meta["config"], to_mapping(resolved)))
         if changed:
             raise ConfigError(f"--resume with settings that differ from the run: {changed[0]}")
         unchecked = check_same_data(checkpoint.meta, dataset)
@@ -556,6 +602,7 @@ def _train(config: TrainConfig, resume: bool, progress: bool, argv: list[str] | 
     trainer = Trainer(parts, run_dir, progress=progress)
     if checkpoint is not None:
         trainer.restore(checkpoint)
+        trainer.keep_last_as_previous = checkpoint.path.name != PREVIOUS
         trainer.log({"event": "resumed", **dataclasses.asdict(trainer.position), "processes": world.size,
                      "arithmetic": describe_arithmetic(resolved.precision, parts.device,
                                                        deterministic=resolved.deterministic)})
