@@ -1,13 +1,13 @@
-"""The training attack through a compiled network against the same attack through its eager forward.
+"""The training attack through a compiled network, three ways, on the same weights and input.
 
 ``torch.autograd.grad(loss, x_adv)`` through an eager network skips every weight gradient; through a
 compiled one (one backward for all inputs of the compiled region) it computes them all and throws
-them away. lbgat's attacks therefore run the uncompiled forward of a ``--compile``'d network
-(``lbgat.attacks.eager``). This measures both ways on the same weights and input: the time of a
-10-step KL attack (TRADES/LBGAT's, student in eval mode) and the number of convolution backwards
-that computed a weight gradient (counted in one extra run; 0 is what an input-only gradient needs).
-A third way, the compiled network with its weights frozen during the forward (FrozenWeights), is
-measured as a candidate that keeps compile's fusion and the input-only backward.
+them away. The ways: the compiled network as it is; its uncompiled (eager) forward; and the compiled
+network with its weights frozen during the forward (``lbgat.attacks.input_only``, what lbgat's
+attacks do under ``--compile``), which keeps compile's fusion and the input-only backward. Measured:
+the time of a 10-step KL attack (TRADES/LBGAT's, student in eval mode) and the number of convolution
+backwards that computed a weight gradient (counted in one extra run; 0 is what an input-only
+gradient needs).
 
     python benchmarks/compile_attack.py                                   # CPU, wrn-10-1, batch 32
     python benchmarks/compile_attack.py --device cuda --model wrn-34-10 --batch-size 128
@@ -31,7 +31,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lbgat.attacks import pgd  # noqa: E402
-from lbgat.attacks.eager import eager  # noqa: E402
+from lbgat.attacks.input_only import FrozenWeights  # noqa: E402
 from train_step import EPS, STEP_SIZE, add_step_arguments, step_setup, synchronize  # noqa: E402
 
 
@@ -48,26 +48,17 @@ class WeightGradientCount(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-class FrozenWeights(nn.Module):
-    """The compiled network called with its parameters set not to require gradients, so torch.compile
-    traces (once) a second graph whose backward gives the input's gradient only: the attack keeps
-    compile's fused kernels without the weight gradients. The autograd graph is fixed when the
-    forward runs, so the flags are restored before the attack's backward. A candidate, measured here;
-    lbgat's attacks use the eager forward."""
+class EagerForward(nn.Module):
+    """Runs ``network`` without the compiled wrapper that ``nn.Module.compile()`` put in place (what
+    lbgat's attacks did under --compile before they froze the weights instead)."""
 
     def __init__(self, network: nn.Module) -> None:
         super().__init__()
         self.network = network
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        trained = [parameter for parameter in self.network.parameters() if parameter.requires_grad]
-        for parameter in trained:
-            parameter.requires_grad_(False)
-        try:
-            return self.network(x)
-        finally:
-            for parameter in trained:
-                parameter.requires_grad_(True)
+        # _call_impl is what nn.Module.__call__ runs when no compiled version is set: hooks, then forward.
+        return self.network._call_impl(x)
 
 
 def count_weight_gradients(network: nn.Module, x: torch.Tensor, steps: int) -> WeightGradientCount:
@@ -104,8 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     device, batch, source, student, _ = step_setup(args)
     student.compile(backend=args.backend)  # in place, as lbgat train --compile does
-    ways = {"through the compiled network": student, "through its eager forward (lbgat)": eager(student),
-            "through the compiled network, weights frozen": FrozenWeights(student)}
+    ways = {"through the compiled network": student, "through its eager forward": EagerForward(student),
+            "through the compiled network, weights frozen (lbgat)": FrozenWeights(student)}
     print(f"{args.attack_steps}-step KL attack on {args.model}, batch {args.batch_size}, {args.backend} backend, "
           f"{device}, torch {torch.__version__}; data: {source}")
 

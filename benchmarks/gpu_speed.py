@@ -6,12 +6,12 @@ Variants (each a fresh copy of the same initial networks, stepping on the same b
     tf32                    TF32 on (10-bit mantissa in the tensor cores)
     bf16                    --precision bf16 (autocast; the attack's arithmetic stays fp32)
     bf16+cl                 bf16 with --channels-last
-    bf16+cl+compile         bf16, channels-last, --compile: compiled networks for the training forwards,
-                            the attack through their eager forward (input-only gradients: lbgat's way)
-    bf16+cl+compile-attack  the same with the attack through the compiled networks, which computes
-                            every weight gradient at every attack step (lbgat before issue 13 item 7)
-    bf16+cl+compile-frozen  the attack through the compiled networks with their weights frozen during
-                            its forwards: fused kernels and input-only gradients (a candidate)
+    bf16+cl+compile-frozen  bf16, channels-last, --compile: compiled networks for the training forwards,
+                            the attack through the compiled networks with their weights frozen during
+                            its forwards: fused kernels and input-only gradients (lbgat's --compile)
+    bf16+cl+compile-eager   the same with the attack through the networks' uncompiled forward
+    bf16+cl+compile-attack  the same with the attack through the compiled networks as they are, which
+                            computes every weight gradient at every attack step (lbgat before issue 13)
 
 TF32 is off in every variant but tf32 (the bf16 ones run their convolutions in bf16 anyway);
 cudnn.benchmark is on, as in training. Each variant takes --warmup untimed steps (the first includes
@@ -51,9 +51,9 @@ VARIANTS: dict[str, tuple[frozenset[str], bool, str]] = {
     "tf32": (frozenset(), True, "eager"),
     "bf16": (frozenset({"bf16"}), False, "eager"),
     "bf16+cl": (frozenset({"bf16", "channels_last"}), False, "eager"),
-    "bf16+cl+compile": (COMPILED, False, "eager"),
-    "bf16+cl+compile-attack": (COMPILED, False, "compiled"),
     "bf16+cl+compile-frozen": (COMPILED, False, "frozen"),
+    "bf16+cl+compile-eager": (COMPILED, False, "eager"),
+    "bf16+cl+compile-attack": (COMPILED, False, "compiled"),
 }
 
 
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     compiled = {name: per_step for name, _, per_step, _ in rows if "compile" in name}
     if "bf16+cl+compile-attack" in compiled:
         through_compiled = compiled["bf16+cl+compile-attack"]
-        for name in ("bf16+cl+compile", "bf16+cl+compile-frozen"):
+        for name in ("bf16+cl+compile-frozen", "bf16+cl+compile-eager"):
             if name in compiled:
                 print(f"{name}: {through_compiled / compiled[name]:.2f}x the speed of bf16+cl+compile-attack")
     print("compile time = first step s of a compiled variant minus its s/step")

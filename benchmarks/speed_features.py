@@ -29,9 +29,9 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compile_attack import FrozenWeights  # noqa: E402
+from compile_attack import EagerForward  # noqa: E402
 from lbgat.arithmetic import float32_mode  # noqa: E402
-from lbgat.attacks.eager import eager  # noqa: E402
+from lbgat.attacks.input_only import FrozenWeights  # noqa: E402
 from lbgat.data.loader import Batch  # noqa: E402
 from lbgat.methods import Method, TrainAttack, create_method  # noqa: E402
 from lbgat.train.precision import Precision  # noqa: E402
@@ -40,7 +40,7 @@ from train_step import EPS, STEP_SIZE, add_step_arguments, step_setup, synchroni
 FEATURES = ("channels_last", "bf16", "fp16", "compile", "tf32")
 # Under compile, what the attack calls instead of the student (see Variant).
 ATTACK_FORWARDS: dict[str, Callable[[nn.Module], nn.Module]] = {
-    "eager": eager, "compiled": lambda network: network, "frozen": FrozenWeights}
+    "eager": EagerForward, "compiled": lambda network: network, "frozen": FrozenWeights}
 EPOCH_IMAGES = 50_000
 
 
@@ -48,15 +48,15 @@ class Variant:
     """A method, its optimiser and how a step runs (precision, memory format, compiled or not).
 
     ``feature`` is one of FEATURES or a set of them. With compile, ``attack`` says which forward of
-    the student the attack calls: "eager" (lbgat's: the uncompiled one), "compiled" (as lbgat did
-    before, computing every weight gradient at every attack step) or "frozen" (the compiled one with
-    the weights frozen during the forward, see compile_attack.FrozenWeights). ``tf32`` sets TF32 for
+    the student the attack calls: "frozen" (lbgat's: the compiled one with the weights frozen during
+    the forward, lbgat.attacks.input_only), "eager" (the uncompiled one) or "compiled" (the compiled
+    one as it is, computing every weight gradient at every attack step). ``tf32`` sets TF32 for
     matmuls and cuDNN convolutions during the step (None: on for the "tf32" feature, else IEEE fp32,
     lbgat's default).
     """
 
     def __init__(self, student: nn.Module, teacher: nn.Module, feature: str | Iterable[str] | None,
-                 device: torch.device, steps: int, *, attack: str = "eager", tf32: bool | None = None) -> None:
+                 device: torch.device, steps: int, *, attack: str = "frozen", tf32: bool | None = None) -> None:
         features = {feature} if isinstance(feature, str) else set(feature or ())
         self.channels_last = "channels_last" in features
         self.precision = Precision(next((name for name in ("bf16", "fp16") if name in features), "fp32"), device)
@@ -80,7 +80,7 @@ class Variant:
         with ExitStack() as settings:
             settings.enter_context(float32_mode(self.tf32))
             if self.attack_forward is not None:
-                settings.enter_context(patch("lbgat.methods.base.eager", self.attack_forward))
+                settings.enter_context(patch("lbgat.methods.base.input_only", self.attack_forward))
             self.method.train()
             self.optimizer.zero_grad(set_to_none=True)
             with self.precision.autocast():

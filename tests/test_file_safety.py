@@ -427,3 +427,17 @@ def test_a_disk_that_fills_at_a_later_checkpoint_is_one_line(small_disk: Path) -
     subprocess.run(["mount", "-o", "remount,size=8m", str(small_disk)], check=True)
     resumed = run_cli(*common, "--max-steps", "6", "--resume")
     assert resumed.returncode == 0, resumed.stderr
+
+
+@pytest.mark.parametrize("present", ["config.yaml", "metrics.jsonl", "epoch-0001.pt"])
+def test_a_new_run_never_overwrites_run_files_it_finds_without_a_checkpoint(present: str, tmp_path: Path) -> None:
+    """A folder holding a run's files but no checkpoint (a run stopped before its first checkpoint, or
+    the user's own files of those names) is refused by a new run: one line, every file as it was."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / present).write_bytes(b"the user's own file\n")
+    (run / "notes.txt").write_text("kept\n")
+    before = digests(run)
+    result = run_cli(*TRAIN, "--max-steps", "1", "--out", str(run))
+    assert_one_line_error(result, present, "no checkpoint to resume from")
+    assert digests(run) == before

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from lbgat.attacks.eager import eager
+from lbgat.attacks.input_only import FrozenWeights, input_only
 from lbgat.data.loader import Batch
 from lbgat.methods import TrainAttack, create_method
 
@@ -75,54 +75,71 @@ def lbgat_trades(student: nn.Module, teacher: nn.Module):
     return create_method("lbgat-trades", student, teacher=teacher, params={"alpha": 6.0}, attack=attack)
 
 
-def test_the_training_attack_runs_the_students_uncompiled_forward() -> None:
+def test_the_training_attack_runs_the_compiled_student_with_frozen_weights() -> None:
     """issue 13 item 7: with the student compiled in place (nn.Module.compile(), as --compile does), the
-    attack calls its eager forward and the training forwards the compiled one."""
+    attack calls the compiled forward with no parameter requiring a gradient, the training forwards
+    call it with every trainable parameter requiring one, and the flags are as they were afterwards."""
     student, teacher = tiny_networks()
     method = lbgat_trades(student, teacher)
     attack = method.adversarial
-    inside_attack: list[int] = []
+    in_attack: list[bool] = []
 
     def watched(batch):
-        before = len(calls)
-        result = attack(batch)
-        inside_attack.append(len(calls) - before)
-        return result
+        in_attack.append(True)
+        try:
+            return attack(batch)
+        finally:
+            in_attack.pop()
 
     method.adversarial = watched
+    frozen_calls, training_calls = [], []
     with counting_compiled_calls(student) as calls:
+        original = student._compiled_call_impl
+
+        def recording(*args, **kwargs):
+            grads = {parameter.requires_grad for parameter in student.parameters()}
+            (frozen_calls if in_attack else training_calls).append(grads)
+            return original(*args, **kwargs)
+
+        student._compiled_call_impl = recording
         method(tiny_batch())["loss"].backward()
-    assert inside_attack == [0]
-    assert len(calls) == 2  # the adversarial and the natural training forward
+    assert frozen_calls == [{False}] * 4  # the KL target's clean forward, then one per attack step
+    assert training_calls == [{True}] * 2  # the adversarial and the natural training forward
+    assert len(calls) == 6
+    assert all(parameter.requires_grad and parameter.grad is not None for parameter in student.parameters())
 
 
-def test_an_eager_view_shares_modules_and_modes() -> None:
+def test_the_attack_view_shares_modules_and_modes() -> None:
     student, _ = tiny_networks()
-    assert eager(student) is student  # not compiled: itself
+    assert input_only(student) is student  # not compiled: itself, bit for bit the old arithmetic
     with counting_compiled_calls(student) as calls:
-        view = eager(student)
+        view = input_only(student)
+        assert isinstance(view, FrozenWeights)
         view.eval()
         assert not student.training and not student.bn.training
-        x = torch.rand(2, 3, 8, 8)
-        assert torch.equal(view(x), student._call_impl(x)) and calls == []
+        x = torch.rand(2, 3, 8, 8, requires_grad=True)
+        assert torch.equal(view(x), student._call_impl(x)) and calls == ["compiled"]
         assert list(view.parameters()) == list(student.parameters())
+        assert all(parameter.requires_grad for parameter in student.parameters())
 
 
 @pytest.mark.skipif(not torch._dynamo.is_dynamo_supported(), reason="torch.compile does not run here")
-def test_a_compiled_network_computes_weight_gradients_the_eager_attack_does_not() -> None:
+def test_a_compiled_network_computes_weight_gradients_the_attack_view_does_not() -> None:
     """issue 13 item 7, the cost itself: through a compiled network (aot_eager backend: AOTAutograd's
     joint graph without code generation) a gradient with respect to the input computes every weight
-    gradient too; through eager(network) none."""
+    gradient too; through input_only(network), the same compiled network with frozen weights, none, and
+    the input's gradient is the same."""
     student, _ = tiny_networks()
     student.compile(backend="aot_eager")
     x = torch.rand(4, 3, 8, 8, requires_grad=True)
-    counts = {}
-    for name, network in (("compiled", student), ("eager", eager(student))):
+    counts, gradients = {}, {}
+    for name, network in (("compiled", student), ("input_only", input_only(student))):
         loss = network(x).sum()
         with WeightGradients() as counter:
-            torch.autograd.grad(loss, x)
+            (gradients[name],) = torch.autograd.grad(loss, x)
         counts[name] = counter.count
-    assert counts == {"compiled": 1, "eager": 0}
+    assert counts == {"compiled": 1, "input_only": 0}
+    torch.testing.assert_close(gradients["input_only"], gradients["compiled"])
 
 
 def test_loaders_of_the_same_data_share_one_device_copy() -> None:
@@ -240,13 +257,14 @@ def test_ranks_agree_on_a_stop_every_few_steps_and_at_every_boundary(tmp_path, m
     assert agreed_at == [10, 12, 20, 24, 25]  # every 10 steps, each log interval of 12, the epoch's end (25)
 
 
-def test_a_network_compiled_by_torch_compile_gives_back_its_original() -> None:
+def test_a_network_wrapped_by_torch_compile_is_frozen_too() -> None:
     student, _ = tiny_networks()
-    assert eager(torch.compile(student, backend="aot_eager")) is student
+    view = input_only(torch.compile(student, backend="aot_eager"))
+    assert isinstance(view, FrozenWeights) and list(view.parameters()) == list(student.parameters())
 
 
-def test_held_out_validation_attacks_the_uncompiled_student(tmp_path) -> None:
-    """issue 13 item 7: the validation PGD under --compile runs the eager forward too."""
+def test_held_out_validation_attacks_the_student_with_frozen_weights(tmp_path) -> None:
+    """issue 13 item 7: the validation PGD under --compile runs the compiled forward with frozen weights too."""
     from lbgat.config import build_config
     from lbgat.train.setup import build_parts, load_data, resolve
     from lbgat.train.trainer import Trainer
@@ -256,7 +274,17 @@ def test_held_out_validation_attacks_the_uncompiled_student(tmp_path) -> None:
                                                                   "val.steps=2"])
     dataset = load_data(config)
     parts = build_parts(resolve(config, dataset.image_shape), dataset)
-    with counting_compiled_calls(parts.method.student) as calls:
+    student = parts.method.student
+    requires_grad_seen: list[set[bool]] = []
+    with counting_compiled_calls(student) as calls:
+        stand_in = student._compiled_call_impl
+
+        def recording(*args, **kwargs):
+            requires_grad_seen.append({parameter.requires_grad for parameter in student.parameters()})
+            return stand_in(*args, **kwargs)
+
+        student._compiled_call_impl = recording
         metrics = Trainer(parts, tmp_path / "run", progress=False)._validate()
     assert metrics is not None and metrics["n"] == 8
-    assert calls == []
+    assert calls and requires_grad_seen == [{False}] * len(calls)
+    assert all(parameter.requires_grad for parameter in student.parameters())

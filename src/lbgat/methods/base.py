@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..attacks import BNMode, Objective, Start, pgd
-from ..attacks.eager import eager
+from ..attacks.input_only import input_only
 from ..data.loader import Batch
 from ..rng import Stream
 
@@ -70,10 +70,11 @@ class Method(nn.Module):
 
     def adversarial(self, batch: Batch) -> torch.Tensor:
         """The method's training attack on the student (in the attack's BN mode). Under --compile the
-        attack runs the student's uncompiled forward: its input-only gradients skip the weight gradients."""
+        attack runs the compiled student with its weights frozen, so its backward skips the weight
+        gradients (lbgat.attacks.input_only)."""
         assert self.attack is not None and self.attack_objective is not None
         return pgd(
-            eager(self.student), batch.x, batch.y,
+            input_only(self.student), batch.x, batch.y,
             eps=self.attack.eps, step_size=self.attack.step_size, steps=self.attack.steps,
             objective=self.attack.objective or self.attack_objective, start=self.attack.start,
             start_std=self.attack.start_std,

@@ -21,7 +21,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from ..arithmetic import describe_arithmetic, deterministic_algorithms, float32_mode
-from ..attacks.eager import eager
+from ..attacks.input_only import input_only
 from ..checkpoint import (
     Checkpoint,
     check_checkpoint_path,
@@ -48,6 +48,8 @@ from .setup import RunParts, build_parts, expected_image_shape, load_data, resol
 LAST = "last.pt"
 PREVIOUS = "last.prev.pt"  # the checkpoint before last.pt, kept for when last.pt is damaged
 BEST = "best.pt"
+# The files a new run writes besides its checkpoints.
+RUN_FILES = ("config.yaml", "provenance.json", "split.json", "metrics.jsonl", BEST)
 # Settings a resumed run may change: they do not alter what is computed.
 # data.root: the data is identified by its content fingerprint instead (lbgat.data.identity).
 RESUMABLE_CHANGES = frozenset({"max_steps", "log_every", "device", "out", "checkpoint_every", "on_nan",
@@ -243,7 +245,7 @@ class Trainer:
         # Under torchrun each rank evaluates its share of every batch with rank 0's BN statistics, in fp32.
         parallel.broadcast_buffers(self.parts.method)
         # The student's uncompiled forward under --compile: the attack takes input-only gradients.
-        result = run_suite(eager(self.parts.method.student), loader, specs, progress=self.progress,
+        result = run_suite(input_only(self.parts.method.student), loader, specs, progress=self.progress,
                            description="validate")
         counts = torch.tensor([float(result.outcomes[spec.name].count) for spec in specs] + [len(result.indices)],
                               dtype=torch.float64, device=self.parts.device)
@@ -530,6 +532,13 @@ def _check_run_dir(run_dir: Path, resume: bool) -> Checkpoint | None:
         return _resumable_checkpoint(last, previous)
     if last.exists() or previous.exists():
         raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another --out")
+    # A new run writes these; one found here is another run's (stopped before its first checkpoint) or
+    # the user's own, and a new run must not overwrite it.
+    present = [name for name in RUN_FILES if (run_dir / name).exists()] + sorted(
+        path.name for path in run_dir.glob("epoch-*.pt"))
+    if present:
+        raise ConfigError(f"{run_dir} already holds {', '.join(present)} but no checkpoint to resume from; "
+                          "choose another --out, or move those files away")
     return None
 
 
