@@ -3,11 +3,26 @@
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
+import torch
 
 from data_fixtures import write_cifar10
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(autouse=True)
+def process_settings_restored() -> Iterator[None]:
+    """A benchmark sets torch's thread count and cuDNN autotuning for its whole process, as it should;
+    in the test process they must not leak into later tests (a thread count changes the order of
+    floating-point sums, and the resume tests compare in-process runs with fresh processes bit for bit)."""
+    threads, autotune = torch.get_num_threads(), torch.backends.cudnn.benchmark
+    yield
+    torch.set_num_threads(threads)
+    torch.backends.cudnn.benchmark = autotune
 
 
 def load(name: str):

@@ -10,11 +10,11 @@ from contextlib import contextmanager
 import pytest
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from lbgat.attacks.input_only import FrozenWeights, input_only
 from lbgat.data.loader import Batch
 from lbgat.methods import TrainAttack, create_method
+from test_benchmarks import load
 
 
 class TinyNet(nn.Module):
@@ -39,19 +39,6 @@ def tiny_batch() -> Batch:
     generator = torch.Generator().manual_seed(1)
     return Batch(torch.rand(4, 3, 8, 8, generator=generator), torch.randint(0, 10, (4,), generator=generator),
                  torch.arange(4), epoch=0, seed=0)
-
-
-class WeightGradients(TorchDispatchMode):
-    """Counts convolution backwards that compute the weight's gradient (output_mask[1])."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func is torch.ops.aten.convolution_backward.default and args[-1][1]:
-            self.count += 1
-        return func(*args, **(kwargs or {}))
 
 
 @contextmanager
@@ -135,7 +122,7 @@ def test_a_compiled_network_computes_weight_gradients_the_attack_view_does_not()
     counts, gradients = {}, {}
     for name, network in (("compiled", student), ("input_only", input_only(student))):
         loss = network(x).sum()
-        with WeightGradients() as counter:
+        with load("compile_attack").WeightGradientCount() as counter:
             (gradients[name],) = torch.autograd.grad(loss, x)
         counts[name] = counter.count
     assert counts == {"compiled": 1, "input_only": 0}

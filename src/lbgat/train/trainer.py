@@ -244,7 +244,7 @@ class Trainer:
         ]
         # Under torchrun each rank evaluates its share of every batch with rank 0's BN statistics, in fp32.
         parallel.broadcast_buffers(self.parts.method)
-        # The student's uncompiled forward under --compile: the attack takes input-only gradients.
+        # Under --compile the attack runs the compiled student with frozen weights: input-only gradients.
         result = run_suite(input_only(self.parts.method.student), loader, specs, progress=self.progress,
                            description="validate")
         counts = torch.tensor([float(result.outcomes[spec.name].count) for spec in specs] + [len(result.indices)],
