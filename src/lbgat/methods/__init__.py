@@ -6,14 +6,20 @@ training loop: build it with :func:`create_method`, optimise ``method.parameters
 """
 
 from . import alp, bgat, lbgat, lbgat_alp, lbgat_trades, natural, pgd_at, trades  # noqa: F401  (registration)
-from .base import Method, NoParams, TrainAttack
+from .base import LossTerms, Method, MethodParams, NoParams, TrainAttack, add_weighted
 from .factory import create_method, method_params
+from .guided import GuidedMethod, LogitRegulariser
 from .registry import get_method, list_methods, register_method
 
 __all__ = [
+    "GuidedMethod",
+    "LogitRegulariser",
+    "LossTerms",
     "Method",
+    "MethodParams",
     "NoParams",
     "TrainAttack",
+    "add_weighted",
     "create_method",
     "get_method",
     "list_methods",

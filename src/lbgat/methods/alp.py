@@ -10,13 +10,13 @@ import torch
 import torch.nn.functional as F
 
 from ..data.loader import Batch
-from .base import Method
+from .base import LossTerms, Method, MethodParams
 from .guidance import pairing_mse
 from .registry import register_method
 
 
 @dataclass(frozen=True)
-class AlpParams:
+class AlpParams(MethodParams):
     """alpha: weight of the logit pairing MSE (LBGAT paper: 1; the ALP README example: 0.5).
     variant: lbgat = CE(M(x'), y) + alpha MSE(M(x'), M(x)) (the LBGAT paper's baseline, spec 4.2);
         original = CE with label smoothing over the mixed batch [x, x'] + alpha MSE (spec 4.1).
@@ -28,7 +28,7 @@ class AlpParams:
 
 
 @register_method
-class Alp(Method):
+class Alp(Method[AlpParams]):
     """lbgat variant: L = CE(M(x'), y) + alpha * MSE(M(x'), M(x)), two forwards (x' first).
     original variant: one forward over [x, x'], L = CE_ls([x, x'], [y, y]) + alpha * MSE(M(x), M(x')).
     MSE is the mean over B x C (``nn.MSELoss()``) and flows into both logits; x' = CE-PGD (eval mode).
@@ -40,9 +40,8 @@ class Alp(Method):
     attack_objective = "ce"
     default_start = "uniform"
 
-    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
-        x_adv = self.adversarial(batch)
-        params: AlpParams = self.params
+    def loss_terms(self, batch: Batch, x_adv: torch.Tensor) -> LossTerms:
+        params = self.params
         if params.variant == "original":
             logits = self.student(torch.cat([batch.x, x_adv]))
             logits_clean, logits_adv = logits.chunk(2)

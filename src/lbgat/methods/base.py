@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Generic, TypeVar
 
 import torch
 from torch import nn
@@ -28,30 +28,56 @@ class TrainAttack:
     compiled: bool = False  # the attack's step and projection as one torch.compile'd kernel
 
 
+LossTerms = dict[str, torch.Tensor]
+"""A method's named scalar terms on one batch. ``"loss"`` is what the optimiser minimises; the others are
+what it is made of, logged under their names in this order."""
+
+
 @dataclass(frozen=True)
-class NoParams:
+class MethodParams:
+    """What every method's hyperparameters are: a frozen dataclass, its fields named as in the method's paper."""
+
+
+@dataclass(frozen=True)
+class NoParams(MethodParams):
     """A method without hyperparameters of its own."""
 
 
-class Method(nn.Module):
+P = TypeVar("P", bound=MethodParams)
+
+
+def add_weighted(terms: LossTerms, name: str, value: torch.Tensor, weight: float) -> LossTerms:
+    """Where a term joins a method's loss from outside its own formula (a regulariser: the +TRADES KL and
+    the +ALP pairing of the guided methods; a plug-in on any host): recorded under ``name`` after the
+    method's own terms, and ``loss`` becomes ``loss + weight * value``."""
+    terms[name] = value
+    terms["loss"] = terms["loss"] + weight * value
+    return terms
+
+
+class Method(nn.Module, Generic[P]):
     """A training method: owns the student, any extra networks, and computes the batch loss.
 
-    Subclasses set ``name``, ``description``, ``Params`` (a dataclass of hyperparameters named as
-    in the LBGAT paper), ``attack_objective`` / ``default_start`` for their training attack, and
-    ``uses_teacher``; they implement :meth:`forward`, which returns a dict of named scalar terms
-    whose ``"loss"`` entry is what the optimiser minimises.
+    Subclasses set ``name``, ``description``, ``Params`` (a :class:`MethodParams` dataclass, also the
+    class's type argument: ``Method[TradesParams]``), ``attack_objective`` / ``default_start`` for their
+    training attack, and ``uses_teacher``. One training step is :meth:`forward`: the training attack on
+    the student at the current weights (:meth:`adversarial`), then :meth:`loss_terms` on its output,
+    which returns the named terms (:data:`LossTerms`). A wrapper around the step (one that perturbs the
+    weights between the attack and the loss, as AWP does) calls the two halves itself. A method without
+    a training attack (``natural``) implements :meth:`forward` instead.
     """
 
     name: ClassVar[str]
     description: ClassVar[str]
-    Params: ClassVar[type] = NoParams
+    Params: ClassVar[type[MethodParams]] = NoParams
+    params: P
     attack_objective: ClassVar[Objective | None] = None
     default_start: ClassVar[Start] = "uniform"
     uses_teacher: ClassVar[bool] = False
     frozen_teacher: ClassVar[bool] = False  # loaded from checkpoints, never trained (BGAT)
     default_warmup: ClassVar[bool] = False
 
-    def __init__(self, student: nn.Module, params: object, attack: TrainAttack | None,
+    def __init__(self, student: nn.Module, params: P, attack: TrainAttack | None,
                  teacher: nn.Module | None = None) -> None:
         super().__init__()
         if not isinstance(params, self.Params):
@@ -65,8 +91,18 @@ class Method(nn.Module):
         self.params = params
         self.attack = attack
 
-    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
+    def forward(self, batch: Batch) -> LossTerms:
+        return self.loss_terms(batch, self.adversarial(batch))
+
+    def loss_terms(self, batch: Batch, x_adv: torch.Tensor) -> LossTerms:  # pragma: no cover - abstract
+        """The method's named terms on ``batch`` and its adversarial input ``x_adv`` (all its forwards)."""
         raise NotImplementedError
+
+    @classmethod
+    def shares_student_weights(cls, params: MethodParams) -> bool:
+        """Whether the teacher is the student with BatchNorm of its own (LBGAT's separate-BN ablation):
+        then it has the student's architecture and no weights of its own but BatchNorm's."""
+        return False
 
     def adversarial(self, batch: Batch) -> torch.Tensor:
         """The method's training attack on the student (in the attack's BN mode). Under --compile the
@@ -85,6 +121,6 @@ class Method(nn.Module):
     def trained_networks(self) -> dict[str, nn.Module]:
         """The networks the optimiser updates, by name (one SGD parameter group each)."""
         networks = {"student": self.student}
-        if self.teacher is not None:
+        if self.teacher is not None and not self.frozen_teacher:
             networks["teacher"] = self.teacher
         return networks

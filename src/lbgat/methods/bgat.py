@@ -4,33 +4,20 @@ and its +TRADES and +ALP combinations (LBGAT Tables 3 and 4)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeVar
 
-import torch
-from torch import nn
-
-from ..data.loader import Batch
-from .base import Method
-from .guidance import GuidanceParams, guidance_loss, guidance_terms, guided_with_regulariser, pairing_mse
+from .guidance import GuidanceParams
+from .guided import ALP_PAIRING, TRADES_KL, GuidedMethod
 from .registry import register_method
-from .trades import kl_batchmean
+
+BP = TypeVar("BP", bound=GuidanceParams)
 
 
-class BgatFamily(Method):
+class BgatFamily(GuidedMethod[BP]):
     """A student guided by a frozen natural teacher (an ensemble: mean of logits), which is loaded
     from checkpoints (``teacher_checkpoints``), stays in eval mode and is never updated."""
 
-    uses_teacher = True
     frozen_teacher = True
-
-    def guided(self, batch: Batch, logits_adv: torch.Tensor) -> dict[str, torch.Tensor]:
-        assert self.teacher is not None
-        logits_teacher = self.teacher(batch.x)  # a FrozenEnsemble: eval mode, no graph
-        terms = guidance_terms(logits_adv, logits_teacher, batch.y, self.params)
-        terms["loss"] = guidance_loss(terms, self.params)
-        return terms
-
-    def trained_networks(self) -> dict[str, nn.Module]:
-        return {"student": self.student}
 
 
 @dataclass(frozen=True)
@@ -39,7 +26,7 @@ class BgatParams(GuidanceParams):
 
 
 @register_method
-class Bgat(BgatFamily):
+class Bgat(BgatFamily[BgatParams]):
     """L = MSE(M_r(x'), M_n(x)), M_n frozen, x' = CE-PGD on the student (eval mode, uniform start)."""
 
     name = "bgat"
@@ -47,9 +34,6 @@ class Bgat(BgatFamily):
     Params = BgatParams
     attack_objective = "ce"
     default_start = "uniform"
-
-    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
-        return self.guided(batch, self.student(self.adversarial(batch)))
 
 
 @dataclass(frozen=True)
@@ -60,7 +44,7 @@ class BgatTradesParams(GuidanceParams):
 
 
 @register_method
-class BgatTrades(BgatFamily):
+class BgatTrades(BgatFamily[BgatTradesParams]):
     """L = MSE(M_r(x'), M_n(x)) + alpha * KL(P_r(x) || P_r(x')), M_n frozen, x' = KL-PGD (normal start),
     as LBGAT+TRADES without the teacher's CE and updates."""
 
@@ -69,9 +53,7 @@ class BgatTrades(BgatFamily):
     Params = BgatTradesParams
     attack_objective = "kl"
     default_start = "normal"
-
-    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
-        return guided_with_regulariser(self, batch, "kl", kl_batchmean)
+    regulariser = TRADES_KL
 
 
 @dataclass(frozen=True)
@@ -82,7 +64,7 @@ class BgatAlpParams(GuidanceParams):
 
 
 @register_method
-class BgatAlp(BgatFamily):
+class BgatAlp(BgatFamily[BgatAlpParams]):
     """L = MSE(M_r(x'), M_n(x)) + alpha * MSE(M_r(x'), M_r(x)), M_n frozen, x' = CE-PGD."""
 
     name = "bgat-alp"
@@ -90,6 +72,4 @@ class BgatAlp(BgatFamily):
     Params = BgatAlpParams
     attack_objective = "ce"
     default_start = "uniform"
-
-    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
-        return guided_with_regulariser(self, batch, "pairing", pairing_mse)
+    regulariser = ALP_PAIRING

@@ -8,11 +8,11 @@ from typing import Any
 from torch import nn
 
 from ..structured import from_mapping
-from .base import Method, TrainAttack
+from .base import Method, MethodParams, TrainAttack
 from .registry import get_method
 
 
-def method_params(name: str, values: Mapping[str, Any] | None = None) -> object:
+def method_params(name: str, values: Mapping[str, Any] | None = None) -> MethodParams:
     """The typed hyperparameters of method ``name``: defaults overridden by ``values``."""
     return from_mapping(get_method(name).Params, values or {}, where="method")
 
@@ -21,7 +21,7 @@ def create_method(
     name: str,
     student: nn.Module,
     *,
-    params: Mapping[str, Any] | object | None = None,
+    params: Mapping[str, Any] | MethodParams | None = None,
     attack: TrainAttack | None = None,
     teacher: nn.Module | None = None,
 ) -> Method:

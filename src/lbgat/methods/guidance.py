@@ -1,25 +1,23 @@
 """Boundary guidance: how the robust model's adversarial logits are pulled towards the natural model's
-clean logits (LBGAT Eq. 3, and the ablations of its Table 1), shared by the LBGAT and BGAT families."""
+clean logits (LBGAT Eq. 3, and the ablations of its Table 1), shared by the LBGAT and BGAT families
+(through :class:`~lbgat.methods.guided.GuidedMethod`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
-if TYPE_CHECKING:
-    from ..data.loader import Batch
-    from .base import Method
+from .base import MethodParams
 
 Guidance = Literal["mse", "kl", "kl-reverse"]
 Reduction = Literal["mean", "sum"]
 
 
 @dataclass(frozen=True)
-class GuidanceParams:
+class GuidanceParams(MethodParams):
     """guidance: mse (Eq. 3), kl = KL(P_r(x') || P_n(x)) (Table 1 "(KL)", the CVPR draft's L4
         direction), or kl-reverse = KL(P_n(x) || P_r(x')) (the distillation direction).
     mse_reduction: mean over B x C (the official code) or sum over classes, mean over the batch
@@ -66,22 +64,3 @@ def guidance_loss(terms: dict[str, torch.Tensor], params: GuidanceParams) -> tor
 def pairing_mse(logits_clean: torch.Tensor, logits_adv: torch.Tensor) -> torch.Tensor:
     """ALP's logit pairing: MSE(M(x'), M(x)), the mean over B x C, into both logits."""
     return F.mse_loss(logits_adv, logits_clean)
-
-
-Regulariser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def guided_with_regulariser(method: Method, batch: Batch, name: str,
-                            regulariser: Regulariser) -> dict[str, torch.Tensor]:
-    """A guided method plus alpha * regulariser(M_r(x), M_r(x')) under ``name`` (the +TRADES KL, the
-    +ALP pairing). Forwards in the official LBGAT order: student(x'), student(x), then the teacher
-    (inside ``method.guided``), which is in train mode unless it is frozen."""
-    x_adv = method.adversarial(batch)
-    if method.teacher is not None:
-        method.teacher.train()
-    logits_adv = method.student(x_adv)
-    logits_clean = method.student(batch.x)
-    terms = method.guided(batch, logits_adv)
-    terms[name] = regulariser(logits_clean, logits_adv)
-    terms["loss"] = terms["loss"] + method.params.alpha * terms[name]
-    return terms

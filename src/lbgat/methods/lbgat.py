@@ -4,14 +4,13 @@ LBGAT family shares: the guidance knobs, the teacher CE, and the separate-BN abl
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeVar
 
-import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..data.loader import Batch
-from .base import Method, TrainAttack
-from .guidance import GuidanceParams, guidance_loss, guidance_terms
+from .base import MethodParams, TrainAttack
+from .guidance import GuidanceParams
+from .guided import GuidedMethod
 from .registry import register_method
 from .teachers import share_all_but_batchnorm
 
@@ -26,35 +25,34 @@ class LbgatParams(GuidanceParams):
     separate_bn: bool = False
 
 
-class LbgatFamily(Method):
+LP = TypeVar("LP", bound=LbgatParams)
+
+
+class LbgatFamily(GuidedMethod[LP]):
     """A student guided by a teacher trained jointly with it (from scratch, or from a checkpoint).
 
     The teacher is in train mode throughout; nothing is detached unless ``detach_teacher``.
     """
 
-    uses_teacher = True
     default_warmup = True
 
-    def __init__(self, student: nn.Module, params: object, attack: TrainAttack | None,
+    def __init__(self, student: nn.Module, params: LP, attack: TrainAttack | None,
                  teacher: nn.Module | None = None) -> None:
         super().__init__(student, params, attack, teacher)
-        if getattr(params, "separate_bn", False):
+        if self.shares_student_weights(params):
             assert teacher is not None
             share_all_but_batchnorm(teacher, student)
 
-    def guided(self, batch: Batch, logits_adv: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Guidance terms, the teacher's CE and their weighted sum (as ``loss``)."""
-        assert self.teacher is not None
-        params = self.params
-        logits_teacher = self.teacher(batch.x)
-        terms = guidance_terms(logits_adv, logits_teacher, batch.y, params)
-        terms["ce_teacher"] = F.cross_entropy(logits_teacher, batch.y)
-        terms["loss"] = guidance_loss(terms, params) + params.beta * terms["ce_teacher"]
-        return terms
+    @classmethod
+    def shares_student_weights(cls, params: MethodParams) -> bool:
+        return isinstance(params, LbgatParams) and params.separate_bn
+
+    def teacher_ce_weight(self) -> float:
+        return self.params.beta
 
 
 @register_method
-class Lbgat(LbgatFamily):
+class Lbgat(LbgatFamily[LbgatParams]):
     """L = MSE(M_r(x'), M_n(x)) + beta * CE(M_n(x), y), x' = CE-PGD on the student (eval mode).
 
     The paper's Eq. 3 with its label-based "noisy BIM" attack; the student gets no CE of its own.
@@ -67,9 +65,3 @@ class Lbgat(LbgatFamily):
     Params = LbgatParams
     attack_objective = "ce"
     default_start = "uniform"
-
-    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
-        assert self.teacher is not None
-        x_adv = self.adversarial(batch)
-        self.teacher.train()
-        return self.guided(batch, self.student(x_adv))

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
-from ..data.loader import Batch
-from .guidance import guided_with_regulariser, pairing_mse
+from .guided import ALP_PAIRING
 from .lbgat import LbgatFamily, LbgatParams
 from .registry import register_method
 
@@ -20,7 +17,7 @@ class LbgatAlpParams(LbgatParams):
 
 
 @register_method
-class LbgatAlp(LbgatFamily):
+class LbgatAlp(LbgatFamily[LbgatAlpParams]):
     """L = MSE(M_r(x'), M_n(x)) + beta * CE(M_n(x), y) + alpha * MSE(M_r(x'), M_r(x)).
 
     No official code: x' = CE-PGD on the student in eval mode (spec 8's recommendation, matching
@@ -33,6 +30,4 @@ class LbgatAlp(LbgatFamily):
     Params = LbgatAlpParams
     attack_objective = "ce"
     default_start = "uniform"
-
-    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
-        return guided_with_regulariser(self, batch, "pairing", pairing_mse)
+    regulariser = ALP_PAIRING

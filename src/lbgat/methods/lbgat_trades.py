@@ -4,13 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
-from ..data.loader import Batch
-from .guidance import guided_with_regulariser
+from .guided import TRADES_KL
 from .lbgat import LbgatFamily, LbgatParams
 from .registry import register_method
-from .trades import kl_batchmean
 
 
 @dataclass(frozen=True)
@@ -22,7 +18,7 @@ class LbgatTradesParams(LbgatParams):
 
 
 @register_method
-class LbgatTrades(LbgatFamily):
+class LbgatTrades(LbgatFamily[LbgatTradesParams]):
     """L = MSE(M_r(x'), M_n(x)) + beta * CE(M_n(x), y) + alpha * (1/B) sum KL(P_r(x) || P_r(x')).
 
     M_r is the student (robust model), M_n the teacher (natural model) trained jointly from scratch.
@@ -38,6 +34,4 @@ class LbgatTrades(LbgatFamily):
     Params = LbgatTradesParams
     attack_objective = "kl"
     default_start = "normal"
-
-    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
-        return guided_with_regulariser(self, batch, "kl", kl_batchmean)
+    regulariser = TRADES_KL

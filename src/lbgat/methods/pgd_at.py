@@ -6,12 +6,12 @@ import torch
 import torch.nn.functional as F
 
 from ..data.loader import Batch
-from .base import Method
+from .base import LossTerms, Method, NoParams
 from .registry import register_method
 
 
 @register_method
-class PGDAT(Method):
+class PGDAT(Method[NoParams]):
     """min E[CE(f(x'), y)] with x' = CE-PGD on f, detached; only adversarial inputs are used.
 
     Defaults follow the TRADES/LBGAT pipeline (eps 0.031, 10 steps of 0.007, attack in eval mode);
@@ -24,7 +24,6 @@ class PGDAT(Method):
     attack_objective = "ce"
     default_start = "uniform"
 
-    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
-        x_adv = self.adversarial(batch)
+    def loss_terms(self, batch: Batch, x_adv: torch.Tensor) -> LossTerms:
         ce_adv = F.cross_entropy(self.student(x_adv), batch.y)
         return {"loss": ce_adv, "ce_adv": ce_adv}

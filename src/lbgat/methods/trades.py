@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.loader import Batch
-from .base import Method
+from .base import LossTerms, Method, MethodParams
 from .registry import register_method
 
 
@@ -19,14 +19,14 @@ def kl_batchmean(logits_target: torch.Tensor, logits_input: torch.Tensor) -> tor
 
 
 @dataclass(frozen=True)
-class TradesParams:
+class TradesParams(MethodParams):
     """alpha: weight of the KL term. It is TRADES' beta (= 1/lambda) and the official --beta."""
 
     alpha: float = 6.0
 
 
 @register_method
-class Trades(Method):
+class Trades(Method[TradesParams]):
     """L = CE(f(x), y) + alpha * (1/B) sum KL(P_f(x) || P_f(x')), x' = KL-PGD (label-free).
 
     Gradient flows through both f(x) and f(x'); x' is detached. As in the official code the clean
@@ -40,8 +40,7 @@ class Trades(Method):
     attack_objective = "kl"
     default_start = "normal"
 
-    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
-        x_adv = self.adversarial(batch)
+    def loss_terms(self, batch: Batch, x_adv: torch.Tensor) -> LossTerms:
         logits_clean = self.student(batch.x)
         ce = F.cross_entropy(logits_clean, batch.y)
         logits_adv = self.student(x_adv)
