@@ -1,4 +1,4 @@
-"""BGAT (the static-teacher predecessor of LBGAT; "ADT" in the CVPR-2020 draft), spec section 5,
+"""BGAT (the static-teacher predecessor of LBGAT; "ADT" in the CVPR-2020 draft; LBGAT paper Eq. 2),
 and its +TRADES and +ALP combinations (LBGAT Tables 3 and 4)."""
 
 from __future__ import annotations
@@ -46,7 +46,6 @@ class Bgat(BgatFamily):
     description = "BGAT: MSE(M_r(x_adv), M_n(x)) with a frozen natural teacher ensemble, x_adv = CE-PGD"
     Params = BgatParams
     attack_objective = "ce"
-    default_start = "uniform"
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         return self.guided(batch, self.student(self.adversarial(batch)))
@@ -89,7 +88,6 @@ class BgatAlp(BgatFamily):
     description = "BGAT+ALP: MSE(M_r(x_adv), M_n(x)) + alpha MSE(M_r(x_adv), M_r(x)), frozen teacher"
     Params = BgatAlpParams
     attack_objective = "ce"
-    default_start = "uniform"
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         return guided_with_regulariser(self, batch, "pairing", pairing_mse)
