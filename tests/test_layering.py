@@ -47,7 +47,7 @@ class Import:
     path: Path  # the importing file
     line: int
     module: str  # the importing module, e.g. lbgat.evaluate.runner
-    target: str  # the lbgat module or package it imports, e.g. lbgat.train.precision
+    target: str  # the lbgat module or package it imports, e.g. lbgat.train.setup
 
 
 def _module_name(path: Path) -> str:
