@@ -44,8 +44,8 @@ from lbgat.data import load_dataset  # noqa: E402
 from lbgat.data.loader import Batch  # noqa: E402
 from lbgat.methods import TrainAttack, create_method  # noqa: E402
 from lbgat.methods.teachers import FrozenEnsemble  # noqa: E402
+from lbgat.precision import DTYPES, Precision  # noqa: E402
 from lbgat.rng import ExampleRNG  # noqa: E402
-from lbgat.train.precision import DTYPES, Precision  # noqa: E402
 
 EPS, STEP = 0.3, 0.01  # the MNIST threat model of the TRADES evaluation (PGD-20 by default here)
 LR = 0.01  # natural SGD of the small-cnn: about 90 % test accuracy after 100 steps of 128

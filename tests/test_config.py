@@ -75,7 +75,14 @@ def test_invalid_settings_are_rejected_by_validate(override: str, message: str) 
 
 
 def test_eps_zero_is_legal() -> None:
-    validate(build_config(None, None, ["attack.eps=0"]))
+    """issue 14 item 6: eps 0 passes validation and stays 0 through resolution: a value, not "unset"
+    (it is not replaced by the dataset's default radius). That PGD at eps 0 gives x back exactly is
+    held by tests/test_attacks.py."""
+    config = build_config(None, None, ["attack.eps=0"])
+    validate(config)
+    resolved = resolve(config, (3, 32, 32))
+    assert resolved.attack.eps == 0.0
+    assert resolved.val.eps == resolve(build_config(None, None, []), (3, 32, 32)).val.eps
 
 
 def test_resolution_follows_the_dataset_and_the_method() -> None:

@@ -19,9 +19,9 @@ from lbgat.config import build_config
 from lbgat.errors import ConfigError
 from lbgat.evaluate.checks import CheckInputs, batch_independence_check
 from lbgat.evaluate.runner import AutocastModel
+from lbgat.precision import Precision
 from lbgat.rng import ExampleRNG
 from lbgat.train import train
-from lbgat.train.precision import Precision
 from test_methods import make_batch, make_method
 
 CPU = torch.device("cpu")

@@ -149,7 +149,7 @@ def test_bf16_needs_it_in_hardware_on_the_requested_gpu(monkeypatch) -> None:
     """issue 13 item 10: torch.cuda.is_bf16_supported() says yes for a V100 (emulated bf16) and asks
     about the current GPU; the check asks about the GPU the run uses, for bf16 in hardware."""
     from lbgat.errors import ConfigError
-    from lbgat.train.precision import check_precision
+    from lbgat.precision import check_precision
 
     capabilities = {0: (9, 0), 1: (7, 0)}  # an H100 as cuda:0 (the current device), a V100 as cuda:1
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)

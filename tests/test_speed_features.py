@@ -15,9 +15,9 @@ from lbgat.attacks import pgd
 from lbgat.checkpoint import load_checkpoint
 from lbgat.config import build_config
 from lbgat.errors import ConfigError
+from lbgat.precision import Precision
 from lbgat.rng import ExampleRNG
 from lbgat.train import train
-from lbgat.train.precision import Precision
 
 EPS = 0.1
 # torch.compile on CPU writes and builds C++.

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from .checkpoint import load_model  # noqa: E402
+from .checkpoint import load_model
+from .version import __version__
 
 __all__ = ["__version__", "load_model"]

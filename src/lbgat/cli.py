@@ -288,7 +288,7 @@ def _run_recipes(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .version import __version__
 
     parser = _Parser(prog="lbgat", description="Adversarial training that keeps clean accuracy (LBGAT and family).")
     parser.add_argument("--version", action="version", version=f"lbgat {__version__}")

@@ -139,7 +139,7 @@ class ThreatProfile:
     default_model: str
 
 
-# CIFAR-style colour images: the TRADES/LBGAT pipeline (spec 1, 12.1). eps = 0.031, not 8/255.
+# CIFAR-style colour images: the pipeline of the official TRADES and LBGAT code. eps = 0.031, not 8/255.
 COLOUR_PROFILE = ThreatProfile(0.031, 0.007, 10, 0.003, 20, crop_padding=4, flip=True, default_model="wrn-34-10")
 # Digits: the standard MNIST threat model eps = 0.3 with the TRADES MNIST attack (40 steps of 0.01).
 DIGITS_PROFILE = ThreatProfile(0.3, 0.01, 40, 0.01, 40, crop_padding=0, flip=False, default_model="small-cnn")

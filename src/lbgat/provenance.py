@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from . import __version__
+from .version import __version__
 
 
 @lru_cache(maxsize=1)
@@ -43,9 +43,3 @@ def environment() -> dict[str, Any]:
         "threads": torch.get_num_threads(),
     }
 
-
-def describe_code_version(version: dict[str, Any]) -> str:
-    text = f"lbgat {version['lbgat']}"
-    if version.get("git_commit"):
-        text += f" ({version['git_commit'][:12]}{', modified' if version.get('git_dirty') else ''})"
-    return text

@@ -1,4 +1,5 @@
-"""A process's place in a ``torchrun`` job and its process group (shared by training and evaluation)."""
+"""Where a process runs: the device it asked for, its place in a ``torchrun`` job and its process group
+(shared by training and evaluation)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+
+from .errors import ConfigError
 
 # PyTorch's own default for gloo; NCCL's is 10 minutes, short for a rank that waits while rank 0
 # writes a large checkpoint or evaluates.
@@ -37,6 +40,19 @@ def world_from_environment() -> World:
     if size <= 1:
         return World()
     return World(int(os.environ["RANK"]), size, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def resolve_device(name: str) -> torch.device:
+    """The device a ``--device`` value names (auto: the GPU when there is one); ConfigError when unusable."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} asked for, but this PyTorch build sees no CUDA GPU")
+    return device
 
 
 def device_for(world: World, requested: torch.device) -> torch.device:

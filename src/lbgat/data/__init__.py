@@ -3,10 +3,10 @@
 Every reader returns a :class:`Dataset` of uint8 (N, C, H, W) images and int64 labels.
 """
 
-from lbgat.data.base import Dataset, ImageSet
-from lbgat.data.download import download_dataset
-from lbgat.data.registry import DatasetInfo, get_dataset_info, list_datasets, load_dataset
-from lbgat.data.tensors import from_tensors
+from .base import Dataset, ImageSet
+from .download import download_dataset
+from .registry import DatasetInfo, get_dataset_info, list_datasets, load_dataset
+from .tensors import from_tensors
 
 __all__ = [
     "Dataset",

@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from lbgat.data.base import Dataset, ImageSet
-from lbgat.data.safe_pickle import safe_unpickle
-from lbgat.errors import DataError
+from ..errors import DataError
+from .base import Dataset, ImageSet
+from .safe_pickle import safe_unpickle
 
 _ROW_BYTES = 3 * 32 * 32
 DAMAGED_SUFFIX = ".damaged"  # a file `lbgat data download` replaces is kept under its name + this

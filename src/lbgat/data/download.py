@@ -33,12 +33,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from lbgat.data import cifar
-from lbgat.data.cifar import CIFAR10, CIFAR100, DAMAGED_SUFFIX, CifarLayout
-from lbgat.data.tiny_imagenet import FOLDER as TINY_IMAGENET_FOLDER
-from lbgat.data.tiny_imagenet import structure_problem
-from lbgat.data.verify import FolderCheck, check_files, md5_of, some_names
-from lbgat.errors import ConfigError, DataError
+from ..errors import ConfigError, DataError
+from . import cifar
+from .cifar import CIFAR10, CIFAR100, DAMAGED_SUFFIX, CifarLayout
+from .tiny_imagenet import FOLDER as TINY_IMAGENET_FOLDER
+from .tiny_imagenet import structure_problem
+from .verify import FolderCheck, check_files, md5_of, some_names
 
 
 @dataclass(frozen=True)

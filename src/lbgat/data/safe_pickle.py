@@ -15,7 +15,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from lbgat.errors import DataError
+from ..errors import DataError
 
 try:
     from numpy._core.multiarray import _reconstruct

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from lbgat.data.base import Dataset, ImageSet
+from .base import Dataset, ImageSet
 
 
 def from_tensors(

@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lbgat.data.base import Dataset, ImageSet
-from lbgat.data.folder import decode_images
-from lbgat.errors import DataError
-from lbgat.files import atomic_file
+from ..errors import DataError
+from ..files import atomic_file
+from .base import Dataset, ImageSet
+from .folder import decode_images
 
 FOLDER = "tiny-imagenet-200"
 LAYOUT = f"{FOLDER}/{{wnids.txt,train/<wnid>/images/*.JPEG,val/images/*.JPEG,val/val_annotations.txt}}"

@@ -24,20 +24,12 @@ from ..data import Dataset, load_dataset
 from ..data.loader import DeviceLoader
 from ..errors import ConfigError, LbgatError
 from ..files import check_writable
+from ..precision import DTYPES, PRECISIONS, Precision
 from ..provenance import code_version, environment
-from ..train.precision import DTYPES, PRECISIONS, Precision
-from ..train.setup import resolve_device
+from ..world import World, device_for, process_group, resolve_device, world_from_environment
 from .autoattack import AA_PACKAGE, AA_SOURCE, AAResult, AASettings, run_autoattack
 from .checks import CheckInputs, run_checks
-from .distributed import (
-    GATHER_TIMEOUT,
-    World,
-    device_for,
-    gather,
-    process_group,
-    shard_indices,
-    world_from_environment,
-)
+from .distributed import GATHER_TIMEOUT, gather, shard_indices
 from .report import write_report
 from .specs import AttackSpec, parse_attacks
 from .suite import box_violation, perturbation_size, run_suite

@@ -1,5 +1,5 @@
-"""Adversarial Logit Pairing (Kannan et al., 2018), spec section 4: as the LBGAT paper uses it, and
-the original mixed-minibatch form."""
+"""Adversarial Logit Pairing (Kannan et al., 2018): as the LBGAT paper uses it, and the
+original mixed-minibatch form of the official ALP code (docs/methods.md, ``alp``)."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from .registry import register_method
 @dataclass(frozen=True)
 class AlpParams(MethodParams):
     """alpha: weight of the logit pairing MSE (LBGAT paper: 1; the ALP README example: 0.5).
-    variant: lbgat = CE(M(x'), y) + alpha MSE(M(x'), M(x)) (the LBGAT paper's baseline, spec 4.2);
-        original = CE with label smoothing over the mixed batch [x, x'] + alpha MSE (spec 4.1).
+    variant: lbgat = CE(M(x'), y) + alpha MSE(M(x'), M(x)) (the LBGAT paper's baseline);
+        original = CE with label smoothing over the mixed batch [x, x'] + alpha MSE (Kannan et al.'s code).
     label_smoothing: of the original variant's CE (0.1 in the official ALP code)."""
 
     alpha: float = 1.0
@@ -38,7 +38,6 @@ class Alp(Method[AlpParams]):
     description = "ALP: CE(M(x_adv), y) + alpha MSE(M(x_adv), M(x)), x_adv = CE-PGD (variant=original: mixed CE)"
     Params = AlpParams
     attack_objective = "ce"
-    default_start = "uniform"
 
     def loss_terms(self, batch: Batch, x_adv: torch.Tensor) -> LossTerms:
         params = self.params

@@ -1,4 +1,4 @@
-"""BGAT (the static-teacher predecessor of LBGAT; "ADT" in the CVPR-2020 draft), spec section 5,
+"""BGAT (the static-teacher predecessor of LBGAT; "ADT" in the CVPR-2020 draft; LBGAT paper Eq. 2),
 and its +TRADES and +ALP combinations (LBGAT Tables 3 and 4)."""
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ class Bgat(BgatFamily[BgatParams]):
     description = "BGAT: MSE(M_r(x_adv), M_n(x)) with a frozen natural teacher ensemble, x_adv = CE-PGD"
     Params = BgatParams
     attack_objective = "ce"
-    default_start = "uniform"
 
 
 @dataclass(frozen=True)
@@ -71,5 +70,4 @@ class BgatAlp(BgatFamily[BgatAlpParams]):
     description = "BGAT+ALP: MSE(M_r(x_adv), M_n(x)) + alpha MSE(M_r(x_adv), M_r(x)), frozen teacher"
     Params = BgatAlpParams
     attack_objective = "ce"
-    default_start = "uniform"
     regulariser = ALP_PAIRING

@@ -1,4 +1,4 @@
-"""Plain LBGAT (Cui et al., ICCV 2021, Eq. 3 and Algorithm 1), spec section 6.3, and what the
+"""Plain LBGAT (Cui et al., ICCV 2021, Eq. 3 and Algorithm 1; docs/methods.md, ``lbgat``), and what the
 LBGAT family shares: the guidance knobs, the teacher CE, and the separate-BN ablation."""
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ class Lbgat(LbgatFamily[LbgatParams]):
     """L = MSE(M_r(x'), M_n(x)) + beta * CE(M_n(x), y), x' = CE-PGD on the student (eval mode).
 
     The paper's Eq. 3 with its label-based "noisy BIM" attack; the student gets no CE of its own.
-    The CE-PGD attack is what distinguishes it from LBGAT+TRADES with alpha = 0 (spec 6.3; an
+    The CE-PGD attack is what distinguishes it from LBGAT+TRADES with alpha = 0 (our
     interpretation, since no official code for it was released).
     """
 
@@ -64,4 +64,3 @@ class Lbgat(LbgatFamily[LbgatParams]):
     description = "LBGAT (Eq. 3): MSE(M_r(x_adv), M_n(x)) + beta CE(M_n(x), y), x_adv = CE-PGD"
     Params = LbgatParams
     attack_objective = "ce"
-    default_start = "uniform"

@@ -1,4 +1,4 @@
-"""LBGAT+ALP (Cui et al., ICCV 2021, Eq. 4 with its first term replaced by Eq. 3), spec section 8."""
+"""LBGAT+ALP (Cui et al., ICCV 2021, Eq. 4 with its first term replaced by Eq. 3); docs/methods.md, ``lbgat-alp``."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ class LbgatAlpParams(LbgatParams):
 class LbgatAlp(LbgatFamily[LbgatAlpParams]):
     """L = MSE(M_r(x'), M_n(x)) + beta * CE(M_n(x), y) + alpha * MSE(M_r(x'), M_r(x)).
 
-    No official code: x' = CE-PGD on the student in eval mode (spec 8's recommendation, matching
+    No official code: x' = CE-PGD on the student in eval mode (our choice, matching
     ALP), both MSEs mean-reduced over B x C, nothing detached. Forward order: student(x'),
     student(x), teacher(x).
     """
@@ -29,5 +29,4 @@ class LbgatAlp(LbgatFamily[LbgatAlpParams]):
     description = "LBGAT+ALP: MSE(M_r(x_adv), M_n(x)) + beta CE(M_n(x), y) + alpha MSE(M_r(x_adv), M_r(x))"
     Params = LbgatAlpParams
     attack_objective = "ce"
-    default_start = "uniform"
     regulariser = ALP_PAIRING

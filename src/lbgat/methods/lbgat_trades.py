@@ -1,4 +1,4 @@
-"""LBGAT+TRADES (Cui et al., ICCV 2021), spec sections 6.2 and 7: the official ``lbgat_loss``."""
+"""LBGAT+TRADES (Cui et al., ICCV 2021): the official code's ``lbgat_loss`` (docs/methods.md, ``lbgat-trades``)."""
 
 from __future__ import annotations
 

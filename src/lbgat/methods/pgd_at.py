@@ -1,4 +1,4 @@
-"""PGD adversarial training (Madry et al., ICLR 2018), spec section 2."""
+"""PGD adversarial training (Madry et al., ICLR 2018)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,6 @@ class PGDAT(Method[NoParams]):
     name = "pgd-at"
     description = "PGD adversarial training: CE(f(x_adv), y), x_adv = CE-PGD"
     attack_objective = "ce"
-    default_start = "uniform"
 
     def loss_terms(self, batch: Batch, x_adv: torch.Tensor) -> LossTerms:
         ce_adv = F.cross_entropy(self.student(x_adv), batch.y)

@@ -14,7 +14,7 @@ from ..errors import ConfigError
 
 class FrozenEnsemble(nn.Module):
     """Mean of its members' logits. Always in eval mode and never trained: BGAT's static natural
-    teacher (spec 5.3: averaging logits is the natural reading of "the ensemble")."""
+    teacher (averaging logits is the natural reading of the paper's "the ensemble")."""
 
     def __init__(self, members: Sequence[nn.Module]) -> None:
         super().__init__()
@@ -34,10 +34,10 @@ class FrozenEnsemble(nn.Module):
             return torch.stack([member(x) for member in self.members]).mean(dim=0)
 
 
-def share_all_but_batchnorm(teacher: nn.Module, student: nn.Module) -> int:
+def share_all_but_batchnorm(teacher: nn.Module, student: nn.Module) -> None:
     """Make ``teacher`` use the student's parameters in every non-BatchNorm layer (the same tensors,
-    so one update moves both), keeping its own BatchNorm weights and statistics. Returns how many
-    parameters are now shared. The two networks must have the same architecture."""
+    so one update moves both), keeping its own BatchNorm weights and statistics. The two networks must
+    have the same architecture."""
     teacher_modules = dict(teacher.named_modules())
     student_modules = dict(student.named_modules())
     teacher_shapes = {key: value.shape for key, value in teacher.state_dict().items()}
@@ -46,12 +46,9 @@ def share_all_but_batchnorm(teacher: nn.Module, student: nn.Module) -> int:
         type(teacher_modules.get(name)) is not type(module) for name, module in student_modules.items()
     ):
         raise ConfigError("separate_bn needs the teacher to have the student's architecture (set teacher = model)")
-    shared = 0
     for name, student_module in student_modules.items():
         if isinstance(student_module, _BatchNorm):
             continue
         teacher_module = teacher_modules[name]
         for key, parameter in student_module.named_parameters(recurse=False):
             teacher_module._parameters[key] = parameter
-            shared += 1
-    return shared

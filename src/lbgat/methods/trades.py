@@ -1,4 +1,4 @@
-"""TRADES (Zhang et al., ICML 2019), spec section 3, as in the official ``trades_loss``."""
+"""TRADES (Zhang et al., ICML 2019), as in the official ``trades_loss``."""
 
 from __future__ import annotations
 

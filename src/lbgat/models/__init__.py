@@ -6,10 +6,10 @@ Importing this package registers every architecture; build one with :func:`creat
 from __future__ import annotations
 
 # The architecture modules register their factories when imported.
-from lbgat.models.flops import count_flops
-from lbgat.models.normalize import InputNormalization
-from lbgat.models.preact_resnet import PreActResNet
-from lbgat.models.registry import (
+from .flops import count_flops
+from .normalize import InputNormalization
+from .preact_resnet import PreActResNet
+from .registry import (
     ModelEntry,
     create_model,
     default_teacher,
@@ -17,9 +17,9 @@ from lbgat.models.registry import (
     list_models,
     register_model,
 )
-from lbgat.models.resnet import ResNet
-from lbgat.models.small import SmallCNN, TinyCNN
-from lbgat.models.wideresnet import WideResNet
+from .resnet import ResNet
+from .small import SmallCNN, TinyCNN
+from .wideresnet import WideResNet
 
 __all__ = [
     "InputNormalization",

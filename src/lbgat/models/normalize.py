@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from lbgat.errors import ConfigError
+from ..errors import ConfigError
 
 
 class InputNormalization(nn.Module):

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from lbgat.errors import ConfigError
-from lbgat.models.normalize import InputNormalization
+from ..errors import ConfigError
+from .normalize import InputNormalization
 
 ModelFactory = Callable[..., nn.Module]
 

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lbgat.models.normalize import InputNormalization
-from lbgat.models.registry import register_model
+from .normalize import InputNormalization
+from .registry import register_model
 
 
 class BasicBlock(nn.Module):

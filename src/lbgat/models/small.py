@@ -7,9 +7,9 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from lbgat.errors import ConfigError
-from lbgat.models.normalize import InputNormalization
-from lbgat.models.registry import register_model
+from ..errors import ConfigError
+from .normalize import InputNormalization
+from .registry import register_model
 
 
 class SmallCNN(nn.Module):

@@ -1,4 +1,4 @@
-"""GPU settings of a training run: native bf16, cuDNN autotuning, and what --sync-bn costs."""
+"""GPU settings of a training run: cuDNN autotuning, and what --sync-bn costs."""
 
 from __future__ import annotations
 
@@ -9,18 +9,6 @@ import torch
 
 from ..config import TrainConfig
 from ..world import World
-
-
-def has_native_bf16(device: torch.device) -> bool:
-    """bf16 in hardware on ``device`` itself (compute capability 8.0 or newer: Ampere, Hopper, ...).
-
-    Not ``torch.cuda.is_bf16_supported()``: by default it also counts GPUs that only emulate bf16
-    (V100, T4: many times slower than fp16 there), and it asks about the current device, not this one.
-    """
-    if torch.version.hip:
-        return True
-    major, _ = torch.cuda.get_device_capability(device)
-    return major >= 8
 
 
 @contextmanager

@@ -21,11 +21,11 @@ from ..errors import ConfigError
 from ..methods import Method, TrainAttack, create_method, get_method, method_params
 from ..methods.teachers import FrozenEnsemble
 from ..models import default_teacher, get_model_entry
+from ..precision import PRECISIONS, Precision
 from ..rng import Stream, permutation
-from ..world import World, device_for
+from ..world import World, device_for, resolve_device
 from . import parallel
 from .gpu import sync_bn_warnings
-from .precision import PRECISIONS, Precision
 
 SEED_LIMIT = 2**63  # torch.manual_seed takes a signed 64-bit integer
 
@@ -122,18 +122,6 @@ def check_compile_toolchain(device: torch.device) -> None:
         _require(importlib.util.find_spec("triton") is not None,
                  "--compile on GPU needs the triton package (it comes with CUDA builds of PyTorch); "
                  "install it or drop --compile")
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} asked for, but this PyTorch build sees no CUDA GPU")
-    return device
 
 
 def expected_image_shape(config: TrainConfig) -> tuple[int, int, int] | None:

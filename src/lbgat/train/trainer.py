@@ -39,11 +39,11 @@ from ..evaluate.suite import run_suite
 from ..files import append_line, check_writable, nearest_existing, strict_json, write_text_atomic
 from ..provenance import code_version, environment
 from ..structured import to_mapping
-from ..world import World, device_for, process_group, world_from_environment
+from ..world import World, device_for, process_group, resolve_device, world_from_environment
 from . import parallel
 from .gpu import cudnn_autotune
 from .schedule import lr_at
-from .setup import RunParts, build_parts, expected_image_shape, load_data, resolve, resolve_device, validate
+from .setup import RunParts, build_parts, expected_image_shape, load_data, resolve, validate
 
 LAST = "last.pt"
 PREVIOUS = "last.prev.pt"  # the checkpoint before last.pt, kept for when last.pt is damaged

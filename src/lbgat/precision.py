@@ -1,5 +1,5 @@
-"""Mixed precision for training: autocast around the method's forward (attack included), a gradient
-scaler for fp16.
+"""Mixed precision: autocast around the method's forward (attack included), a gradient scaler for fp16.
+Training uses all of it; evaluation under ``--precision`` bf16/fp16 uses its autocast.
 
 Under autocast the networks run in bf16/fp16, but the attack's iterate, its sign step, the
 projection onto the epsilon-ball and [0, 1], and the losses (autocast keeps softmax, cross-entropy
@@ -13,11 +13,22 @@ from typing import Any
 
 import torch
 
-from ..errors import ConfigError
-from .gpu import has_native_bf16
+from .errors import ConfigError
 
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def has_native_bf16(device: torch.device) -> bool:
+    """bf16 in hardware on ``device`` itself (compute capability 8.0 or newer: Ampere, Hopper, ...).
+
+    Not ``torch.cuda.is_bf16_supported()``: by default it also counts GPUs that only emulate bf16
+    (V100, T4: many times slower than fp16 there), and it asks about the current device, not this one.
+    """
+    if torch.version.hip:
+        return True
+    major, _ = torch.cuda.get_device_capability(device)
+    return major >= 8
 
 
 def check_precision(precision: str, device: torch.device) -> None:

@@ -1,0 +1,147 @@
+"""The package's layering (issue 14 item 5; docs/architecture.md): every module's imports, read with
+``ast`` (module-level, function-level and ``TYPE_CHECKING`` imports alike, absolute and relative),
+point only at its own layer or a layer below it.
+
+    cli -> demo -> train -> evaluate -> {methods, checkpoint, config} -> {attacks, models, data}
+        -> {rng, errors, world and the small leaf helpers}
+
+Training may use evaluation (validation); evaluation never uses training; nothing below imports
+anything above. A new top-level module or package must be given its layer in ``LAYERS``.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+from pathlib import Path
+
+import lbgat
+
+PACKAGE_ROOT = Path(lbgat.__file__).resolve().parent
+
+# Top to bottom. Names are top-level modules or packages of lbgat (a package's submodules share its layer).
+LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
+    # The entry points: the CLI and the package's public API (lbgat/__init__.py: load_model, __version__).
+    ("cli", frozenset({"lbgat", "__main__", "cli"})),
+    ("demo", frozenset({"demo", "demo_files"})),
+    ("train", frozenset({"train"})),
+    ("evaluate", frozenset({"evaluate"})),
+    # checkpoint_checks is checkpoint's own validation, split out for size.
+    ("methods/checkpoint/config", frozenset({"methods", "checkpoint", "checkpoint_checks", "config"})),
+    ("attacks/models/data", frozenset({"attacks", "models", "data"})),
+    # The foundation: errors, randomness, the process's place and device, and leaf helpers that import
+    # nothing of lbgat but errors and each other (file writing, precision, arithmetic modes, typed mappings, YAML,
+    # provenance, recipe lookup, pickle allow-lists, the version string).
+    ("foundation", frozenset({
+        "rng", "errors", "world", "precision", "arithmetic", "files", "structured", "yaml_loader",
+        "provenance", "pickle_safety", "recipes", "version",
+    })),
+)
+RANK = {name: rank for rank, (_, names) in enumerate(LAYERS) for name in names}
+LAYER_NAME = {name: LAYERS[rank][0] for name, rank in RANK.items()}
+RULE = " -> ".join(label for label, _ in LAYERS)
+
+
+@dataclass(frozen=True)
+class Import:
+    path: Path  # the importing file
+    line: int
+    module: str  # the importing module, e.g. lbgat.evaluate.runner
+    target: str  # the lbgat module or package it imports, e.g. lbgat.train.setup
+
+
+def _module_name(path: Path) -> str:
+    parts = ("lbgat", *path.relative_to(PACKAGE_ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _exists(dotted: str) -> bool:
+    relative = Path(*dotted.split(".")[1:]) if "." in dotted else Path()
+    return (PACKAGE_ROOT / relative).with_suffix(".py").is_file() or (PACKAGE_ROOT / relative / "__init__.py").is_file()
+
+
+def _imports(path: Path) -> list[Import]:
+    return _imports_in(path.read_text(encoding="utf-8"), _module_name(path), path.name == "__init__.py", path)
+
+
+def _imports_in(text: str, module: str, is_package: bool, path: Path) -> list[Import]:
+    """Every import of an lbgat module in ``text``, wherever it stands (module level, functions, if-blocks)."""
+    package = module if is_package else module.rpartition(".")[0]
+    found: list[Import] = []
+    for node in ast.walk(ast.parse(text, filename=str(path))):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                source = ".".join(base + ([node.module] if node.module else []))
+            else:
+                source = node.module or ""
+            # `from pkg import name`: the submodule pkg.name when there is one, else pkg itself.
+            targets = [f"{source}.{alias.name}" if _exists(f"{source}.{alias.name}") else source
+                       for alias in node.names]
+        else:
+            continue
+        found += [Import(path, node.lineno, module, target) for target in targets
+                  if target == "lbgat" or target.startswith("lbgat.")]
+    return found
+
+
+def _top(dotted: str) -> str:
+    """The layer key of a module: its top-level name under lbgat ('lbgat' for the package root)."""
+    parts = dotted.split(".")
+    return parts[1] if len(parts) > 1 else "lbgat"
+
+
+def _modules() -> list[Path]:
+    return sorted(PACKAGE_ROOT.rglob("*.py"))
+
+
+def test_every_module_has_a_layer() -> None:
+    """A new top-level module or package is placed in the layering on purpose, not by accident."""
+    unplaced = sorted({_top(_module_name(path)) for path in _modules()} - RANK.keys())
+    assert not unplaced, f"lbgat modules with no layer: {unplaced}; add each to LAYERS in {__file__}"
+
+
+def test_no_module_imports_a_layer_above_its_own() -> None:
+    violations = []
+    for path in _modules():
+        for found in _imports(path):
+            source, target = _top(found.module), _top(found.target)
+            if source in RANK and target in RANK and RANK[target] < RANK[source]:
+                violations.append(
+                    f"{found.path.relative_to(PACKAGE_ROOT.parent)}:{found.line}: {found.module} "
+                    f"(layer {LAYER_NAME[source]}) imports {found.target} (layer {LAYER_NAME[target]}, above it)"
+                )
+    violations = list(dict.fromkeys(violations))  # one line per import statement and target
+    assert not violations, (
+        f"imports against the layering {RULE} (a module may import only its own layer or a lower one; "
+        "move what both need below both):\n" + "\n".join(violations)
+    )
+
+
+def test_inside_the_package_imports_are_relative() -> None:
+    """One import style inside lbgat (issue 14 item 5: data/ and models/ used absolute imports)."""
+    absolute = [
+        f"{path.relative_to(PACKAGE_ROOT.parent)}:{node.lineno}"
+        for path in _modules()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if (isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == "lbgat")
+        or (isinstance(node, ast.Import) and any(alias.name.split(".")[0] == "lbgat" for alias in node.names))
+    ]
+    assert not absolute, "absolute imports of lbgat inside lbgat (use relative ones):\n" + "\n".join(absolute)
+
+
+def test_the_checker_sees_relative_function_level_and_from_package_imports() -> None:
+    """The parser resolves ``from .. import x``, ``from . import submodule``, ``from .. import name`` (the
+    package) and imports inside functions; an evaluate -> train import is reported."""
+    text = ("import torch\n"
+            "def f():\n    from ..train import trainer\n    from .. import errors\n    from . import specs\n"
+            "    from .. import __version__\n    import lbgat.models.registry\n")
+    found = _imports_in(text, "lbgat.evaluate.runner", False, Path("runner.py"))
+    assert [(item.line, item.target) for item in found] == [
+        (3, "lbgat.train.trainer"), (4, "lbgat.errors"), (5, "lbgat.evaluate.specs"), (6, "lbgat"),
+        (7, "lbgat.models.registry"),
+    ]
+    assert [_top(item.target) for item in found] == ["train", "errors", "evaluate", "lbgat", "models"]
+    assert RANK["train"] < RANK["evaluate"] < RANK["models"]
