@@ -16,8 +16,8 @@ import torch
 from ..errors import ConfigError
 from .gpu import has_native_bf16
 
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # the autocast precisions
+PRECISIONS: tuple[str, ...] = ("fp32", *DTYPES)
 
 
 def check_precision(precision: str, device: torch.device) -> None:
