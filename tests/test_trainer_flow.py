@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from data_fixtures import write_image_folder
 from lbgat.config import build_config
+from lbgat.errors import ConfigError, DataError
 from lbgat.train import train
 from lbgat.train import trainer as trainer_module
 from lbgat.train.setup import build_parts, load_data, resolve
@@ -32,6 +34,28 @@ def test_train_resolves_the_config_once(tmp_path: Path, monkeypatch) -> None:
     result = train(config, progress=False)
     assert result.position.global_step == 1
     assert calls == [(1, 28, 28)]
+
+
+def test_a_folder_is_read_before_its_run_is_resolved_once(tmp_path: Path, monkeypatch) -> None:
+    """issue 14 item 1: a user's folder tells its shape only once read: it is read first, then the config
+    is resolved once for that shape; a missing folder is reported before a run-directory clash."""
+    calls: list[tuple[int, int, int]] = []
+    real_resolve = trainer_module.resolve
+    monkeypatch.setattr(trainer_module, "resolve", lambda config, shape: calls.append(shape) or real_resolve(
+        config, shape))
+    write_image_folder(tmp_path / "images", per_class=4, size=(8, 8))
+    settings = {**TINY, "data.name": "folder", "data.root": str(tmp_path / "images"), "out": str(tmp_path / "run"),
+                "max_steps": 1}
+    result = train(build_config(None, settings, TINY_DATA), progress=False)
+    assert result.position.global_step == 1
+    assert calls == [(3, 8, 8)]
+    missing = {**settings, "data.root": str(tmp_path / "missing")}
+    with pytest.raises(DataError, match="does not exist"):
+        train(build_config(None, missing, TINY_DATA), progress=False)
+    # A registered dataset's shape is known up front: the run-directory clash comes before reading it.
+    known = {**TINY, "data.name": "cifar10", "data.root": str(tmp_path / "missing"), "out": str(tmp_path / "run")}
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train(build_config(None, known, TINY_DATA), progress=False)
 
 
 def test_log_interval_sums_in_float64_and_weights_rank_shares() -> None:
