@@ -9,8 +9,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from .attacks import NORMS
+from .config import ON_NAN_ACTIONS
+from .data.download import DOWNLOADABLE
 from .errors import LbgatError
+from .evaluate.autoattack import AA_VERSIONS
+from .evaluate.runner import PROTOCOLS
+from .evaluate.specs import ATTACK_FORMS, DEFAULT_ATTACKS
 from .files import describe_os_error
+from .train.precision import PRECISIONS
 
 
 class _Parser(argparse.ArgumentParser):
@@ -51,9 +58,9 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     parser.add_argument("--checkpoint-every", type=int, metavar="STEPS",
                         help="also checkpoint every STEPS optimiser steps (pre-emptible machines; default per epoch)")
-    parser.add_argument("--on-nan", choices=["stop", "skip"],
+    parser.add_argument("--on-nan", choices=ON_NAN_ACTIONS,
                         help="at a non-finite loss: stop the run (default) or skip the step (at most 10 in a row)")
-    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
+    parser.add_argument("--precision", choices=PRECISIONS,
                         help="training arithmetic: fp32 (default), or bf16/fp16 autocast (fp16 with a gradient "
                              "scaler); attack steps, projections and validation stay in fp32")
     parser.add_argument("--channels-last", action="store_true",
@@ -111,22 +118,22 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
         description="Evaluate a model on the test split; writes report.json, report.md and per_sample.json. "
                     "Under `torchrun --nproc_per_node N -m lbgat eval ...` the examples are sharded across processes.")
     parser.add_argument("checkpoint", type=Path, help="an lbgat checkpoint, or a plain state dict with --model")
-    parser.add_argument("--attacks", help="comma-separated: clean, fgsm, pgd<K>, cw<K>, aa, transfer-pgd<K> "
-                                          "(default clean,pgd20, or the --protocol's list)")
-    parser.add_argument("--protocol", choices=["lbgat", "robustbench"],
+    parser.add_argument("--attacks", help=f"comma-separated: {ATTACK_FORMS} "
+                                          f"(default {DEFAULT_ATTACKS}, or the --protocol's list)")
+    parser.add_argument("--protocol", choices=list(PROTOCOLS),
                         help="lbgat: eps 0.031, step 0.003, full test set, clean,pgd20,cw20,aa; "
                              "robustbench: eps 8/255, first 10,000 test points, AutoAttack standard")
     # --num-examples first: under torchrun, whose parser sees every argument, a bare --n is ambiguous.
     parser.add_argument("--num-examples", "--n", dest="n", type=int,
                         help="evaluate the first N test examples (default all)")
-    parser.add_argument("--norm", choices=["Linf", "L2"], help="threat model (default Linf)")
+    parser.add_argument("--norm", choices=NORMS, help="threat model (default Linf)")
     parser.add_argument("--eps", type=float, help="radius (default: the dataset's, 0.031 on CIFAR; 0.5 for L2)")
     parser.add_argument("--step-size", type=float, help="PGD/CW step size (default 0.003 on CIFAR; 0.1 for L2)")
     parser.add_argument("--steps", type=int, help="override the number of steps of every pgd<K>/cw<K>")
     parser.add_argument("--cw-kappa", type=float, default=50.0, help="CW margin confidence (default 50)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random starts and of AutoAttack (default 0)")
     parser.add_argument("--batch-size", type=int, default=200, help="evaluation batch size (default 200)")
-    parser.add_argument("--aa-version", choices=["standard", "plus", "rand", "custom"],
+    parser.add_argument("--aa-version", choices=AA_VERSIONS,
                         help="AutoAttack version (default standard)")
     parser.add_argument("--aa-attacks", help="attacks of --aa-version custom, e.g. apgd-ce,apgd-t,fab-t,square")
     parser.add_argument("--aa-batch-size", type=int, help="AutoAttack batch size (default --batch-size)")
@@ -140,7 +147,7 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--check-n", type=int, default=100,
                         help="examples for the PGD-100x5 strength check (default 100; 0 skips it)")
     parser.add_argument("--out", type=_folder, help="report folder (default: eval-<checkpoint name> beside it)")
-    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
                         help="model arithmetic: fp32 (default, the evaluation of record) or bf16/fp16 autocast")
     parser.add_argument("--tf32", action="store_true",
                         help="let fp32 convolutions and matmuls use TF32 on Ampere+ GPUs (default: IEEE fp32)")
@@ -207,7 +214,7 @@ def _add_data(commands: argparse._SubParsersAction) -> None:
     actions = parser.add_subparsers(dest="action", required=True, parser_class=_Parser)
     download = actions.add_parser("download", help="fetch an official archive and verify its checksum; on a "
                                   "folder that is there, verify its files and repair missing or damaged ones")
-    download.add_argument("name", choices=["cifar10", "cifar100", "tiny-imagenet"])
+    download.add_argument("name", choices=DOWNLOADABLE)
     download.add_argument("--root", required=True, type=Path, help="folder to put the dataset in")
     download.add_argument("--url", help="a mirror of the official archive (http, https or file URL)")
     download.add_argument("--md5", help="expected md5 of the archive at --url")

@@ -21,6 +21,9 @@ from . import yaml_loader
 from .errors import ConfigError
 from .structured import coerce, field_annotation, from_mapping, to_mapping
 
+# What a non-finite loss does (on_nan): stop the run, or skip that step.
+ON_NAN_ACTIONS: tuple[str, ...] = ("stop", "skip")
+
 
 @dataclass
 class MethodConfig:

@@ -15,8 +15,8 @@ import torch
 
 from .errors import ConfigError
 
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # the autocast precisions
+PRECISIONS: tuple[str, ...] = ("fp32", *DTYPES)
 
 
 def has_native_bf16(device: torch.device) -> bool:

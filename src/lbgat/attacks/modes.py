@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Literal
+from typing import Literal, get_args
 
 from torch import nn
 
 BNMode = Literal["eval", "train"]
-BN_MODES: tuple[str, ...] = ("eval", "train")
+BN_MODES: tuple[str, ...] = get_args(BNMode)
 
 
 @contextmanager

@@ -8,13 +8,13 @@ mean-reduced gradient would underflow.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 
 Objective = Literal["ce", "cw", "kl"]
-OBJECTIVES: tuple[str, ...] = ("ce", "cw", "kl")
+OBJECTIVES: tuple[str, ...] = get_args(Objective)
 
 
 def cross_entropy_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

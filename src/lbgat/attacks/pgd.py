@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -17,9 +17,9 @@ from .modes import BNMode, model_mode
 from .objectives import OBJECTIVES, Objective, cross_entropy_sum, cw_margin_sum, kl_from_clean_sum
 
 Start = Literal["uniform", "normal", "none"]
-STARTS: tuple[str, ...] = ("uniform", "normal", "none")
+STARTS: tuple[str, ...] = get_args(Start)
 Norm = Literal["Linf", "L2"]
-NORMS: tuple[str, ...] = ("Linf", "L2")
+NORMS: tuple[str, ...] = get_args(Norm)
 
 
 def _per_example_l2(tensor: torch.Tensor) -> torch.Tensor:

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..attacks import model_mode
+from ..attacks import NORMS, model_mode
 from ..checkpoint import read_tensors_file, save_tensors_file
 from ..errors import ConfigError
 
@@ -61,8 +61,8 @@ class AASettings:
                 raise ConfigError(f"unknown AutoAttack attack {unknown[0]!r}; known: {', '.join(AA_ATTACKS)}")
         elif self.attacks:
             raise ConfigError(f"--aa-attacks only applies to --aa-version custom, not {self.version!r}")
-        if self.norm not in ("Linf", "L2"):
-            raise ConfigError(f"AutoAttack norm must be Linf or L2, got {self.norm!r}")
+        if self.norm not in NORMS:
+            raise ConfigError(f"AutoAttack norm must be {' or '.join(NORMS)}, got {self.norm!r}")
         if self.batch_size < 1:
             raise ConfigError(f"AutoAttack batch size must be >= 1, got {self.batch_size}")
 

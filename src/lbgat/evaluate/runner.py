@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..arithmetic import describe_arithmetic, float32_mode
+from ..attacks import NORMS
 from ..attacks.half import batch_coupled, scaled_input_gradients
 from ..checkpoint import LoadedModel, PlainStateDictError, load_for_eval, sha256_of
 from ..config import threat_profile
@@ -31,7 +32,7 @@ from .autoattack import AA_PACKAGE, AA_SOURCE, AAResult, AASettings, run_autoatt
 from .checks import CheckInputs, run_checks
 from .distributed import GATHER_TIMEOUT, gather, shard_indices
 from .report import write_report
-from .specs import AttackSpec, parse_attacks
+from .specs import DEFAULT_ATTACKS, AttackSpec, parse_attacks
 from .suite import box_violation, perturbation_size, run_suite
 
 # Presets of the two protocols people compare against; explicit flags override them.
@@ -55,7 +56,7 @@ class InconsistentEvaluation(LbgatError):
 @dataclass(frozen=True)
 class EvalRequest:
     checkpoint: Path
-    attacks: str | None = None  # default: the protocol's, else clean,pgd20
+    attacks: str | None = None  # default: the protocol's, else DEFAULT_ATTACKS
     n: int | None = None
     eps: float | None = None  # default: the protocol's, else the dataset's threat model
     step_size: float | None = None
@@ -101,8 +102,8 @@ def check_request(request: EvalRequest) -> None:
         raise ConfigError(f"unknown protocol {request.protocol!r}; known: {', '.join(PROTOCOLS)}")
     if request.eps is not None and not 0.0 <= request.eps <= (1.0 if request.norm != "L2" else 1e3):
         raise ConfigError(f"--eps must be in [0, 1] (images are in [0, 1]), got {request.eps}")
-    if request.norm is not None and request.norm not in ("Linf", "L2"):
-        raise ConfigError(f"--norm must be Linf or L2, got {request.norm!r}")
+    if request.norm is not None and request.norm not in NORMS:
+        raise ConfigError(f"--norm must be {' or '.join(NORMS)}, got {request.norm!r}")
     for flag, value, minimum in (("--step-size", request.step_size, None), ("--steps", request.steps, 1),
                                  ("--n", request.n, 1), ("--batch-size", request.batch_size, 1),
                                  ("--seed", request.seed, 0), ("--num-classes", request.num_classes, 2),
@@ -113,13 +114,17 @@ def check_request(request: EvalRequest) -> None:
             raise ConfigError(f"{flag} must be > 0, got {value}")
         if minimum is not None and value < minimum:
             raise ConfigError(f"{flag} must be >= {minimum}, got {value}")
-    attacks = request.attacks or PROTOCOLS.get(request.protocol or "", {}).get("attacks") or "clean,pgd20"
-    specs = parse_attacks(attacks, eps=request.eps or 0.0, step_size=request.step_size or 1.0, default_steps=20,
-                          kappa=request.kappa, steps=request.steps)
+    specs = parse_attacks(requested_attacks(request), eps=request.eps or 0.0, step_size=request.step_size or 1.0,
+                          default_steps=20, kappa=request.kappa, steps=request.steps)
     if any(spec.kind == "transfer" for spec in specs) and request.transfer_from is None:
         raise ConfigError("a transfer-pgd attack needs --transfer-from SOURCE_CHECKPOINT")
     if request.aa_attacks and not any(spec.kind == "aa" for spec in specs):
         raise ConfigError("--aa-attacks given but 'aa' is not in --attacks")
+
+
+def requested_attacks(request: EvalRequest) -> str:
+    """The attack list asked for: --attacks, else the --protocol's, else the default."""
+    return request.attacks or PROTOCOLS.get(request.protocol or "", {}).get("attacks") or DEFAULT_ATTACKS
 
 
 def plan(request: EvalRequest, dataset: Dataset) -> Plan:
@@ -130,7 +135,7 @@ def plan(request: EvalRequest, dataset: Dataset) -> Plan:
     eps = request.eps if request.eps is not None else preset.get("eps", defaults["eps"])
     step_size = request.step_size if request.step_size is not None else preset.get("step_size",
                                                                                     defaults["step_size"])
-    attacks = request.attacks or preset.get("attacks") or "clean,pgd20"
+    attacks = requested_attacks(request)
     if request.transfer_from is not None and "transfer-pgd" not in attacks:
         attacks += ",transfer-pgd20"
     specs = parse_attacks(attacks, eps=eps, step_size=step_size, default_steps=profile.eval_steps,

@@ -10,7 +10,14 @@ from typing import Any, Literal
 from ..errors import ConfigError
 
 AttackKind = Literal["clean", "fgsm", "pgd", "cw", "aa", "transfer"]
-_NAME = re.compile(r"^(clean|fgsm|pgd|cw|aa|transfer-pgd)(\d*)$")
+# The names --attacks takes, each with the kind of attack it names; all but the STEPLESS ones take a
+# number of steps (pgd20).
+ATTACK_NAMES: dict[str, AttackKind] = {"clean": "clean", "fgsm": "fgsm", "pgd": "pgd", "cw": "cw", "aa": "aa",
+                                       "transfer-pgd": "transfer"}
+STEPLESS: tuple[str, ...] = ("clean", "fgsm", "aa")
+ATTACK_FORMS = ", ".join(name if name in STEPLESS else f"{name}<K>" for name in ATTACK_NAMES)
+DEFAULT_ATTACKS = "clean,pgd20"  # what `lbgat eval` runs without --attacks or --protocol
+_NAME = re.compile(rf"^({'|'.join(map(re.escape, ATTACK_NAMES))})(\d*)$")
 
 
 @dataclass(frozen=True)
@@ -54,10 +61,10 @@ def parse_attacks(
             continue
         match = _NAME.match(raw)
         if match is None:
-            raise ConfigError(f"unknown attack {raw!r}; use clean, fgsm, pgd<steps> (e.g. pgd20), cw<steps>, aa "
-                              "or transfer-pgd<steps> (with --transfer-from)")
+            raise ConfigError(f"unknown attack {raw!r}; use {ATTACK_FORMS} (K: the number of steps, e.g. "
+                              "pgd20; transfer-pgd<K> with --transfer-from)")
         kind, digits = match.group(1), match.group(2)
-        if kind in ("clean", "fgsm", "aa") and digits:
+        if kind in STEPLESS and digits:
             raise ConfigError(f"attack {raw!r} takes no number of steps")
         if kind == "clean":
             spec = AttackSpec("clean", "clean", norm=norm)
@@ -69,7 +76,7 @@ def parse_attacks(
             count = steps if steps is not None else (int(digits) if digits else default_steps)
             if count < 1:
                 raise ConfigError(f"attack {raw!r} needs at least 1 step")
-            family = {"pgd": "pgd", "cw": "cw", "transfer-pgd": "transfer"}[kind]
+            family = ATTACK_NAMES[kind]
             name = f"{kind}{count}"
             spec = AttackSpec(name, family, eps=eps, steps=count, step_size=step_size, random_start=True,
                               kappa=kappa if family == "cw" else None, norm=norm)
@@ -77,5 +84,5 @@ def parse_attacks(
             raise ConfigError(f"attack {spec.name!r} is listed twice")
         specs.append(spec)
     if not specs:
-        raise ConfigError("no attacks given; e.g. --attacks clean,pgd20")
+        raise ConfigError(f"no attacks given; e.g. --attacks {DEFAULT_ATTACKS}")
     return specs

@@ -14,7 +14,7 @@ from torch import nn
 
 from ..attacks import BN_MODES, OBJECTIVES, STARTS
 from ..checkpoint import ModelSpec, PlainStateDictError, check_checkpoint_path, load_for_eval
-from ..config import TrainConfig, default_decay_epochs, threat_profile
+from ..config import ON_NAN_ACTIONS, TrainConfig, default_decay_epochs, threat_profile
 from ..data import Dataset, get_dataset_info, load_dataset
 from ..data.loader import Augment, DeviceLoader
 from ..errors import ConfigError
@@ -82,7 +82,8 @@ def validate(config: TrainConfig, *, dataset_given: bool = False) -> None:
     _require(config.log_every >= 1, f"log_every must be >= 1, got {config.log_every}")
     _require(config.save_every >= 0, f"save_every must be >= 0, got {config.save_every}")
     _require(config.checkpoint_every >= 0, f"checkpoint_every must be >= 0, got {config.checkpoint_every}")
-    _require(config.on_nan in ("stop", "skip"), f"on_nan must be stop or skip, got {config.on_nan!r}")
+    _require(config.on_nan in ON_NAN_ACTIONS,
+             f"on_nan must be {' or '.join(ON_NAN_ACTIONS)}, got {config.on_nan!r}")
     _require(config.precision in PRECISIONS,
              f"precision must be one of {', '.join(PRECISIONS)}, got {config.precision!r}")
     device = resolve_device(config.device)

@@ -109,6 +109,29 @@ class EpochTotals:
 
 
 @dataclass
+class LogInterval:
+    """The loss terms of the steps since the last flush, summed on the device: they are read (one host
+    sync, and under torchrun one all-reduce) once per log interval, since per-step reads would stall a
+    GPU's pipeline."""
+
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)
+    steps: int = 0  # optimiser steps taken (skipped steps add nothing)
+    started: float | None = None  # when the interval's first step began
+
+    def begin_step(self) -> None:
+        if self.started is None:
+            self.started = time.perf_counter()
+
+    def add(self, terms: dict[str, torch.Tensor], weight: float | None) -> None:
+        """One step's terms; ``weight`` (under torchrun) is this rank's share of the global batch."""
+        for name, value in terms.items():
+            # float64 keeps the epoch means independent of where log intervals (or a resume) fall.
+            total = value.detach().double()
+            self.sums[name] = self.sums.get(name, 0.0) + (total * weight if weight is not None else total)
+        self.steps += 1
+
+
+@dataclass
 class TrainResult:
     run_dir: Path
     last: Path
@@ -170,6 +193,7 @@ class Trainer:
         # False after a resume from last.prev.pt: the damaged last.pt must not replace that good fallback.
         self.keep_last_as_previous = True
         self.metrics_path = run_dir / "metrics.jsonl"
+        self.stop_requested: int | None = None  # the stop signal received (SIGTERM/SIGINT), if any
 
     # ----------------------------------------------------------------- state
     def _meta(self, kind: str) -> dict[str, Any]:
@@ -261,7 +285,6 @@ class Trainer:
     @contextmanager
     def _stop_signals(self) -> Iterator[None]:
         """SIGTERM/SIGINT ask for a stop after the current step (handled in the main thread only)."""
-        self.stop_requested: int | None = None
         if threading.current_thread() is not threading.main_thread():
             yield
             return
@@ -301,6 +324,7 @@ class Trainer:
         if self.position.epoch >= epochs:
             return self._result(finished=True, note=f"nothing to do: the run already finished all {epochs} epochs")
         skipped_in_a_row = 0
+        interval = LogInterval()
         while self.position.epoch < epochs:
             epoch = self.position.epoch
             lr = lr_at(epoch + 1, config.optim.lr, config.schedule)
@@ -309,12 +333,8 @@ class Trainer:
             parts.method.train()
             bar = tqdm(total=len(loader), initial=self.position.batch, desc=f"epoch {epoch + 1}/{epochs}",
                        disable=not self.progress, dynamic_ncols=True, leave=False, file=sys.stderr)
-            pending: dict[str, torch.Tensor] = {}
-            pending_steps = 0
-            interval_started: float | None = None  # when the first step of the log interval began
             for batch in loader.batches(epoch, self.position.batch):
-                if interval_started is None:
-                    interval_started = time.perf_counter()
+                interval.begin_step()
                 self._ramp_attack()
                 parts.optimizer.zero_grad(set_to_none=True)
                 with parts.precision.autocast():
@@ -335,23 +355,19 @@ class Trainer:
                 else:
                     skipped_in_a_row = 0
                     parts.precision.step(parts.optimizer)
-                    fraction = len(batch) / batch.global_size  # summed over ranks: the global batch's mean
-                    for name, value in terms.items():
-                        # float64 keeps the epoch means independent of where log intervals (or a resume) fall.
-                        total = value.detach().double()
-                        pending[name] = pending.get(name, 0.0) + (total * fraction if self.world.sharded else total)
-                    pending_steps += 1
+                    # Under torchrun the ranks' shares are summed: the global batch's mean.
+                    interval.add(terms, len(batch) / batch.global_size if self.world.sharded else None)
                 self.position.batch += 1
                 self.position.global_step += 1
                 bar.update(1)
                 at_limit = self._at_step_limit()
                 periodic = bool(config.checkpoint_every) and self.position.global_step % config.checkpoint_every == 0
                 end_of_epoch = self.position.batch == len(loader)
-                stop = self._stop_agreed(pending_steps == config.log_every or at_limit or periodic or end_of_epoch)
-                if pending_steps == config.log_every or at_limit or stop or periodic or end_of_epoch:
+                stop = self._stop_agreed(interval.steps == config.log_every or at_limit or periodic or end_of_epoch)
+                if interval.steps == config.log_every or at_limit or stop or periodic or end_of_epoch:
                     # Before any checkpoint: the divergence check runs here, so a saved state is finite.
-                    self._flush(pending, pending_steps, interval_started, bar, lr)
-                    pending, pending_steps, interval_started = {}, 0, None
+                    self._flush(interval, bar, lr)
+                    interval = LogInterval()
                 if at_limit or stop or (periodic and not end_of_epoch):
                     self._save_last()
                 if stop:
@@ -416,13 +432,15 @@ class Trainer:
         method.attack = dataclasses.replace(method.attack, eps=self.config.attack.eps * fraction,
                                             step_size=self.config.attack.step_size * fraction)
 
-    def _flush(self, pending: dict[str, torch.Tensor], steps: int, started: float, bar: tqdm, lr: float) -> None:
-        # One host sync (and, under torchrun, one all-reduce) per log interval: per-step .item() calls
-        # would stall the GPU pipeline. The clock is read once the device has finished the interval's
-        # work (the host runs ahead of a GPU: without the sync, train_seconds would count launches).
+    def _flush(self, interval: LogInterval, bar: tqdm, lr: float) -> None:
+        """The interval's terms into the epoch totals and the progress bar, after the divergence check."""
+        # The clock is read once the device has finished the interval's work (the host runs ahead of a
+        # GPU: without the sync, train_seconds would count launches).
         if self.parts.device.type == "cuda":
             torch.cuda.synchronize(self.parts.device)
-        seconds = time.perf_counter() - started
+        assert interval.started is not None  # a flush follows at least one step
+        seconds = time.perf_counter() - interval.started
+        pending, steps = interval.sums, interval.steps
         names = list(pending)
         if self.world.sharded and names:
             summed = parallel.all_reduce_sum(torch.stack([pending[name] for name in names]))
@@ -584,20 +602,19 @@ def _train(config: TrainConfig, resume: bool, progress: bool, argv: list[str] | 
     if dataset is not None:
         config = dataclasses.replace(config, data=dataclasses.replace(config.data, name=dataset.name, root=None))
     validate(config, dataset_given=dataset is not None)
-    known_shape = dataset.image_shape if dataset is not None else expected_image_shape(config)
-    # With the input shape known up front, model/input mismatches and run-directory clashes are
-    # reported before any data is read.
-    early = resolve(config, known_shape) if known_shape is not None else None
-    if early is not None:
-        check_writable(Path(early.out), "run directory")
-    checkpoint = _check_run_dir(Path(early.out), resume) if early is not None else None
+    # With the input shape known up front (every registered dataset serves exactly its registered shape),
+    # model/input mismatches and run-directory clashes are reported before any data is read; a user's
+    # folder is read first, since only its images tell their shape.
+    image_shape = dataset.image_shape if dataset is not None else expected_image_shape(config)
+    if image_shape is None:
+        dataset = load_data(config)
+        image_shape = dataset.image_shape
+    resolved = resolve(config, image_shape)
+    run_dir = Path(resolved.out)
+    check_writable(run_dir, "run directory")
+    checkpoint = _check_run_dir(run_dir, resume)
     if dataset is None:
         dataset = load_data(config)
-    resolved = resolve(config, dataset.image_shape)
-    run_dir = Path(resolved.out)
-    if early is None:
-        check_writable(run_dir, "run directory")
-        checkpoint = _check_run_dir(run_dir, resume)
     if checkpoint is not None:
         changed = _most_meaningful_first(_differences(checkpoint.meta["config"], to_mapping(resolved)))
         if changed:
