@@ -17,7 +17,7 @@ from .evaluate.autoattack import AA_VERSIONS
 from .evaluate.runner import PROTOCOLS
 from .evaluate.specs import ATTACK_FORMS, DEFAULT_ATTACKS
 from .files import describe_os_error
-from .train.precision import PRECISIONS
+from .precision import PRECISIONS
 
 
 class _Parser(argparse.ArgumentParser):
