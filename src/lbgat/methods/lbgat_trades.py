@@ -30,7 +30,8 @@ class LbgatTrades(LbgatFamily):
     logits (torch's default), i.e. per example ||dz||^2 / C. Nothing is detached: the MSE trains
     both networks, the CE only the teacher, the KL only the student. The teacher is always in
     train mode. The student's clean forward runs even when alpha = 0, since it still updates
-    BatchNorm's running statistics in the official code.
+    BatchNorm's running statistics in the official code; at alpha = 0 it runs without a graph
+    (:meth:`forward_at_alpha_zero`), the same step without back-propagating a zero.
     """
 
     name = "lbgat-trades"
@@ -40,4 +41,23 @@ class LbgatTrades(LbgatFamily):
     default_start = "normal"
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        if self.params.alpha == 0.0:
+            return self.forward_at_alpha_zero(batch)
         return guided_with_regulariser(self, batch, "kl", kl_batchmean)
+
+    def forward_at_alpha_zero(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """The paper's headline alpha = 0: ``guided_with_regulariser``'s forwards in its order, the
+        student's clean one without a graph (still in train mode, so BatchNorm's running statistics
+        update as in the official code). Its weight-0 KL contributes exactly zero (+-0) to every
+        gradient, so skipping that backward leaves the step bit-identical (tests/test_lbgat_alpha_zero.py).
+        The KL keeps its graph into M_r(x'), so a non-finite KL still turns the loss non-finite."""
+        x_adv = self.adversarial(batch)
+        if self.teacher is not None:
+            self.teacher.train()
+        logits_adv = self.student(x_adv)
+        with torch.no_grad():
+            logits_clean = self.student(batch.x)
+        terms = self.guided(batch, logits_adv)
+        terms["kl"] = kl_batchmean(logits_clean, logits_adv)
+        terms["loss"] = terms["loss"] + self.params.alpha * terms["kl"]
+        return terms
