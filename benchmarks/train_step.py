@@ -44,6 +44,10 @@ from lbgat.rng import Stream
 EPS, STEP_SIZE, STEPS = 0.031, 0.007, 10
 SHARED_MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-mini"
 DEFAULT_DATA = Path(os.environ.get("LBGAT_CIFAR10_MINI") or SHARED_MINI)
+# wall: elapsed time. cpu: this process's CPU seconds (all its threads), which other processes on a
+# shared machine barely disturb; on CPU with --threads 1 it measures the work itself.
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
+clock = "wall"
 
 
 def synchronize() -> None:
@@ -60,12 +64,12 @@ class Timer:
 
     def __call__(self, *args, **kwargs):
         synchronize()
-        started = time.perf_counter()
+        started = CLOCKS[clock]()
         try:
             return self.function(*args, **kwargs)
         finally:
             synchronize()
-            self.seconds += time.perf_counter() - started
+            self.seconds += CLOCKS[clock]() - started
 
 
 def reference_attack(student: nn.Module, x: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
@@ -212,10 +216,10 @@ def time_steps(steps: dict[str, Step], batch: Batch, start: torch.Tensor, repeat
         for name, step in order if repeat % 2 == 0 else order[::-1]:
             step.attack.seconds = 0.0
             synchronize()
-            started = time.perf_counter()
+            started = CLOCKS[clock]()
             step(batch, start)
             synchronize()
-            timings[name].append((time.perf_counter() - started, step.attack.seconds))
+            timings[name].append((CLOCKS[clock]() - started, step.attack.seconds))
             total, attack = timings[name][-1]
             print(f"  repeat {repeat + 1} {name:>17}: step {total:7.2f} s (attack {attack:7.2f} s)", flush=True)
     return {name: (statistics.median(t for t, _ in runs), statistics.median(a for _, a in runs),
@@ -228,14 +232,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--alpha", type=float, nargs="+", default=[0.0, 6.0],
                         help="TRADES KL weights to run, side by side (default 0 6: the paper's two settings)")
     parser.add_argument("--tolerance", type=float, default=1e-5, help="largest relative loss difference accepted")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                        help="wall time (default) or this process's CPU time (steadier on a busy CPU machine)")
     args = parser.parse_args(argv)
+    if args.clock == "cpu" and args.device != "cpu":
+        parser.error("--clock cpu measures CPU work; time a GPU with the wall clock")
+    global clock
+    clock = args.clock
 
     device, batch, source, student, teacher = step_setup(args)
     start = 0.001 * batch.rng.normal(Stream.TRAIN_ATTACK_START, tuple(batch.x.shape[1:]))
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} CPU threads"
     print(f"LBGAT+TRADES step, {args.model} student + {args.teacher} teacher, batch {args.batch_size}, "
           f"alpha {' and '.join(f'{alpha:g}' for alpha in args.alpha)}, {STEPS}-step attack, fp32, {where}, "
-          f"torch {torch.__version__}")
+          f"torch {torch.__version__}, {args.clock} seconds")
     print(f"data: {source}")
 
     rows = []
