@@ -277,11 +277,22 @@ def _run_methods(args: argparse.Namespace) -> int:
 
 
 def _run_models(args: argparse.Namespace) -> int:
-    from .models import list_models
+    from .models import ModelEntry, list_model_families, list_models
 
+    def shape_note(entry: ModelEntry) -> str:
+        return " (needs " + "x".join(map(str, entry.input_shape)) + ")" if entry.input_shape else ""
+
+    # A family is one line (its pattern), with its registered sizes below it as examples.
+    members = {family.pattern: [entry for entry in list_models() if family.member(entry.name)]
+               for family in list_model_families()}
+    grouped = {entry.name for entries in members.values() for entry in entries}
     for entry in list_models():
-        shape = " (needs " + "x".join(map(str, entry.input_shape)) + ")" if entry.input_shape else ""
-        print(f"{entry.name:18} {entry.description}{shape}")
+        if entry.name not in grouped:
+            print(f"{entry.name:18} {entry.description}{shape_note(entry)}")
+    for family in list_model_families():
+        print(f"{family.pattern:18} {family.description}")
+        for entry in members[family.pattern]:
+            print(f"  {entry.name:16} {entry.description}{shape_note(entry)}")
     return 0
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import Any, ClassVar, Protocol, TypeVar, cast
 
 import torch
@@ -81,7 +82,11 @@ class GuidedMethod(Method[GP]):
         logits_adv = self.student(x_adv)
         if self.regulariser is None:
             return self.guided(batch, logits_adv)
-        logits_clean = self.student(batch.x)
-        terms = self.guided(batch, logits_adv)
         alpha = cast(Regularised, self.params).alpha
+        # At alpha = 0 (LBGAT's headline setting) the clean forward only updates BatchNorm's running
+        # statistics, as in the official code; without a graph its weight-0 term adds exactly +-0 to every
+        # gradient it would have reached, so the step is bit-identical (tests/test_lbgat_alpha_zero.py).
+        with torch.no_grad() if alpha == 0 else nullcontext():
+            logits_clean = self.student(batch.x)
+        terms = self.guided(batch, logits_adv)
         return add_weighted(terms, self.regulariser.name, self.regulariser.term(logits_clean, logits_adv), alpha)

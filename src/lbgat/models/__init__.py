@@ -1,6 +1,7 @@
 """Architectures by name, with input normalisation inside the model.
 
-Importing this package registers every architecture; build one with :func:`create_model`.
+Importing this package registers every architecture and family of sizes (``wrn-D-W``); build
+one with :func:`create_model`.
 """
 
 from __future__ import annotations
@@ -11,11 +12,14 @@ from .normalize import InputNormalization
 from .preact_resnet import PreActResNet
 from .registry import (
     ModelEntry,
+    ModelFamily,
     create_model,
     default_teacher,
     get_model_entry,
+    list_model_families,
     list_models,
     register_model,
+    register_model_family,
 )
 from .resnet import ResNet
 from .small import SmallCNN, TinyCNN
@@ -24,6 +28,7 @@ from .wideresnet import WideResNet
 __all__ = [
     "InputNormalization",
     "ModelEntry",
+    "ModelFamily",
     "PreActResNet",
     "ResNet",
     "SmallCNN",
@@ -33,6 +38,8 @@ __all__ = [
     "create_model",
     "default_teacher",
     "get_model_entry",
+    "list_model_families",
     "list_models",
     "register_model",
+    "register_model_family",
 ]

@@ -1,4 +1,4 @@
-"""Architectures by name: ``@register_model`` factories and ``create_model``.
+"""Architectures by name: ``@register_model`` factories, families of sizes, and ``create_model``.
 
 A factory takes ``(num_classes, in_channels, image_size)`` and returns a module whose
 forward maps a ``(B, in_channels, image_size, image_size)`` batch in [0, 1] to
@@ -29,7 +29,26 @@ class ModelEntry:
     input_shape: tuple[int, int, int] | None
 
 
+@dataclass(frozen=True)
+class ModelFamily:
+    """Architectures named by a pattern with sizes in it (``wrn-D-W``), built for any valid sizes."""
+
+    pattern: str
+    description: str
+    # The entry for a name of this family, None for a name not of it; raises ConfigError (the
+    # reason, one line) for a name of the family with invalid sizes.
+    resolve: Callable[[str], ModelEntry | None]
+
+    def member(self, name: str) -> bool:
+        """Whether ``name`` is a valid name of this family."""
+        try:
+            return self.resolve(name) is not None
+        except ConfigError:
+            return False
+
+
 _REGISTRY: dict[str, ModelEntry] = {}
+_FAMILIES: list[ModelFamily] = []
 
 
 def register_model(
@@ -50,16 +69,36 @@ def register_model(
     return decorate
 
 
+def register_model_family(family: ModelFamily) -> None:
+    """Make every name ``family.resolve`` accepts buildable; a registered name takes precedence."""
+    if any(known.pattern == family.pattern for known in _FAMILIES):
+        raise ValueError(f"model family {family.pattern!r} is already registered")
+    _FAMILIES.append(family)
+
+
 def list_models() -> list[ModelEntry]:
-    """All registered architectures, sorted by name."""
+    """All registered architectures, sorted by name (a family's named sizes among them)."""
     return [_REGISTRY[name] for name in sorted(_REGISTRY)]
 
 
+def list_model_families() -> list[ModelFamily]:
+    """The registered families, sorted by pattern."""
+    return sorted(_FAMILIES, key=lambda family: family.pattern)
+
+
 def get_model_entry(name: str) -> ModelEntry:
-    try:
+    """The registered architecture ``name``, else the family member it names."""
+    if name in _REGISTRY:
         return _REGISTRY[name]
-    except KeyError:
-        raise ConfigError(f"unknown model {name!r}; known: {', '.join(sorted(_REGISTRY))}") from None
+    known = ", ".join([*sorted(_REGISTRY), *(family.pattern for family in list_model_families())])
+    for family in list_model_families():
+        try:
+            entry = family.resolve(name)
+        except ConfigError as error:
+            raise ConfigError(f"unknown model {name!r}: {error}; known: {known}") from None
+        if entry is not None:
+            return entry
+    raise ConfigError(f"unknown model {name!r}; known: {known}")
 
 
 def default_teacher(in_channels: int, image_size: int) -> str:

@@ -2,19 +2,24 @@
 
 Module names, parameter shapes, construction order and initialisation follow the official
 class, so released checkpoints load with ``strict=True`` and the logits are identical for
-the same weights.
+the same weights. Any ``wrn-D-W`` (D = 6n+4) builds in that layout; a few sizes are also
+registered by name, with their size in the description.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import re
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError
+from .flops import count_flops
 from .normalize import InputNormalization
-from .registry import register_model
+from .registry import ModelEntry, ModelFamily, register_model, register_model_family
 
 
 class WideBasicBlock(nn.Module):
@@ -146,3 +151,79 @@ def wrn_28_10(num_classes: int, in_channels: int, image_size: int) -> WideResNet
 def wrn_10_1(num_classes: int, in_channels: int, image_size: int) -> WideResNet:
     # Nothing official to load at this size, so the dead sub_block1 is left out.
     return WideResNet(10, 1, num_classes, in_channels, sub_block1=False)
+
+
+# --- any size by name: wrn-D-W ---------------------------------------------------------------
+
+_FAMILY_NAME = re.compile(r"wrn-(\d+)-(\d+)")
+
+
+def wideresnet_sizes(name: str) -> tuple[int, int] | None:
+    """(depth, widen factor) of a ``wrn-D-W`` name, None for a name of another form.
+
+    Raises :class:`ConfigError` (the reason, one line) when D is not 6n+4, W is 0, or a size is
+    written with leading zeros (``wrn-016-4`` would be a second name for one architecture).
+    """
+    match = _FAMILY_NAME.fullmatch(name)
+    if match is None:
+        return None
+    depth, width = int(match[1]), int(match[2])
+    if name != f"wrn-{depth}-{width}":
+        raise ConfigError(f"write it as wrn-{depth}-{width}")
+    if depth < 10 or (depth - 4) % 6 != 0:
+        raise ConfigError(f"WideResNet depth must be 6n+4 (10, 16, 22, 28, 34, 40, ...), got {depth}")
+    if width < 1:
+        raise ConfigError(f"WideResNet width must be an integer >= 1, got {width}")
+    return depth, width
+
+
+def _millions(count: int) -> str:
+    return f"{count / 1e6:.2f}M" if count < 1e6 else f"{count / 1e6:.1f}M"
+
+
+def _flops_text(flops: int) -> str:
+    return f"{flops / 1e9:.1f} GFLOP" if flops >= 1e9 else f"{flops / 1e6:.1f} MFLOP"
+
+
+def describe_wideresnet(depth: int, width: int) -> str:
+    """The official-layout WRN-depth-width with its size: parameters run, those in the dead
+    ``sub_block1``, and FLOPs per 3×32×32 image (10 classes), counted on the meta device.
+
+    The named sizes' descriptions are this text (tested), written out so listing costs nothing.
+    """
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):  # no compute, no RNG draws seen outside
+        model = WideResNet(depth, width, num_classes=10)
+    dead = sum(p.numel() for p in model.sub_block1.parameters())
+    used = sum(p.numel() for p in model.parameters()) - dead
+    flops = count_flops(model, (3, 32, 32))
+    return (
+        f"WideResNet-{depth}-{width} in the TRADES/LBGAT layout "
+        f"({_millions(used)} params used + {_millions(dead)} in sub_block1, {_flops_text(flops)} at 3×32×32)"
+    )
+
+
+@functools.cache
+def _family_entry(name: str) -> ModelEntry | None:
+    sizes = wideresnet_sizes(name)
+    if sizes is None:
+        return None
+    depth, width = sizes
+
+    def build(num_classes: int, in_channels: int, image_size: int) -> WideResNet:
+        return WideResNet(depth, width, num_classes, in_channels)
+
+    # No size in the description: counting it costs a second at first use; describe_wideresnet has it.
+    description = f"WideResNet-{depth}-{width} in the TRADES/LBGAT layout (official keys, sub_block1 included)"
+    return ModelEntry(name, description, build, None)
+
+
+register_model_family(
+    ModelFamily(
+        pattern="wrn-D-W",
+        description=(
+            "WideResNet-D-W of TRADES/LBGAT for any depth D = 6n+4 (10, 16, 22, ...) and width W >= 1, "
+            "official keys (sub_block1 included; the named wrn-10-1 leaves it out), e.g. wrn-16-4, wrn-70-16"
+        ),
+        resolve=_family_entry,
+    )
+)
