@@ -27,7 +27,7 @@ class LbgatTrades(LbgatFamily[LbgatTradesParams]):
     both networks, the CE only the teacher, the KL only the student. The teacher is always in
     train mode. The student's clean forward runs even when alpha = 0, since it still updates
     BatchNorm's running statistics in the official code; at alpha = 0 it runs without a graph
-    (:meth:`forward_at_alpha_zero`), the same step without back-propagating a zero.
+    (:meth:`GuidedMethod.loss_terms`), the same step without back-propagating a zero.
     """
 
     name = "lbgat-trades"
