@@ -309,9 +309,11 @@ def test_wrn_initialisation_follows_the_official_rule() -> None:
     ("build", "filename"),
     [
         (lambda: WideResNet(depth=16, widen_factor=2, num_classes=10), "wrn16_2_official_logits.json"),
+        # The same network by name: the wrn-D-W family builds the official layout.
+        (lambda: create_model("wrn-16-2", num_classes=10), "wrn16_2_official_logits.json"),
         (lambda: create_model("resnet18-lbgat", num_classes=10), "resnet18_lbgat_official_logits.json"),
     ],
-    ids=["wrn-16-2", "resnet18-lbgat"],
+    ids=["wrn-16-2", "wrn-16-2-by-name", "resnet18-lbgat"],
 )
 def test_logits_equal_the_official_implementation(build: Callable[[], nn.Module], filename: str) -> None:
     # Reference logits come from the official classes (LBGAT models/wideresnet.py and
