@@ -214,7 +214,7 @@ def run_with_nans(tmp_path: Path, monkeypatch, steps: set[int], on_nan: str):
 
 def test_a_nan_loss_stops_with_position_and_terms_keeping_the_last_good_checkpoint(tmp_path: Path,
                                                                                    monkeypatch) -> None:
-    from lbgat.train.trainer import TrainingDiverged
+    from lbgat.train.errors import TrainingDiverged
 
     with pytest.raises(TrainingDiverged, match=r"non-finite in epoch 1 by step 5 \(loss nan, ce nan\)"):
         run_with_nans(tmp_path, monkeypatch, {5}, "stop")
@@ -234,7 +234,7 @@ def test_on_nan_skip_drops_the_bad_steps_and_finishes(tmp_path: Path, monkeypatc
 
 
 def test_on_nan_skip_gives_up_when_every_step_diverges(tmp_path: Path, monkeypatch) -> None:
-    from lbgat.train.trainer import TrainingDiverged
+    from lbgat.train.errors import TrainingDiverged
 
     with pytest.raises(TrainingDiverged, match="10 non-finite steps in a row"):
         run_with_nans(tmp_path, monkeypatch, set(range(3, 100)), "skip")
@@ -293,9 +293,9 @@ def test_a_disk_without_room_for_a_checkpoint_is_reported_before_training(tmp_pa
                                                                           capsys) -> None:
     import shutil
 
-    from lbgat.train import trainer as trainer_module
+    from lbgat.train import preflight
 
-    monkeypatch.setattr(trainer_module.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9, 1000))
+    monkeypatch.setattr(preflight.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9, 1000))
     out = tmp_path / "run"
     assert main(["train", "--method", "natural", "--model", "tiny-cnn", "--out", str(out), "--no-progress"]) == 2
     error = capsys.readouterr().err.strip()

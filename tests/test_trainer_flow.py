@@ -13,8 +13,9 @@ from lbgat.config import build_config
 from lbgat.errors import ConfigError, DataError
 from lbgat.train import train
 from lbgat.train import trainer as trainer_module
+from lbgat.train.accounting import LogInterval
 from lbgat.train.setup import build_parts, load_data, resolve
-from lbgat.train.trainer import LogInterval, Trainer
+from lbgat.train.trainer import Trainer
 
 TINY = {"method.name": "natural", "model": "tiny-cnn", "batch_size": 8}
 TINY_DATA = ["data.val_size=0", "data.train_size=16"]

@@ -18,7 +18,7 @@ from .evaluate import EvalRequest, evaluate_checkpoint
 from .files import strict_json, write_text_atomic
 from .recipes import find_recipe
 from .train import train
-from .train.trainer import LAST
+from .train.run_dir import LAST
 
 RECIPE = "cpu/mnist-5k-demo"
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import shlex
-import shutil
 import signal
 import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,113 +21,33 @@ from tqdm import tqdm
 
 from ..arithmetic import describe_arithmetic, deterministic_algorithms, float32_mode
 from ..attacks.input_only import input_only
-from ..checkpoint import (
-    Checkpoint,
-    check_checkpoint_path,
-    load_checkpoint,
-    load_state_strict,
-    require_resumable,
-    save_checkpoint,
-)
-from ..config import TrainConfig, config_to_yaml
+from ..checkpoint import Checkpoint, load_state_strict, save_checkpoint
+from ..config import TrainConfig
 from ..data import Dataset
 from ..data.identity import check_same_data
-from ..errors import CheckpointError, ConfigError, LbgatError, UnsafeCheckpointError
+from ..errors import CheckpointError, ConfigError
 from ..evaluate.specs import AttackSpec
 from ..evaluate.suite import run_suite
-from ..files import append_line, check_writable, nearest_existing, strict_json, write_text_atomic
-from ..provenance import code_version, environment
+from ..files import append_line, check_writable, strict_json
+from ..provenance import code_version
 from ..structured import to_mapping
 from ..world import World, device_for, process_group, resolve_device, world_from_environment
 from . import parallel
+from .accounting import EpochTotals, LogInterval, Position
+from .errors import CheckpointWriteError, TrainingDiverged, TrainingStopped
 from .gpu import cudnn_autotune
+from .preflight import check_disk_space
+from .resume import differences, most_meaningful_first
+from .run_dir import BEST, LAST, PREVIOUS, check_run_dir, last_good_checkpoint, write_run_files
 from .schedule import lr_at
 from .setup import RunParts, build_parts, expected_image_shape, load_data, resolve, validate
 
-LAST = "last.pt"
-PREVIOUS = "last.prev.pt"  # the checkpoint before last.pt, kept for when last.pt is damaged
-BEST = "best.pt"
-# The files a new run writes besides its checkpoints.
-RUN_FILES = ("config.yaml", "provenance.json", "split.json", "metrics.jsonl", BEST)
-# Settings a resumed run may change: they do not alter what is computed.
-# data.root: the data is identified by its content fingerprint instead (lbgat.data.identity).
-RESUMABLE_CHANGES = frozenset({"max_steps", "log_every", "device", "out", "checkpoint_every", "on_nan",
-                               "channels_last", "compile", "data.root"})
 # --on-nan skip gives up after this many non-finite steps in a row: the run has diverged for good.
 MAX_CONSECUTIVE_SKIPS = 10
 STOP_SIGNALS = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "SIGINT"}
 # Under torchrun the ranks agree on a stop (an all-reduce and a host sync) every this many steps, and
 # at every log interval, checkpoint and epoch end: a stop signal takes effect at most this many steps late.
 STOP_CHECK_EVERY = 10
-
-
-class TrainingDiverged(LbgatError):
-    """The loss became NaN or infinite."""
-
-
-class TrainingStopped(LbgatError):
-    """A stop signal arrived; the run saved a checkpoint after the current step and can be resumed."""
-
-    label = "stopped"
-
-    def __init__(self, message: str, signal_number: int, *, announce: bool = True) -> None:
-        super().__init__(message)
-        self.exit_code = 128 + signal_number  # 143 for SIGTERM, 130 for SIGINT, as a shell reports them
-        self.announce = announce  # False on the other processes of a torchrun job: rank 0 says it once
-
-
-class CheckpointWriteError(LbgatError):
-    """A checkpoint could not be written (full disk, quota, ...); the ones written before are intact."""
-
-    def __init__(self, path: Path, error: OSError, run_dir: Path) -> None:
-        intact = next((run_dir / name for name in (LAST, PREVIOUS) if (run_dir / name).exists()), None)
-        recovery = (f"the previous checkpoint {intact} is intact: free some space, then continue with "
-                    f"--resume --out {run_dir}" if intact is not None else "no checkpoint of this run was written")
-        super().__init__(f"could not write the checkpoint {path}: {error.strerror or error}; {recovery}")
-
-
-@dataclass
-class Position:
-    """Where training stands: the next batch to run (0-indexed epoch and batch) and steps done."""
-
-    epoch: int = 0
-    batch: int = 0
-    global_step: int = 0
-
-
-@dataclass
-class EpochTotals:
-    """Running sums of the loss terms within the current epoch (kept in checkpoints for exact resume)."""
-
-    sums: dict[str, float] = field(default_factory=dict)
-    steps: int = 0
-    seconds: float = 0.0
-
-    def means(self) -> dict[str, float]:
-        return {name: total / self.steps for name, total in self.sums.items()} if self.steps else {}
-
-
-@dataclass
-class LogInterval:
-    """The loss terms of the steps since the last flush, summed on the device: they are read (one host
-    sync, and under torchrun one all-reduce) once per log interval, since per-step reads would stall a
-    GPU's pipeline."""
-
-    sums: dict[str, torch.Tensor] = field(default_factory=dict)
-    steps: int = 0  # optimiser steps taken (skipped steps add nothing)
-    started: float | None = None  # when the interval's first step began
-
-    def begin_step(self) -> None:
-        if self.started is None:
-            self.started = time.perf_counter()
-
-    def add(self, terms: dict[str, torch.Tensor], weight: float | None) -> None:
-        """One step's terms; ``weight`` (under torchrun) is this rank's share of the global batch."""
-        for name, value in terms.items():
-            # float64 keeps the epoch means independent of where log intervals (or a resume) fall.
-            total = value.detach().double()
-            self.sums[name] = self.sums.get(name, 0.0) + (total * weight if weight is not None else total)
-        self.steps += 1
 
 
 @dataclass
@@ -140,41 +59,6 @@ class TrainResult:
     finished: bool
     is_main: bool = True  # False on the other processes of a torchrun job
     note: str | None = None  # said before the summary, e.g. that a resumed run had nothing left to do
-
-
-def _differences(saved: dict[str, Any], new: dict[str, Any], prefix: str = "",
-                 defaults: dict[str, Any] | None = None) -> list[str]:
-    """Settings that differ between a run and a resume. A setting newer than the run's code counts as
-    unchanged when it holds its default (which is what that code did)."""
-    defaults = to_mapping(TrainConfig()) if defaults is None else defaults
-    keys = sorted(set(saved) | set(new))
-    found: list[str] = []
-    for key in keys:
-        path = f"{prefix}{key}"
-        left, right = saved.get(key), new.get(key)
-        if key not in saved and key in defaults and right == defaults[key]:
-            continue
-        if isinstance(left, dict) and isinstance(right, dict):
-            default = defaults.get(key)
-            found += _differences(left, right, path + ".", default if isinstance(default, dict) else {})
-        elif left != right and path not in RESUMABLE_CHANGES:
-            found.append(f"{path} ({left!r} in the run, {right!r} now)")
-    return found
-
-
-# A resume that changes several settings names the one that explains the others first (trades ->
-# pgd-at also changes attack.objective, start and warmup, but the method is the difference).
-MEANINGFUL_FIRST = ("method.name", "model", "teacher", "data.name", "teacher_checkpoints", "method.params")
-
-
-def _most_meaningful_first(changes: list[str]) -> list[str]:
-    def rank(change: str) -> int:
-        setting = change.split(" ", 1)[0]
-        for position, prefix in enumerate(MEANINGFUL_FIRST):
-            if setting == prefix or setting.startswith(prefix + "."):
-                return position
-        return len(MEANINGFUL_FIRST)
-    return sorted(changes, key=rank)
 
 
 class Trainer:
@@ -410,12 +294,7 @@ class Trainer:
         self.keep_last_as_previous = True
 
     def _last_good_checkpoint(self) -> str:
-        """Where a diverged run can be taken up again: a checkpoint is written only after a finite loss, so
-        the newest one on disk is good (last.pt not when it was found damaged). Named only if one exists."""
-        for name in (LAST, PREVIOUS) if self.keep_last_as_previous else (PREVIOUS,):
-            if (self.run_dir / name).is_file():
-                return f"the last good checkpoint is {self.run_dir / name}"
-        return "no checkpoint was written yet"
+        return last_good_checkpoint(self.run_dir, self.keep_last_as_previous)
 
     def _at_step_limit(self) -> bool:
         return self.config.max_steps is not None and self.position.global_step >= self.config.max_steps
@@ -440,22 +319,15 @@ class Trainer:
             torch.cuda.synchronize(self.parts.device)
         assert interval.started is not None  # a flush follows at least one step
         seconds = time.perf_counter() - interval.started
-        pending, steps = interval.sums, interval.steps
-        names = list(pending)
-        if self.world.sharded and names:
-            summed = parallel.all_reduce_sum(torch.stack([pending[name] for name in names]))
-            pending = dict(zip(names, summed.unbind(), strict=True))
-        values = {name: float(total) for name, total in pending.items()}
+        steps = interval.steps
+        values = interval.read(self.world.sharded)
         if not all(math.isfinite(value) for value in values.values()):
             shown = ", ".join(f"{name} {value / steps:.4g}" for name, value in values.items())
             raise TrainingDiverged(
                 f"loss became non-finite in epoch {self.position.epoch + 1} by step {self.position.global_step} "
                 f"({shown}); {self._last_good_checkpoint()}"
             )
-        for name, value in values.items():
-            self.epoch_totals.sums[name] = self.epoch_totals.sums.get(name, 0.0) + value
-        self.epoch_totals.steps += steps
-        self.epoch_totals.seconds += seconds
+        self.epoch_totals.add(values, steps, seconds)
         bar.set_postfix({"lr": f"{lr:.3g}", **{name: f"{value / steps:.4f}" for name, value in values.items()}},
                         refresh=False)
 
@@ -505,82 +377,6 @@ def _flatten_rng(rng: dict[str, Any]) -> dict[str, torch.Tensor]:
     return flat
 
 
-def _write_run_files(run_dir: Path, config: TrainConfig, parts: RunParts, argv: list[str] | None) -> None:
-    if not parts.world.is_main:
-        return
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(run_dir / "config.yaml", config_to_yaml(config))
-    provenance = {
-        "code_version": code_version(), "environment": environment(), "argv": argv,
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "device": str(parts.device),
-        "processes": parts.world.size,
-        "dataset_source": parts.dataset.source,
-        "arithmetic": describe_arithmetic(config.precision, parts.device, deterministic=config.deterministic),
-    }
-    write_text_atomic(run_dir / "provenance.json", strict_json(provenance, indent=2) + "\n")
-    split = {"split_seed": config.data.split_seed, "val_size": len(parts.val_indices),
-             "train_size": len(parts.train_indices), "held_out_indices": parts.val_indices.tolist()}
-    if config.data.train_size is not None:
-        split["train_indices"] = parts.train_indices.tolist()
-    write_text_atomic(run_dir / "split.json", strict_json(split) + "\n")
-
-
-def checkpoint_bytes(parts: RunParts) -> int:
-    """About what one resumable checkpoint takes: every tensor of the method plus one optimiser buffer
-    (SGD momentum) per parameter."""
-    state = sum(tensor.numel() * tensor.element_size() for tensor in parts.method.state_dict().values())
-    momentum = sum(parameter.numel() * parameter.element_size() for parameter in parts.method.parameters())
-    return state + momentum
-
-
-def _check_disk_space(run_dir: Path, parts: RunParts) -> None:
-    """Room for one more checkpoint (written beside the old one before it replaces it)."""
-    needed = int(checkpoint_bytes(parts) * 1.05) + (1 << 20)
-    free = shutil.disk_usage(nearest_existing(run_dir)).free
-    if free < needed:
-        raise ConfigError(f"not enough disk space for a checkpoint in {run_dir}: one needs about "
-                          f"{needed / 2**20:.1f} MiB, {free / 2**20:.1f} MiB are free")
-
-
-def _check_run_dir(run_dir: Path, resume: bool) -> Checkpoint | None:
-    last, previous = run_dir / LAST, run_dir / PREVIOUS
-    if resume:
-        if not last.exists() and not previous.exists():
-            raise ConfigError(f"nothing to resume: {last} does not exist")
-        return _resumable_checkpoint(last, previous)
-    if last.exists() or previous.exists():
-        raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another --out")
-    # A new run writes these; one found here is another run's (stopped before its first checkpoint) or
-    # the user's own, and a new run must not overwrite it.
-    present = [name for name in RUN_FILES if (run_dir / name).exists()] + sorted(
-        path.name for path in run_dir.glob("epoch-*.pt"))
-    if present:
-        raise ConfigError(f"{run_dir} already holds {', '.join(present)} but no checkpoint to resume from; "
-                          "choose another --out, or move those files away")
-    return None
-
-
-def _resumable_checkpoint(last: Path, previous: Path) -> Checkpoint:
-    """last.pt, or last.prev.pt (with a warning) when last.pt is missing, truncated or damaged.
-    A file refused as unsafe is never skipped over: that is tampering, not damage. Nor is a folder or
-    other non-file in last.pt's place: the run could not write its next checkpoint there."""
-    if last.exists() and not last.is_file():
-        check_checkpoint_path(last)  # raises, saying what is there instead
-    try:
-        return require_resumable(load_checkpoint(last))
-    except UnsafeCheckpointError:
-        raise
-    except CheckpointError as error:
-        if not previous.exists():
-            raise
-        damage = str(error)
-    fallback = require_resumable(load_checkpoint(previous))
-    position = fallback.meta.get("position", {})
-    print(f"warning: {damage}; resuming from the previous checkpoint {previous} (epoch "
-          f"{position.get('epoch', 0) + 1}, after step {position.get('global_step')})", file=sys.stderr)
-    return fallback
-
-
 def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
           argv: list[str] | None = None, dataset: Dataset | None = None) -> TrainResult:
     """Train as ``config`` says; with ``resume``, continue the run in ``config.out`` exactly.
@@ -612,18 +408,18 @@ def _train(config: TrainConfig, resume: bool, progress: bool, argv: list[str] | 
     resolved = resolve(config, image_shape)
     run_dir = Path(resolved.out)
     check_writable(run_dir, "run directory")
-    checkpoint = _check_run_dir(run_dir, resume)
+    checkpoint = check_run_dir(run_dir, resume)
     if dataset is None:
         dataset = load_data(config)
     if checkpoint is not None:
-        changed = _most_meaningful_first(_differences(checkpoint.meta["config"], to_mapping(resolved)))
+        changed = most_meaningful_first(differences(checkpoint.meta["config"], to_mapping(resolved)))
         if changed:
             raise ConfigError(f"--resume with settings that differ from the run: {changed[0]}")
         unchecked = check_same_data(checkpoint.meta, dataset)
         if unchecked and world.is_main:
             print(f"warning: {unchecked}", file=sys.stderr)
     parts = build_parts(resolved, dataset, world)
-    _check_disk_space(run_dir, parts)
+    check_disk_space(run_dir, parts)
     parallel.barrier()  # every rank has checked the run directory before rank 0 writes into it
     trainer = Trainer(parts, run_dir, progress=progress)
     if checkpoint is not None:
@@ -633,6 +429,6 @@ def _train(config: TrainConfig, resume: bool, progress: bool, argv: list[str] | 
                      "arithmetic": describe_arithmetic(resolved.precision, parts.device,
                                                        deterministic=resolved.deterministic)})
     else:
-        _write_run_files(run_dir, resolved, parts, argv)
+        write_run_files(run_dir, resolved, parts, argv)
         trainer.log({"event": "started", "config": to_mapping(resolved)})
     return trainer.run()

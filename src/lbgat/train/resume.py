@@ -1,0 +1,48 @@
+"""Which settings a resumed run may change, and the changes that refuse a resume (most meaningful first)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..config import TrainConfig
+from ..structured import to_mapping
+
+# Settings a resumed run may change: they do not alter what is computed.
+# data.root: the data is identified by its content fingerprint instead (lbgat.data.identity).
+RESUMABLE_CHANGES = frozenset({"max_steps", "log_every", "device", "out", "checkpoint_every", "on_nan",
+                               "channels_last", "compile", "data.root"})
+
+
+def differences(saved: dict[str, Any], new: dict[str, Any], prefix: str = "",
+                defaults: dict[str, Any] | None = None) -> list[str]:
+    """Settings that differ between a run and a resume. A setting newer than the run's code counts as
+    unchanged when it holds its default (which is what that code did)."""
+    defaults = to_mapping(TrainConfig()) if defaults is None else defaults
+    keys = sorted(set(saved) | set(new))
+    found: list[str] = []
+    for key in keys:
+        path = f"{prefix}{key}"
+        left, right = saved.get(key), new.get(key)
+        if key not in saved and key in defaults and right == defaults[key]:
+            continue
+        if isinstance(left, dict) and isinstance(right, dict):
+            default = defaults.get(key)
+            found += differences(left, right, path + ".", default if isinstance(default, dict) else {})
+        elif left != right and path not in RESUMABLE_CHANGES:
+            found.append(f"{path} ({left!r} in the run, {right!r} now)")
+    return found
+
+
+# A resume that changes several settings names the one that explains the others first (trades ->
+# pgd-at also changes attack.objective, start and warmup, but the method is the difference).
+MEANINGFUL_FIRST = ("method.name", "model", "teacher", "data.name", "teacher_checkpoints", "method.params")
+
+
+def most_meaningful_first(changes: list[str]) -> list[str]:
+    def rank(change: str) -> int:
+        setting = change.split(" ", 1)[0]
+        for position, prefix in enumerate(MEANINGFUL_FIRST):
+            if setting == prefix or setting.startswith(prefix + "."):
+                return position
+        return len(MEANINGFUL_FIRST)
+    return sorted(changes, key=rank)
