@@ -30,7 +30,7 @@ from ..checkpoint import (
     require_resumable,
     save_checkpoint,
 )
-from ..config import TrainConfig, config_to_yaml
+from ..config import TrainConfig, config_to_yaml, resumable_settings
 from ..data import Dataset
 from ..data.identity import check_same_data
 from ..errors import CheckpointError, ConfigError, LbgatError, UnsafeCheckpointError
@@ -50,10 +50,8 @@ PREVIOUS = "last.prev.pt"  # the checkpoint before last.pt, kept for when last.p
 BEST = "best.pt"
 # The files a new run writes besides its checkpoints.
 RUN_FILES = ("config.yaml", "provenance.json", "split.json", "metrics.jsonl", BEST)
-# Settings a resumed run may change: they do not alter what is computed.
-# data.root: the data is identified by its content fingerprint instead (lbgat.data.identity).
-RESUMABLE_CHANGES = frozenset({"max_steps", "log_every", "device", "out", "checkpoint_every", "on_nan",
-                               "channels_last", "compile", "data.root"})
+# Settings a resumed run may change: they do not alter what is computed (declared at each setting).
+RESUMABLE_CHANGES = resumable_settings()
 # --on-nan skip gives up after this many non-finite steps in a row: the run has diverged for good.
 MAX_CONSECUTIVE_SKIPS = 10
 STOP_SIGNALS = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "SIGINT"}
