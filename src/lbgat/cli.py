@@ -9,8 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from . import config as config_module
 from .attacks import NORMS
-from .config import ON_NAN_ACTIONS
 from .data.download import DOWNLOADABLE
 from .errors import LbgatError
 from .evaluate.autoattack import AA_VERSIONS
@@ -18,6 +18,7 @@ from .evaluate.runner import PROTOCOLS
 from .evaluate.specs import ATTACK_FORMS, DEFAULT_ATTACKS
 from .files import describe_os_error
 from .precision import PRECISIONS
+from .settings import add_setting_flags, flag_values
 
 
 class _Parser(argparse.ArgumentParser):
@@ -41,41 +42,9 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
                                              "train one model with DistributedDataParallel (global batch = "
                                              "--batch-size).")
     parser.add_argument("--config", help="YAML recipe: a file, or a shipped recipe name (see `lbgat recipes`)")
-    parser.add_argument("--method", help="training method (see `lbgat methods`)")
-    parser.add_argument("--model", help="student architecture (see `lbgat models`)")
-    parser.add_argument("--teacher", help="teacher architecture, for methods with a teacher")
-    parser.add_argument("--teacher-checkpoint", dest="teacher_checkpoints", action="append", metavar="PATH",
-                        help="BGAT methods: a frozen natural teacher (repeat for an ensemble); LBGAT methods: "
-                             "start the teacher from this checkpoint. ARCH=PATH for a plain state dict")
-    parser.add_argument("--dataset", help="cifar10, cifar100, tiny-imagenet, mnist-5k (embedded) or folder")
-    parser.add_argument("--data-root", help="folder holding the dataset (not needed for mnist-5k)")
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--max-steps", type=int, help="stop after this many optimiser steps in all (smoke runs)")
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--out", type=_folder, help="run directory (default runs/<dataset>-<method>-<model>-s<seed>)")
-    parser.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    # The settings' flags, declared at each setting in lbgat.config (lbgat.settings.setting).
+    add_setting_flags(parser, config_module.TrainConfig)
     parser.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
-    parser.add_argument("--checkpoint-every", type=int, metavar="STEPS",
-                        help="also checkpoint every STEPS optimiser steps (pre-emptible machines; default per epoch)")
-    parser.add_argument("--on-nan", choices=ON_NAN_ACTIONS,
-                        help="at a non-finite loss: stop the run (default) or skip the step (at most 10 in a row)")
-    parser.add_argument("--precision", choices=PRECISIONS,
-                        help="training arithmetic: fp32 (default), or bf16/fp16 autocast (fp16 with a gradient "
-                             "scaler); attack steps, projections and validation stay in fp32")
-    parser.add_argument("--channels-last", action="store_true",
-                        help="networks and inputs in channels-last memory format (see docs/performance.md)")
-    parser.add_argument("--compile", action="store_true",
-                        help="torch.compile the networks and the attack step: compiles first, meant for GPUs "
-                             "(slower on CPU; see docs/performance.md)")
-    parser.add_argument("--sync-bn", action="store_true", help="under torchrun on GPUs: BatchNorm statistics over "
-                                                                "the global batch (SyncBatchNorm)")
-    parser.add_argument("--tf32", action="store_true",
-                        help="let fp32 convolutions and matmuls use TF32 on Ampere+ GPUs (faster, 10-bit mantissa; "
-                             "default: IEEE fp32)")
-    parser.add_argument("--deterministic", action="store_true",
-                        help="deterministic GPU kernels only (bit-exact GPU resume with fp32; slower; sets "
-                             "CUBLAS_WORKSPACE_CONFIG=:4096:8)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override any setting, e.g. --set method.alpha=0 --set attack.steps=5 (repeatable)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -88,15 +57,7 @@ def _run_train(args: argparse.Namespace) -> int:
     from .train import train
 
     recipe = load_yaml(find_recipe(args.config)) if args.config else None
-    flags = {
-        "method.name": args.method, "model": args.model, "teacher": args.teacher, "data.name": args.dataset,
-        "data.root": args.data_root, "schedule.epochs": args.epochs, "batch_size": args.batch_size,
-        "max_steps": args.max_steps, "seed": args.seed, "out": args.out and str(args.out), "device": args.device,
-        "teacher_checkpoints": args.teacher_checkpoints, "checkpoint_every": args.checkpoint_every,
-        "on_nan": args.on_nan, "precision": args.precision, "channels_last": args.channels_last or None,
-        "compile": args.compile or None, "sync_bn": args.sync_bn or None, "tf32": args.tf32 or None,
-        "deterministic": args.deterministic or None,
-    }
+    flags = flag_values(args, config_module.TrainConfig)
     config = build_config(recipe, flags, args.overrides)
     result = train(config, resume=args.resume, progress=not args.no_progress, argv=sys.argv)
     if not result.is_main:  # another process of a torchrun job: rank 0 reports

@@ -18,29 +18,43 @@ from typing import Any
 import yaml
 
 from . import yaml_loader
+from .attacks import BN_MODES, OBJECTIVES, STARTS
 from .errors import ConfigError
+from .precision import PRECISIONS
+from .settings import folder_name, resumable_keys, setting
 from .structured import coerce, field_annotation, from_mapping, to_mapping
 
 # What a non-finite loss does (on_nan): stop the run, or skip that step.
 ON_NAN_ACTIONS: tuple[str, ...] = ("stop", "skip")
+SEED_LIMIT = 2**63  # torch.manual_seed takes a signed 64-bit integer
+# Each setting is declared once, at its field (lbgat.settings.setting): default, flag and help text,
+# choices, range (the refusal's wording where it is not the default one) and whether it may change on resume.
+_IN_UNIT = "{key} must be in [0, 1] (images are in [0, 1]), got {value}"
+_SEED_RANGE = "{key} must be in [0, 2**63), got {value}"
 
 
 @dataclass
 class MethodConfig:
-    name: str = "lbgat-trades"
+    name: str = setting("lbgat-trades", flag="--method", help="training method (see `lbgat methods`)")
     # The method's own hyperparameters (e.g. alpha, beta); checked against the method's Params.
     params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class DataConfig:
-    name: str = "mnist-5k"
-    root: str | None = None
+    name: str = setting("mnist-5k", flag="--dataset",
+                        help="cifar10, cifar100, tiny-imagenet, mnist-5k (embedded) or folder")
+    # resumable: the data is identified by its content fingerprint instead (lbgat.data.identity).
+    root: str | None = setting(None, flag="--data-root", resumable=True,
+                               help="folder holding the dataset (not needed for mnist-5k)")
     image_size: int | None = None  # tiny-imagenet: 32 (the LBGAT paper) or 64; folder: resize to this
-    val_size: int = 1000  # held out of the training split for per-epoch robust validation; 0 = none
-    split_seed: int = 0  # which examples are held out (independent of the training seed)
-    train_size: int | None = None  # train on a fixed random subset of this many examples (smoke runs)
-    crop_padding: int | None = None  # auto: 4 for colour images, 0 for digits
+    val_size: int = setting(1000, minimum=0)  # held out of the training split for per-epoch robust validation; 0 = none
+    # which examples are held out (independent of the training seed)
+    split_seed: int = setting(0, minimum=0, below=SEED_LIMIT, message=_SEED_RANGE)
+    # train on a fixed random subset of this many examples (smoke runs)
+    train_size: int | None = setting(None, minimum=1)
+    # auto: 4 for colour images, 0 for digits
+    crop_padding: int | None = setting(None, minimum=0, message="{key} must be >= 0")
     flip: bool | None = None  # auto: True for colour images, False for digits
 
 
@@ -48,84 +62,115 @@ class DataConfig:
 class AttackConfig:
     """The training attack (L-infinity PGD; the objective belongs to the method)."""
 
-    eps: float | None = None  # auto: the dataset's threat model
-    step_size: float | None = None
-    steps: int | None = None
-    start: str = "auto"  # uniform | normal | none; auto: the method's convention
-    objective: str = "auto"  # ce | kl | cw; auto: the method's own (e.g. KL for TRADES, CE for PGD-AT)
-    start_std: float = 0.001  # scale of the "normal" start (TRADES/LBGAT)
-    bn_mode: str = "eval"  # BatchNorm mode while crafting (eval: TRADES/LBGAT; train: Madry)
+    eps: float | None = setting(None, minimum=0, maximum=1, message=_IN_UNIT)  # auto: the dataset's threat model
+    step_size: float | None = setting(None, above=0)
+    steps: int | None = setting(None, minimum=1)
+    start: str = setting("auto", choices=("auto", *STARTS))  # uniform | normal | none; auto: the method's convention
+    # ce | kl | cw; auto: the method's own (e.g. KL for TRADES, CE for PGD-AT)
+    objective: str = setting("auto", choices=("auto", *OBJECTIVES))
+    start_std: float = setting(0.001, minimum=0)  # scale of the "normal" start (TRADES/LBGAT)
+    bn_mode: str = setting("eval", choices=BN_MODES)  # BatchNorm mode while crafting (eval: TRADES/LBGAT; train: Madry)
     # Ramp eps (and the step size with it) linearly from 0 over the first N epochs, step by step.
     # Off (0) in every paper recipe; small networks on MNIST at eps 0.3 need it to leave chance level.
-    eps_warmup_epochs: int = 0
+    eps_warmup_epochs: int = setting(0, minimum=0)
 
 
 @dataclass
 class OptimConfig:
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 2e-4
+    lr: float = setting(0.1, above=0)
+    momentum: float = setting(0.9, minimum=0)
+    weight_decay: float = setting(2e-4, minimum=0)
     nesterov: bool = False
 
 
 @dataclass
 class ScheduleConfig:
-    epochs: int = 100
+    epochs: int = setting(100, flag="--epochs", minimum=1)
     # lr is multiplied by decay_factor after each of these epochs (1-indexed); auto: the paper's
     # {75, 90} scaled to the run, i.e. [floor(0.75 E), floor(0.9 E)].
     decay_epochs: list[int] | None = None
-    decay_factor: float = 0.1
+    decay_factor: float = setting(0.1, above=0)
     # Epoch 1 at warmup_factor * lr, as the official LBGAT script (0.02 at lr 0.1); auto: on for
     # the LBGAT methods. Only applied when epochs >= 10.
     warmup: bool | None = None
-    warmup_factor: float = 0.2
+    warmup_factor: float = setting(0.2, above=0)
 
 
 @dataclass
 class ValConfig:
     """Per-epoch robust validation on the held-out slice (never on the test set)."""
 
-    eps: float | None = None  # auto: the dataset's evaluation threat model
-    step_size: float | None = None
-    steps: int | None = None
-    batch_size: int = 200
-    every: int = 1  # epochs between validations
+    # auto: the dataset's evaluation threat model
+    eps: float | None = setting(None, minimum=0, maximum=1, message=_IN_UNIT)
+    step_size: float | None = setting(None, above=0)
+    steps: int | None = setting(None, minimum=1)
+    batch_size: int = setting(200, minimum=1)
+    every: int = setting(1, minimum=1)  # epochs between validations
 
 
 @dataclass
 class TrainConfig:
     method: MethodConfig = field(default_factory=MethodConfig)
-    model: str | None = None  # student architecture; auto: the dataset's default
-    teacher: str | None = None  # teacher architecture for methods with one; auto: fits the input
+    # auto: the dataset's default
+    model: str | None = setting(None, flag="--model", help="student architecture (see `lbgat models`)")
+    # teacher architecture for methods with one; auto: fits the input
+    teacher: str | None = setting(None, flag="--teacher", help="teacher architecture, for methods with a teacher")
     # LBGAT methods: at most one checkpoint to initialise the teacher from (default: random init).
     # BGAT methods: the frozen natural teacher, one or more checkpoints (ensemble = mean of logits);
     # a plain state dict is given as ARCH=PATH.
-    teacher_checkpoints: list[str] = field(default_factory=list)
+    teacher_checkpoints: list[str] = setting(
+        default_factory=list, flag="--teacher-checkpoint", dest="teacher_checkpoints", metavar="PATH",
+        help="BGAT methods: a frozen natural teacher (repeat for an ensemble); LBGAT methods: "
+             "start the teacher from this checkpoint. ARCH=PATH for a plain state dict")
     data: DataConfig = field(default_factory=DataConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     val: ValConfig = field(default_factory=ValConfig)
-    batch_size: int = 128
-    max_steps: int | None = None  # stop (with a checkpoint) after this many optimiser steps in all
-    seed: int = 1
-    out: str | None = None  # run directory; auto: runs/<dataset>-<method>-<model>-s<seed>
-    device: str = "auto"  # auto: cuda if available, else cpu
-    log_every: int = 10  # steps between progress-bar updates of the loss terms
-    save_every: int = 0  # also keep a numbered checkpoint every N epochs (0: only last and best)
-    checkpoint_every: int = 0  # also rewrite last.pt every N optimiser steps (pre-emptible machines); 0: per epoch
-    on_nan: str = "stop"  # stop: end the run at a non-finite loss; skip: drop that step (at most 10 in a row)
+    batch_size: int = setting(128, flag="--batch-size", minimum=1)
+    # stop (with a checkpoint) after this many optimiser steps in all
+    max_steps: int | None = setting(None, flag="--max-steps", minimum=1, resumable=True,
+                                    help="stop after this many optimiser steps in all (smoke runs)")
+    seed: int = setting(1, flag="--seed", minimum=0, below=SEED_LIMIT, message=_SEED_RANGE)
+    out: str | None = setting(None, flag="--out", flag_type=folder_name, resumable=True,
+                              help="run directory (default runs/<dataset>-<method>-<model>-s<seed>)")
+    device: str = setting("auto", flag="--device", resumable=True, help="auto (default), cpu, cuda, cuda:N")
+    log_every: int = setting(10, minimum=1, resumable=True)  # steps between progress-bar updates of the loss terms
+    save_every: int = setting(0, minimum=0)  # also keep a numbered checkpoint every N epochs (0: only last and best)
+    # also rewrite last.pt every N optimiser steps (pre-emptible machines); 0: per epoch
+    checkpoint_every: int = setting(
+        0, flag="--checkpoint-every", metavar="STEPS", minimum=0, resumable=True,
+        help="also checkpoint every STEPS optimiser steps (pre-emptible machines; default per epoch)")
+    on_nan: str = setting(
+        "stop", flag="--on-nan", choices=ON_NAN_ACTIONS, resumable=True,
+        message=f"{{key}} must be {' or '.join(ON_NAN_ACTIONS)}, got {{value!r}}",
+        help="at a non-finite loss: stop the run (default) or skip the step (at most 10 in a row)")
     # Speed (docs/performance.md). precision: fp32, or bf16/fp16 autocast for training (fp16 with a
     # gradient scaler); attack steps, projections and validation stay in fp32.
-    precision: str = "fp32"
-    channels_last: bool = False  # networks and inputs in channels-last memory format
-    compile: bool = False  # torch.compile the networks and the attack's update step
-    sync_bn: bool = False  # under torchrun on GPUs: BatchNorm statistics over the global batch
+    precision: str = setting(
+        "fp32", flag="--precision", choices=PRECISIONS,
+        help="training arithmetic: fp32 (default), or bf16/fp16 autocast (fp16 with a gradient "
+             "scaler); attack steps, projections and validation stay in fp32")
+    channels_last: bool = setting(
+        False, flag="--channels-last", resumable=True,
+        help="networks and inputs in channels-last memory format (see docs/performance.md)")
+    compile: bool = setting(
+        False, flag="--compile", resumable=True,
+        help="torch.compile the networks and the attack step: compiles first, meant for GPUs "
+             "(slower on CPU; see docs/performance.md)")
+    sync_bn: bool = setting(False, flag="--sync-bn", help="under torchrun on GPUs: BatchNorm statistics over "
+                                                          "the global batch (SyncBatchNorm)")
     # Arithmetic (docs/performance.md, docs/reliability.md). tf32: let fp32 convolutions and matmuls use
     # TF32 on Ampere+ GPUs (off: IEEE fp32, what "float32" says). deterministic: deterministic kernels
     # only, for bit-exact GPU resume. Neither may change on resume: both change what is computed.
-    tf32: bool = False
-    deterministic: bool = False
+    tf32: bool = setting(
+        False, flag="--tf32",
+        help="let fp32 convolutions and matmuls use TF32 on Ampere+ GPUs (faster, 10-bit mantissa; "
+             "default: IEEE fp32)")
+    deterministic: bool = setting(
+        False, flag="--deterministic",
+        help="deterministic GPU kernels only (bit-exact GPU resume with fp32; slower; sets "
+             "CUBLAS_WORKSPACE_CONFIG=:4096:8)")
 
 
 @dataclass(frozen=True)
@@ -146,6 +191,11 @@ class ThreatProfile:
 COLOUR_PROFILE = ThreatProfile(0.031, 0.007, 10, 0.003, 20, crop_padding=4, flip=True, default_model="wrn-34-10")
 # Digits: the standard MNIST threat model eps = 0.3 with the TRADES MNIST attack (40 steps of 0.01).
 DIGITS_PROFILE = ThreatProfile(0.3, 0.01, 40, 0.01, 40, crop_padding=0, flip=False, default_model="small-cnn")
+
+
+def resumable_settings(config_cls: type | None = None) -> frozenset[str]:
+    """The settings a resumed run may change: they do not alter what is computed."""
+    return resumable_keys(TrainConfig if config_cls is None else config_cls)
 
 
 def threat_profile(image_channels: int) -> ThreatProfile:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..config import TrainConfig
+from ..config import TrainConfig, resumable_settings
 from ..structured import to_mapping
 
-# Settings a resumed run may change: they do not alter what is computed.
-# data.root: the data is identified by its content fingerprint instead (lbgat.data.identity).
-RESUMABLE_CHANGES = frozenset({"max_steps", "log_every", "device", "out", "checkpoint_every", "on_nan",
-                               "channels_last", "compile", "data.root"})
+# Settings a resumed run may change: they do not alter what is computed (declared at each setting;
+# data.root may change because the data is identified by its content fingerprint, lbgat.data.identity).
+RESUMABLE_CHANGES = resumable_settings()
 
 
 def differences(saved: dict[str, Any], new: dict[str, Any], prefix: str = "",

@@ -12,22 +12,20 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..attacks import BN_MODES, OBJECTIVES, STARTS
 from ..checkpoint import ModelSpec, PlainStateDictError, check_checkpoint_path, load_for_eval
-from ..config import ON_NAN_ACTIONS, TrainConfig, default_decay_epochs, threat_profile
+from ..config import TrainConfig, default_decay_epochs, threat_profile
 from ..data import Dataset, get_dataset_info, load_dataset
 from ..data.loader import Augment, DeviceLoader
 from ..errors import ConfigError
 from ..methods import Method, TrainAttack, create_method, get_method, method_params
 from ..methods.teachers import FrozenEnsemble
 from ..models import default_teacher, get_model_entry
-from ..precision import PRECISIONS, Precision
+from ..precision import Precision
 from ..rng import Stream, permutation
+from ..settings import check_ranges
 from ..world import World, device_for, resolve_device
 from . import parallel
 from .gpu import sync_bn_warnings
-
-SEED_LIMIT = 2**63  # torch.manual_seed takes a signed 64-bit integer
 
 
 def _require(condition: bool, message: str) -> None:
@@ -44,48 +42,12 @@ def validate(config: TrainConfig, *, dataset_given: bool = False) -> None:
     for name in (config.model, config.teacher):
         if name is not None:
             get_model_entry(name)
-    attack, val = config.attack, config.val
-    for label, eps in (("attack.eps", attack.eps), ("val.eps", val.eps)):
-        _require(eps is None or 0.0 <= eps <= 1.0, f"{label} must be in [0, 1] (images are in [0, 1]), got {eps}")
-    for label, step in (("attack.step_size", attack.step_size), ("val.step_size", val.step_size)):
-        _require(step is None or step > 0, f"{label} must be > 0, got {step}")
-    for label, steps in (("attack.steps", attack.steps), ("val.steps", val.steps)):
-        _require(steps is None or steps >= 1, f"{label} must be >= 1, got {steps}")
-    _require(attack.start in (*STARTS, "auto"),
-             f"attack.start must be one of auto, {', '.join(STARTS)}, got {attack.start!r}")
-    _require(attack.bn_mode in BN_MODES, f"attack.bn_mode must be one of {', '.join(BN_MODES)}, got {attack.bn_mode!r}")
-    _require(attack.objective in (*OBJECTIVES, "auto"),
-             f"attack.objective must be one of auto, {', '.join(OBJECTIVES)}, got {attack.objective!r}")
+    # The choices and ranges declared at each setting (lbgat.config, lbgat.settings.setting); the
+    # cross-field and special checks follow.
+    check_ranges(config)
     _validate_teacher(config)
-    _require(attack.eps_warmup_epochs >= 0, f"attack.eps_warmup_epochs must be >= 0, got {attack.eps_warmup_epochs}")
-    _require(attack.start_std >= 0, f"attack.start_std must be >= 0, got {attack.start_std}")
-    _require(config.optim.lr > 0, f"optim.lr must be > 0, got {config.optim.lr}")
-    _require(config.optim.momentum >= 0, f"optim.momentum must be >= 0, got {config.optim.momentum}")
-    _require(config.optim.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {config.optim.weight_decay}")
-    schedule = config.schedule
-    _require(schedule.epochs >= 1, f"schedule.epochs must be >= 1, got {schedule.epochs}")
-    _require(schedule.decay_factor > 0, f"schedule.decay_factor must be > 0, got {schedule.decay_factor}")
-    _require(schedule.warmup_factor > 0, f"schedule.warmup_factor must be > 0, got {schedule.warmup_factor}")
-    _require(all(epoch >= 1 for epoch in schedule.decay_epochs or []), "schedule.decay_epochs must be >= 1")
-    _require(config.batch_size >= 1, f"batch_size must be >= 1, got {config.batch_size}")
-    _require(config.max_steps is None or config.max_steps >= 1, f"max_steps must be >= 1, got {config.max_steps}")
-    _require(0 <= config.seed < SEED_LIMIT, f"seed must be in [0, 2**63), got {config.seed}")
+    _require(all(epoch >= 1 for epoch in config.schedule.decay_epochs or []), "schedule.decay_epochs must be >= 1")
     _require(config.out != "", "out must name a folder, not an empty string")
-    _require(config.data.val_size >= 0, f"data.val_size must be >= 0, got {config.data.val_size}")
-    _require(config.data.train_size is None or config.data.train_size >= 1,
-             f"data.train_size must be >= 1, got {config.data.train_size}")
-    _require(0 <= config.data.split_seed < SEED_LIMIT,
-             f"data.split_seed must be in [0, 2**63), got {config.data.split_seed}")
-    _require(config.data.crop_padding is None or config.data.crop_padding >= 0, "data.crop_padding must be >= 0")
-    _require(config.val.batch_size >= 1, f"val.batch_size must be >= 1, got {config.val.batch_size}")
-    _require(config.val.every >= 1, f"val.every must be >= 1, got {config.val.every}")
-    _require(config.log_every >= 1, f"log_every must be >= 1, got {config.log_every}")
-    _require(config.save_every >= 0, f"save_every must be >= 0, got {config.save_every}")
-    _require(config.checkpoint_every >= 0, f"checkpoint_every must be >= 0, got {config.checkpoint_every}")
-    _require(config.on_nan in ON_NAN_ACTIONS,
-             f"on_nan must be {' or '.join(ON_NAN_ACTIONS)}, got {config.on_nan!r}")
-    _require(config.precision in PRECISIONS,
-             f"precision must be one of {', '.join(PRECISIONS)}, got {config.precision!r}")
     device = resolve_device(config.device)
     if config.compile:
         check_compile_toolchain(device)
