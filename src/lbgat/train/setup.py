@@ -269,12 +269,11 @@ def build_parts(config: TrainConfig, dataset: Dataset, world: World | None = Non
     teacher = teacher_spec.build() if teacher_spec is not None else None
     if config.teacher_checkpoints:
         teacher = load_teacher(config, dataset, teacher)
-    attack = TrainAttack(
-        eps=config.attack.eps, step_size=config.attack.step_size, steps=config.attack.steps,
-        start=config.attack.start, start_std=config.attack.start_std, bn_mode=config.attack.bn_mode,
-        objective=None if config.attack.objective == "auto" else config.attack.objective,
-        compiled=config.compile,
-    )
+    # Each field of the method's attack takes the resolved attack setting of the same name.
+    resolved = {field.name: getattr(config.attack, field.name) for field in dataclasses.fields(TrainAttack)
+                if hasattr(config.attack, field.name)}
+    resolved["objective"] = None if config.attack.objective == "auto" else config.attack.objective
+    attack = TrainAttack(**resolved, compiled=config.compile)
     method = create_method(config.method.name, student, params=config.method.params, attack=attack, teacher=teacher)
     method.to(device)
     if config.channels_last:
