@@ -65,16 +65,23 @@ def test_cpu_autocast_runs_fp16_and_plain_fp16_backward_underflows() -> None:
     assert int((grad.flatten(1).abs().sum(1) == 0).sum()) > 10
 
 
-def test_fp16_input_gradients_are_scaled_back_and_never_zero() -> None:
-    """Issue 13 item 1: through the scaling wrapper every example has a non-zero fp16 input gradient with
-    (nearly) the fp32 gradient's value and sign."""
-    model, x, y = confident_model()
+def fp32_and_scaled_fp16_input_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                                         per_example: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The summed CE's input gradient in fp32, and through the scaling wrapper under fp16 autocast."""
     x32 = x.clone().requires_grad_(True)
     (reference,) = torch.autograd.grad(F.cross_entropy(model(x32), y, reduction="sum"), x32)
     x16 = x.clone().requires_grad_(True)
     with fp16():
-        loss = F.cross_entropy(scaled_input_gradients(model, x16, per_example=True), y, reduction="sum")
+        loss = F.cross_entropy(scaled_input_gradients(model, x16, per_example=per_example), y, reduction="sum")
     (grad,) = torch.autograd.grad(loss, x16)
+    return reference, grad
+
+
+def test_fp16_input_gradients_are_scaled_back_and_never_zero() -> None:
+    """Issue 13 item 1: through the scaling wrapper every example has a non-zero fp16 input gradient with
+    (nearly) the fp32 gradient's value and sign."""
+    model, x, y = confident_model()
+    reference, grad = fp32_and_scaled_fp16_input_gradients(model, x, y, per_example=True)
     assert grad.dtype == torch.float32
     assert int((grad.flatten(1).abs().sum(1) == 0).sum()) == 0
     assert float((grad.sign() == reference.sign()).float().mean()) > 0.95
@@ -114,12 +121,7 @@ def test_fp16_attack_with_train_mode_batchnorm_follows_the_fp32_gradient() -> No
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(),
                           nn.Linear(8 * 8 * 8, 10)).train()
     x, y = torch.rand(16, 3, 8, 8), torch.randint(0, 10, (16,))
-    x32 = x.clone().requires_grad_(True)
-    (reference,) = torch.autograd.grad(F.cross_entropy(model(x32), y, reduction="sum"), x32)
-    x16 = x.clone().requires_grad_(True)
-    with fp16():
-        loss = F.cross_entropy(scaled_input_gradients(model, x16, per_example=False), y, reduction="sum")
-    (grad,) = torch.autograd.grad(loss, x16)
+    reference, grad = fp32_and_scaled_fp16_input_gradients(model, x, y, per_example=False)
     assert float((grad.sign() == reference.sign()).float().mean()) > 0.9
 
 
