@@ -1,0 +1,119 @@
+"""lbgat's MART, AWP, ISEAT and RPAT training steps against stored outputs of the official code (issue 15
+item 7).
+
+tests/data/official_plugins.pt.xz holds what one training step of the official code produced per scenario
+(YisenWang/MART ``mart_loss``; csdongxian/AWP AT_AWP and trades_AWP; TreeLLi/ISEAT ``update()``; FlaAI/RPAT
+``adv_train_ra`` / ``adv_trades_ra`` / ``adv_mart_ra``; repositories, commits and what was neutralised are
+recorded there and in docs/reproduction.md): the attack's output, the loss and its terms, every gradient,
+every parameter and BatchNorm buffer after the step (and after AWP's restore). The official code is not
+needed here: the same weights, batch, attack start and optimiser are rebuilt with lbgat
+(tests/official_plugin_setting.py), one lbgat step is run through the issue 15 API (``create_method(...,
+plugins=...)``, ``method(batch)``, backward, SGD step, ``method.after_step()``), and every tensor must match
+to 1e-6 (absolute) + 1e-6 (relative) per element.
+
+The official outputs are of float32 CPU kernels (one thread) of the recorded torch version and CPU
+capability. An attack's sign steps turn a rounding difference of another kernel into a different
+adversarial example, so on another torch or CPU the test is skipped, saying why.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+import torch
+
+from official_plugin_setting import SCENARIOS, decode, differences, lbgat_step, load_stored
+
+# Differences found in the comparison and reported, not (yet) reproduced by lbgat: scenario -> (the tensors,
+# as a pattern of their names, and why). Each is checked on its own below and expected to fail there, so the
+# day lbgat reproduces it the marker has to go.
+KNOWN_DIFFERENCES: dict[str, tuple[str, str]] = {
+    "trades+awp": (
+        r"after/.*running_(mean|var)",
+        "trades_AWP's training step forwards f(x_adv), f(x), f(x) in train mode, lbgat's trades host f(x), "
+        "f(x_adv), f(x) (as TRADES' trades_loss): the loss, gradients and weights agree, BatchNorm's running "
+        "statistics see the batches in another order",
+    ),
+}
+
+
+RELATIVE_TERM_TOLERANCE = 1e-5  # measured: at most 9e-7 (pgd-at+rpat, whose attack rounds differently)
+
+
+@pytest.fixture(scope="module")
+def stored() -> dict[str, Any]:
+    return load_stored()
+
+
+@pytest.fixture
+def one_thread():
+    """The stored outputs come from one CPU thread (reductions split across threads may round differently)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def kernels_differ_from_the_stored_ones(stored: dict[str, Any]) -> str | None:
+    """Why the stored outputs cannot be expected here (another torch or CPU kernel set), or None."""
+    produced = stored["produced"]
+    here = {"torch": str(torch.__version__), "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    differing = [f"{key} {produced[key]} there, {value} here" for key, value in here.items() if produced[key] != value]
+    if not differing:
+        return None
+    return ("the official outputs were stored with other CPU kernels (" + "; ".join(differing) + "); rerun "
+            "tools/official_compare (docs/reproduction.md) to store them for this setting")
+
+
+def compared(stored: dict[str, Any], scenario: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    reason = kernels_differ_from_the_stored_ones(stored)
+    if reason:
+        pytest.skip(reason)
+    return decode(stored, scenario), lbgat_step(scenario)
+
+
+def report(groups: dict[str, tuple[float, str, list[str]]]) -> str:
+    return "; ".join(f"{group}: max |official - lbgat| {largest:.3e} at {where}, beyond 1e-6: {failing[:4]}"
+                     for group, (largest, where, failing) in groups.items() if failing)
+
+
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_step_matches_the_official_step(scenario: str, stored: dict[str, Any], one_thread: None) -> None:
+    official, ours = compared(stored, scenario)
+    assert sorted(ours) == sorted(official)
+    pattern = KNOWN_DIFFERENCES.get(scenario, (r"(?!)", ""))[0]
+    checked = {key: value for key, value in official.items() if not re.fullmatch(pattern, key)}
+    groups = differences(checked, ours)
+    assert not any(failing for _, _, failing in groups.values()), (
+        f"{scenario} differs from the official step: {report(groups)}")
+    # The RPAT and KL terms are 1e-4 to 1e-2: 1e-6 absolute alone would let a 1% error in them through.
+    for key in (key for key in official if key.startswith("term/")):
+        mine, theirs = float(ours[key]), float(official[key])
+        assert abs(mine - theirs) <= RELATIVE_TERM_TOLERANCE * abs(theirs), (
+            f"{scenario} {key}: lbgat {mine!r}, official {theirs!r}")
+
+
+@pytest.mark.parametrize("scenario", sorted(KNOWN_DIFFERENCES))
+def test_known_difference_from_the_official_step(scenario: str, stored: dict[str, Any], one_thread: None,
+                                                 request: pytest.FixtureRequest) -> None:
+    pattern, why = KNOWN_DIFFERENCES[scenario]
+    request.applymarker(pytest.mark.xfail(strict=True, reason=why))
+    official, ours = compared(stored, scenario)
+    known = {key: value for key, value in official.items() if re.fullmatch(pattern, key)}
+    assert known
+    groups = differences(known, ours)
+    assert not any(failing for _, _, failing in groups.values()), report(groups)
+
+
+def test_stored_outputs_say_where_they_come_from(stored: dict[str, Any]) -> None:
+    """Each scenario names the official repository and full commit, the forwards it made (with their
+    BatchNorm mode) and what was neutralised; the file loads without executing code."""
+    assert set(stored["scenarios"]) == set(SCENARIOS)
+    for name, scenario in stored["scenarios"].items():
+        assert scenario["source"]["repo"].startswith("https://github.com/"), name
+        assert re.fullmatch(r"[0-9a-f]{40}", scenario["source"]["commit"]), name
+        assert scenario["forwards"] and all(re.fullmatch(r"(train|eval):(x|x_adv|other)", f)
+                                            for f in scenario["forwards"]), name
+        assert isinstance(scenario["notes"], list)

@@ -1,0 +1,447 @@
+"""One training step per scenario, run by the official code (its functions, in its order), on lbgat's
+setting (tests/official_plugin_setting.py): the same wrn-10-1 weights, batch, start draw and SGD.
+
+Each function takes the folder of a plain checkout of the official repository and returns what the step
+produced: the tensors (x_adv, the loss and its terms, every gradient, every parameter and buffer after
+the step), the forwards in order with their BatchNorm mode, and what was neutralised. Where the official
+training loop is a function that takes a loader (ISEAT ``update``, RPAT ``train``, TRADES-AWP ``train``)
+it is called itself on a one-batch loader; where it is inline in ``main()`` (AT_AWP) its body is
+re-expressed below in the script's order, citing the lines.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import types
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from harness import (
+    BackwardLog,
+    ForwardLog,
+    Recorder,
+    RecordingSGD,
+    SkipNextClamp,
+    StartDraw,
+    batchnorm_untouched_on_calls,
+    functions_from_file,
+    module_with,
+    on_cpu,
+    on_path,
+    stub_modules,
+)
+from torch import nn
+
+from lbgat.models import create_model
+from official_plugin_setting import MODEL, NUM_CLASSES, SCENARIOS, Scenario, batch, start_draw
+from test_models import deterministic_state
+
+Result = dict[str, Any]
+
+
+def official_network(scenario: Scenario) -> nn.Module:
+    """The same wrn-10-1 and weights as the lbgat side, without input normalisation: an official script
+    that normalises does it outside the model (AT_AWP's ``normalize``), and its own code does it here."""
+    model = create_model(MODEL, num_classes=NUM_CLASSES)
+    model.load_state_dict(deterministic_state(model))
+    return model.train()
+
+
+def sgd(scenario: Scenario, model: nn.Module, backward_log: BackwardLog | None = None) -> RecordingSGD:
+    return RecordingSGD(model, backward_log, lr=scenario.lr, momentum=scenario.momentum,
+                        weight_decay=scenario.weight_decay)
+
+
+def result(x_adv: torch.Tensor, terms: dict[str, torch.Tensor], optimizer: RecordingSGD, model: nn.Module,
+           forwards: list[str], notes: list[str]) -> Result:
+    if optimizer.steps != 1:
+        raise AssertionError(f"the official step took {optimizer.steps} optimiser steps")
+    tensors = {"x_adv": x_adv.detach().clone()}
+    tensors.update({f"term/{name}": value.detach().clone() for name, value in terms.items()})
+    tensors.update({f"grad/{name}": grad for name, grad in optimizer.gradients.items()})
+    tensors.update({f"after/{key}": value.detach().clone() for key, value in model.state_dict().items()})
+    return {"tensors": tensors, "forwards": forwards, "notes": notes}
+
+
+def module_from_file(path: Path, name: str) -> types.ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# --- MART (YisenWang/MART) --------------------------------------------------------------------------
+
+
+def mart(repo: Path) -> Result:
+    """train_wideresnet.py's train(): optimizer.zero_grad(); loss = mart_loss(...); loss.backward();
+    optimizer.step() (then a print of loss.item(), nothing else)."""
+    scenario = SCENARIOS["mart"]
+    on_path(repo)
+    official = importlib.import_module("mart")
+    recorder = Recorder()
+    official.F = module_with(F, recorder, "cross_entropy", "nll_loss")
+    official.torch = module_with(torch, recorder, "sum")
+    model, step_batch = official_network(scenario), batch(scenario)
+    forwards, optimizer = ForwardLog(model), sgd(scenario, model)
+    draw = start_draw(step_batch, "normal")
+    assert draw is not None
+    with on_cpu(), StartDraw("normal", draw).installed():
+        model.train()
+        optimizer.zero_grad()
+        loss = official.mart_loss(model=model, x_natural=step_batch.x, y=step_batch.y, optimizer=optimizer,
+                                  step_size=scenario.step_size, epsilon=scenario.eps,
+                                  perturb_steps=scenario.steps, beta=scenario.params["beta"])
+        loss.backward()
+        optimizer.step()
+    x_adv = forwards.calls[-1][0]  # logits_adv = model(x_adv), the last forward
+    terms = mart_terms(loss, recorder, len(step_batch.x))
+    return result(x_adv, terms, optimizer, model, forwards.describe(step_batch.x, x_adv), [])
+
+
+def mart_terms(loss: torch.Tensor, recorder: Recorder, batch_size: int) -> dict[str, torch.Tensor]:
+    """lbgat's names for the official MART terms, from the official values: bce = loss_adv =
+    F.cross_entropy(...) + F.nll_loss(...) (the same sum as the official line), kl = loss_robust =
+    (1.0 / batch_size) * torch.sum(...) (the last torch.sum is its outer sum)."""
+    return {"loss": loss, "bce": recorder.last("cross_entropy") + recorder.last("nll_loss"),
+            "kl": (1.0 / batch_size) * recorder.last("sum")}
+
+
+# --- AWP (csdongxian/AWP) ---------------------------------------------------------------------------
+
+
+def pgd_at_awp(repo: Path) -> Result:
+    """AT_AWP/train_cifar10.py main(), one batch of epoch 0 with the defaults (--attack pgd, --restarts 1,
+    --norm l_inf, --awp-gamma 0.01, --awp-warmup 0, lr 0.1 at epoch 0, proxy SGD lr 0.01)."""
+    scenario = SCENARIOS["pgd-at+awp"]
+    on_path(repo / "AT_AWP")
+    stub_modules("torchvision")
+    with on_cpu():
+        script = importlib.import_module("train_cifar10")
+        utils_awp = importlib.import_module("utils_awp")
+    model, proxy = official_network(scenario), official_network(scenario)
+    step_batch = batch(scenario)
+    X, y = step_batch.x, step_batch.y  # noqa: N806 (the script's names)
+    forwards = ForwardLog(model)
+    opt = sgd(scenario, model)
+    proxy_opt = torch.optim.SGD(proxy.parameters(), lr=scenario.plugins["awp"]["eta"])
+    awp_adversary = utils_awp.AdvWeightPerturb(model=model, proxy=proxy, proxy_optim=proxy_opt,
+                                               gamma=scenario.plugins["awp"]["gamma"])
+    criterion = nn.CrossEntropyLoss()
+    epsilon, pgd_alpha = 8 / 255.0, 2 / 255.0  # (args.epsilon / 255.), (args.pgd_alpha / 255.)
+    draw = start_draw(step_batch, "uniform")
+    assert draw is not None
+    notes = [
+        "attack_pgd clips its uniform start to [0, 1] (delta = clamp(delta, 0 - X, 1 - X)); lbgat's start is "
+        "not clipped: that one clamp call was made the identity",
+        "attack_pgd's restart-selection forward (model(normalize(X + delta)) after the last step, train mode) "
+        "updates BatchNorm's running statistics; lbgat has no such forward: the buffers were restored "
+        "around that one forward (its output is unchanged)",
+        "main() runs model(normalize(X)) in train mode after the step and the restore, for the training "
+        "accuracy log; it updates BatchNorm's running statistics; outside the method: not run",
+        "the model is in train mode during attack_pgd (model.train() before the first batch; kept: lbgat "
+        "bn_mode train); from the second epoch on the first batch of each epoch is attacked in eval mode "
+        "(left from the test pass), which lbgat does not do",
+        "normalize(X) with cifar10_mean/std is applied by the script outside the model; lbgat applies the "
+        "same (x - mean) / std inside the model (create_model(mean=, std=)): kept",
+    ]
+    with on_cpu(), StartDraw("uniform", draw).installed(), SkipNextClamp(script, "clamp", {1}):
+        model.train()  # the model's state at the first batch of epoch 0
+        opt.param_groups[0].update(lr=scenario.lr)  # lr_schedule(epoch + (i + 1) / len) = lr_max at epoch 0
+        with batchnorm_untouched_on_calls(model, {scenario.steps + 1}):
+            delta = script.attack_pgd(model, X, y, epsilon, pgd_alpha, scenario.steps, 1, "l_inf")
+        delta = delta.detach()
+        x_adv = torch.clamp(X + delta[: X.size(0)], min=script.lower_limit, max=script.upper_limit)
+        X_adv = script.normalize(x_adv)  # noqa: N806
+        model.train()
+        awp = awp_adversary.calc_awp(inputs_adv=X_adv, targets=y)
+        awp_adversary.perturb(awp)
+        robust_output = model(X_adv)
+        robust_loss = criterion(robust_output, y)
+        opt.zero_grad()
+        robust_loss.backward()
+        opt.step()
+        awp_adversary.restore(awp)
+    seen = forwards.describe(script.normalize(X), X_adv)  # the model sees normalised inputs here
+    return result(x_adv, {"loss": robust_loss, "ce_adv": robust_loss}, opt, model, seen, notes)
+
+
+def trades_awp(repo: Path) -> Result:
+    """trades_AWP/train_trades_cifar.py train() itself on a one-batch loader, epoch 10 (its --awp-warmup:
+    AWP on from epoch 10), with the script's defaults (beta 6, gamma 0.005, proxy SGD at --lr 0.1)."""
+    scenario = SCENARIOS["trades+awp"]
+    folder = repo / "trades_AWP"
+    on_path(folder)
+    utils_awp = importlib.import_module("utils_awp")
+    misc = module_from_file(folder / "utils" / "misc.py", "trades_awp_misc")
+    recorder = Recorder()
+
+    class Bar:  # progress.bar.Bar: a progress display
+        elapsed_td = eta_td = 0
+        suffix = ""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
+        def next(self) -> None:
+            pass
+
+        def finish(self) -> None:
+            pass
+
+    def logged_accuracy(output: torch.Tensor, target: torch.Tensor, topk: tuple[int, ...] = (1,)) -> list[torch.Tensor]:
+        # utils/eval.py accuracy() (the progress bar's top-1/top-5) calls .view on a non-contiguous tensor,
+        # an error on current torch; it only feeds the progress display
+        return [torch.zeros(1) for _ in topk]
+
+    args = types.SimpleNamespace(beta=scenario.params["alpha"], awp_warmup=scenario.plugins["awp"]["warmup_epochs"],
+                                 num_steps=scenario.steps, norm="l_inf")
+    namespace: dict[str, Any] = {
+        "torch": torch, "F": module_with(F, recorder, "cross_entropy", "kl_div"), "time": __import__("time"),
+        "Variable": torch.autograd.Variable, "optim": torch.optim, "device": torch.device("cpu"),
+        "args": args, "epsilon": 8 / 255, "step_size": 2 / 255, "AverageMeter": misc.AverageMeter,
+        "accuracy": logged_accuracy, "Bar": Bar,
+    }
+    script = folder / "train_trades_cifar.py"
+    functions_from_file(script, ("perturb_input", "train"), namespace)
+    model, proxy = official_network(scenario), official_network(scenario)
+    step_batch = batch(scenario)
+    forwards, backward_log = ForwardLog(model), BackwardLog()
+    optimizer = sgd(scenario, model, backward_log)
+    proxy_optim = torch.optim.SGD(proxy.parameters(), lr=scenario.plugins["awp"]["eta"])
+    awp_adversary = utils_awp.TradesAWP(model=model, proxy=proxy, proxy_optim=proxy_optim,
+                                        gamma=scenario.plugins["awp"]["gamma"])
+    captured: dict[str, torch.Tensor] = {}
+    perturb_input = namespace["perturb_input"]
+
+    def recorded_perturb_input(**kwargs: Any) -> torch.Tensor:
+        captured["x_adv"] = perturb_input(**kwargs)
+        return captured["x_adv"]
+
+    namespace["perturb_input"] = recorded_perturb_input
+    draw = start_draw(step_batch, "normal")
+    assert draw is not None
+    with on_cpu(), StartDraw("normal", draw).installed(), backward_log.installed():
+        model.train()
+        namespace["train"](model, [(step_batch.x, step_batch.y)], optimizer, scenario.epoch, awp_adversary)
+    terms = {"loss": optimizer.loss, "ce": recorder.last("cross_entropy"), "kl": recorder.last("kl_div")}
+    notes = ["utils/eval.py accuracy() (top-1/top-5 for the progress bar) fails on current torch (.view of a "
+             "non-contiguous tensor); it feeds only the display: replaced by zeros",
+             "the step's three train-mode forwards run in the order f(x_adv), f(x) (KL target), f(x) (CE); "
+             "TRADES' trades_loss runs f(x), f(x_adv), f(x): the loss is the same, BatchNorm's running "
+             "statistics see the batches in another order: kept"]
+    x_adv = captured["x_adv"]
+    return result(x_adv, terms, optimizer, model, forwards.describe(step_batch.x, x_adv), notes)
+
+
+# --- ISEAT (TreeLLi/ISEAT) ---------------------------------------------------------------------------
+
+
+def iseat(repo: Path, awp_on: bool) -> Result:
+    """src/utils/train.py update() itself on a one-batch loader, epoch 0, with the objects train() builds
+    (model, tmp_model, awp_proxy with SGD lr awp_eta, the AWP, SGD lr 0.1 momentum 0.9 wd 5e-4)."""
+    scenario = SCENARIOS["iseat" if awp_on else "iseat-no-awp"]
+    on_path(repo)
+    importlib.import_module("src.data")  # the real (namespace) packages, so the stand-ins go inside them
+    attacks = ("FGSM", "PGD", "APGD", "AutoAttack", "NIFGSM", "TPGD", "Jitter")  # evaluation attacks, unused
+    stub_modules(**{
+        "torchattacks": dict.fromkeys(attacks),
+        "src.data.factory": {"fetch_dataset": None, "DATASETS": {}},
+        "src.data.dataset": {"TinyImages": None},
+    })
+    train_module = importlib.import_module("src.utils.train")
+    awp_module = importlib.import_module("src.utils.awp")
+    recorder = Recorder()
+    train_module.cross_entropy = recorder.wrap("cross_entropy", F.cross_entropy)
+    train_module.tc = module_with(torch, recorder, "mean", "sum")
+    captured: dict[str, torch.Tensor] = {}
+    pgd = train_module.pgd
+
+    def recorded_pgd(*args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        adv, prt = pgd(*args, **kwargs)
+        captured["x_adv"] = adv
+        return adv, prt
+
+    train_module.pgd = recorded_pgd
+    gamma = scenario.params["gamma"] if awp_on else []
+    args = types.SimpleNamespace(
+        annealing=scenario.params["stage_epochs"], lam=scenario.params["lam"], awp_gamma=gamma,
+        awp_eta=scenario.params["awp_eta"], warm_start=False, eps=scenario.eps, eps_step=scenario.step_size,
+        max_iter=scenario.steps, random_init=False, device="cpu", advt=True, log_pbtc=25, rank=0)
+    model, step_batch = official_network(scenario), batch(scenario)
+    forwards, backward_log = ForwardLog(model), BackwardLog()
+    optimizer = sgd(scenario, model, backward_log)
+    if awp_on:
+        tmp_model = official_network(scenario).train()
+        awp_proxy = official_network(scenario)
+        awp_opt = torch.optim.SGD(awp_proxy.parameters(), lr=args.awp_eta)
+        awp = awp_module.AdvWeightPerturb(model=model, proxy=awp_proxy, proxy_optim=awp_opt, gamma=gamma)
+        tmp_opt = torch.optim.SGD(tmp_model.parameters(), lr=scenario.lr, momentum=scenario.momentum,
+                                  weight_decay=scenario.weight_decay)
+    else:
+        awp = tmp_model = tmp_opt = None
+    train_module.adjust_learning_rate(optimizer, scenario.epoch, scenario.lr, args.annealing)
+    criterion = nn.CrossEntropyLoss()
+    with on_cpu(), backward_log.installed():
+        train_module.update([(step_batch.x, step_batch.y)], model, criterion, optimizer, scenario.epoch, args,
+                            awp, None, tmp_model, tmp_opt)
+    # loss = tc.mean(loss_adv) (the last tc.mean); with lam != 0, loss += tc.sum(smooth) * lam / batch_size:
+    # lbgat's "smoothness" is that sum / batch_size
+    terms = {"loss": optimizer.loss, "ce_adv": recorder.last("mean"),
+             "smoothness": recorder.last("sum") / len(step_batch.x)}
+    notes = []
+    if awp_on:
+        notes.append("tmp_model (the unperturbed copy that recomputes f_theta(x) for the regulariser) is "
+                     "loaded after the clean forward, and its train-mode forward updates only its own "
+                     "BatchNorm statistics, which are discarded with it")
+    x_adv = captured["x_adv"]
+    return result(x_adv, terms, optimizer, model, forwards.describe(step_batch.x, x_adv), notes)
+
+
+# --- RPAT (FlaAI/RPAT, RPAT_Benchmarks) ----------------------------------------------------------------
+
+
+def _rpat_imports(repo: Path) -> None:
+    on_path(repo / "RPAT_Benchmarks")
+    stub_modules(**{"tensorboardX": {"SummaryWriter": object}, "common.train": {"start_epoch": 1},
+                    # advertorch's JPEG defence (not used) builds torchvision transforms at import
+                    "torchvision": {"transforms": types.SimpleNamespace(ToPILImage=object, ToTensor=object)}})
+    gradcheck = importlib.import_module("torch.autograd.gradcheck")
+    if not hasattr(gradcheck, "zero_gradients"):  # advertorch 0.2.3 imports it (for an attack not used here)
+        gradcheck.zero_gradients = lambda tensor: None
+
+
+class _Scheduler:
+    """The epoch's lr scheduler: stepped once after the loop, which changes nothing in the step."""
+
+    def step(self) -> None:
+        pass
+
+
+def _rpat_options(scenario: Scenario) -> types.SimpleNamespace:
+    rpat = scenario.plugins["rpat"]
+    return types.SimpleNamespace(
+        n_gpus=1, RA_start=0, RA_ip_rate=rpat["r"], lam=rpat["lam"], optimizer="sgd", distance="Linf",
+        alpha=scenario.step_size, epsilon=scenario.eps, n_iters=scenario.steps,
+        beta=scenario.params.get("beta", scenario.params.get("alpha")))
+
+
+def pgd_at_rpat(repo: Path) -> Result:
+    """adv_train_ra.py train() itself on a one-batch loader, epoch 1 (the first), with the adversary
+    attack_module builds: EvalBN(advertorch PGDAttack(CE, eps 8/255, eps_iter 2/255, 10 steps, rand_init,
+    clip [0, 1]))."""
+    scenario = SCENARIOS["pgd-at+rpat"]
+    _rpat_imports(repo)
+    advertorch_attacks = importlib.import_module("advertorch.attacks")
+    projected = importlib.import_module("advertorch.attacks.iterative_projected_gradient")
+    attack_utils = importlib.import_module("advertorch.attacks.utils")
+    attack_module = importlib.import_module("adv_lib.attack")
+    train_module = importlib.import_module("training.adv_train.adv_train_ra")
+    recorder = Recorder()
+    train_module.criterion_ra = recorder.wrap("mse", nn.MSELoss())
+    criterion = nn.CrossEntropyLoss()
+    model, step_batch = official_network(scenario), batch(scenario)
+    forwards, backward_log = ForwardLog(model), BackwardLog()
+    optimizer = sgd(scenario, model, backward_log)
+    pgd = advertorch_attacks.PGDAttack(model, loss_fn=criterion, clip_min=0, clip_max=1, eps=scenario.eps,
+                                       eps_iter=scenario.step_size, ord=float("inf"), nb_iter=scenario.steps,
+                                       rand_init=True)
+    adversary = attack_module.EvalBN(pgd)
+    captured: dict[str, torch.Tensor] = {}
+
+    def recorded_adversary(*args: Any, **kwargs: Any) -> torch.Tensor:
+        captured["x_adv"] = adversary(*args, **kwargs)
+        return captured["x_adv"]
+
+    draw = start_draw(step_batch, "uniform")
+    assert draw is not None
+    notes = ["advertorch clips its uniform start to [0, 1] twice (delta = clamp(x + delta, 0, 1) - x at the end "
+             "of rand_init_delta and again in PGDAttack.perturb); lbgat's start is not clipped: both clamp calls "
+             "were made the identity (the first step's projection clips as before)",
+             "advertorch's attack calls loss.backward() (the model's parameters collect gradients during the "
+             "attack); train() zeroes them (optimizer.zero_grad()) before the loss's backward: no effect",
+             "train() computes loss = loss_adv_ce; loss += lam * loss_ra in place, so the logged 'LossC' is the "
+             "total loss, not the CE (logging only; the stored 'ce' is the CE)"]
+    with on_cpu(), StartDraw("uniform", draw).installed(), backward_log.installed(), \
+            SkipNextClamp(attack_utils, "clamp", {1}), SkipNextClamp(projected, "clamp", {1}):
+        model.train()
+        train_module.train(_rpat_options(scenario), 1, model, recorder.wrap("ce", criterion), optimizer,
+                           _Scheduler(), [(step_batch.x, step_batch.y)], recorded_adversary)
+    terms = {"loss": optimizer.loss, "ce_adv": recorder.last("ce"), "rpat": recorder.last("mse")}
+    x_adv = captured["x_adv"]
+    return result(x_adv, terms, optimizer, model, forwards.describe(step_batch.x, x_adv), notes)
+
+
+def trades_rpat(repo: Path) -> Result:
+    """adv_trades_ra.py train() itself on a one-batch loader, epoch 1, with RPAT's defaults (generate_trades
+    with --alpha 2/255, eps 8/255, 10 steps; beta 6; lam 1; RA_ip_rate 0.5)."""
+    scenario = SCENARIOS["trades+rpat"]
+    _rpat_imports(repo)
+    train_module = importlib.import_module("training.adv_train.adv_trades_ra")
+    recorder = Recorder()
+    train_module.criterion_ra = recorder.wrap("mse", nn.MSELoss())
+    train_module.F = module_with(F, recorder, "cross_entropy")
+    train_module._kl_div = recorder.wrap("kl", train_module._kl_div)
+    captured: dict[str, torch.Tensor] = {}
+    generate = train_module.generate_trades
+
+    def recorded_generate(*args: Any, **kwargs: Any) -> torch.Tensor:
+        captured["x_adv"] = generate(*args, **kwargs)
+        return captured["x_adv"]
+
+    train_module.generate_trades = recorded_generate
+    model, step_batch = official_network(scenario), batch(scenario)
+    forwards, backward_log = ForwardLog(model), BackwardLog()
+    optimizer = sgd(scenario, model, backward_log)
+    draw = start_draw(step_batch, "normal")
+    assert draw is not None
+    with on_cpu(), StartDraw("normal", draw).installed(), backward_log.installed():
+        model.train()
+        train_module.train(_rpat_options(scenario), 1, model, nn.CrossEntropyLoss(), optimizer, _Scheduler(),
+                           [(step_batch.x, step_batch.y)])
+    terms = {"loss": optimizer.loss, "ce": recorder.last("cross_entropy"), "kl": recorder.last("kl"),
+             "rpat": recorder.last("mse")}
+    x_adv = captured["x_adv"]
+    return result(x_adv, terms, optimizer, model, forwards.describe(step_batch.x, x_adv), [])
+
+
+def mart_rpat(repo: Path) -> Result:
+    """adv_mart_ra.py train() itself on a one-batch loader, epoch 1 (mart_loss_ra: MART's attack with
+    --alpha 2/255, eps 8/255; beta 6; lam 1; RA_ip_rate 0.5)."""
+    scenario = SCENARIOS["mart+rpat"]
+    _rpat_imports(repo)
+    mart_module = importlib.import_module("adv_lib.mart")
+    train_module = importlib.import_module("training.adv_train.adv_mart_ra")
+    recorder = Recorder()
+    mart_module.criterion_ra = recorder.wrap("mse", nn.MSELoss())
+    mart_module.F = module_with(F, recorder, "cross_entropy", "nll_loss")
+    mart_module.torch = module_with(torch, recorder, "sum")
+    model, step_batch = official_network(scenario), batch(scenario)
+    forwards, backward_log = ForwardLog(model), BackwardLog()
+    optimizer = sgd(scenario, model, backward_log)
+    draw = start_draw(step_batch, "normal")
+    assert draw is not None
+    with on_cpu(), StartDraw("normal", draw).installed(), backward_log.installed():
+        model.train()
+        train_module.train(_rpat_options(scenario), 1, model, nn.CrossEntropyLoss(), optimizer, _Scheduler(),
+                           [(step_batch.x, step_batch.y)])
+    train_forwards = [inputs for inputs, training in forwards.calls if training]
+    x_adv = train_forwards[1]  # mart_loss_ra: model(x_natural), model(x_adv), model(interpolation)
+    terms = {**mart_terms(optimizer.loss, recorder, len(step_batch.x)), "rpat": recorder.last("mse")}
+    return result(x_adv, terms, optimizer, model, forwards.describe(step_batch.x, x_adv), [])
+
+
+STEPS = {
+    "mart": ("mart", mart),
+    "pgd-at+awp": ("awp", pgd_at_awp),
+    "trades+awp": ("awp", trades_awp),
+    "iseat": ("iseat", lambda repo: iseat(repo, awp_on=True)),
+    "iseat-no-awp": ("iseat", lambda repo: iseat(repo, awp_on=False)),
+    "pgd-at+rpat": ("rpat", pgd_at_rpat),
+    "trades+rpat": ("rpat", trades_rpat),
+    "mart+rpat": ("rpat", mart_rpat),
+}

@@ -1,0 +1,170 @@
+"""Run the official MART, AWP, ISEAT and RPAT training steps on lbgat's setting and store what they produced
+(issue 15 item 7). See README.md in this folder.
+
+    python tools/official_compare/run_comparison.py --mart DIR --awp DIR --iseat DIR --rpat DIR \
+        --deps /tmp/offdeps --out tests/data/official_plugins.pt.xz
+
+Each DIR is a git repository of the official code (bare or not); the commit (default: the one the spec
+names) is extracted into a temporary folder and imported from there. Each scenario runs in its own Python
+process (the repositories reuse module names such as ``utils``). ``--compare`` prints, per scenario and
+group of tensors, the largest difference between the stored official step and lbgat's step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import lzma
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+REPOSITORIES = {  # scenario family: (option, repository, commit named in shared/spec/methods.md §0)
+    "mart": ("mart", "https://github.com/YisenWang/MART", "2d83e17b381dd2ee52223695e517bf6d5ff09c2c"),
+    "awp": ("awp", "https://github.com/csdongxian/AWP", "a7acf5d842fccf1bbb4b91644352ce157d370a26"),
+    "iseat": ("iseat", "https://github.com/TreeLLi/ISEAT", "2a68c8e39569cef390d62ac126c360521e350f96"),
+    "rpat": ("rpat", "https://github.com/FlaAI/RPAT", "17918b3968f0b94c02e6d77c51c45f0b8f0e1e54"),
+}
+
+
+def child_environment(deps: list[str]) -> dict[str, str]:
+    paths = [str(HERE), str(ROOT / "src"), str(ROOT / "tests"), *deps]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths), OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    return env
+
+
+def run_one(scenario: str, tree: Path, part: Path) -> None:
+    """In the child process: one official step, saved to ``part``."""
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    from official_steps import STEPS
+
+    _, step = STEPS[scenario]
+    os.chdir(tempfile.mkdtemp(prefix="official-run-"))  # scripts that write logs write them there
+    produced = step(tree)
+    torch.save(produced, part)
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+def store(parts: dict[str, dict[str, Any]], sources: dict[str, dict[str, str]], out: Path) -> None:
+    from official_plugin_setting import BATCH_SIZE, MODEL, SCENARIOS, encode
+
+    stored = {
+        "what": "tensors one official training step produced per scenario (float32, CPU, one thread): x_adv, "
+                "term/* (the loss and its terms), grad/* (each parameter's gradient), after/* (each parameter "
+                "and buffer after the step and any weight-perturbation restore); checked by "
+                "tests/test_official_plugins.py",
+        "produced": {"torch": str(torch.__version__), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                     "machine": platform.machine(), "threads": 1, "python": platform.python_version()},
+        "setting": f"{MODEL} with tests/test_models.py deterministic_state weights; {BATCH_SIZE} images "
+                   "deterministic_inputs, labels arange % 10; lbgat's start draw given to the official code "
+                   "(tests/official_plugin_setting.py)",
+        "scenarios": {},
+    }
+    for name, part in parts.items():
+        family = _family(name)
+        scenario = SCENARIOS[name]
+        stored["scenarios"][name] = {
+            "official": scenario.official, "source": sources[family],
+            "forwards": part["forwards"], "notes": part["notes"],
+            "tensors": encode(part["tensors"], scenario),
+        }
+    buffer = io.BytesIO()
+    torch.save(stored, buffer)
+    write_atomically(out, lzma.compress(buffer.getvalue(), preset=9 | lzma.PRESET_EXTREME))
+
+
+def _family(scenario: str) -> str:
+    from official_steps import STEPS
+
+    return STEPS[scenario][0]
+
+
+def compare(scenarios: list[str], stored_path: Path, parts: Path | None) -> None:
+    """Per scenario and group, the largest |official - lbgat|: against the exact official tensors kept with
+    --parts when given (then 0 means bit-identical), otherwise against the stored (quantised) ones."""
+    from official_plugin_setting import decode, differences, lbgat_step, load_stored
+
+    torch.set_num_threads(1)
+    stored = None if parts else load_stored(stored_path)
+    for name in scenarios:
+        if parts:
+            official = torch.load(parts / f"{name}.pt", weights_only=True)["tensors"]
+        else:
+            official = decode(stored, name)
+        print(f"{name}:")
+        for group, (largest, where, failing) in differences(official, lbgat_step(name)).items():
+            print(f"  {group:6s} max |official - lbgat| = {largest:.3e} at {where}; {len(failing)} tensors beyond "
+                  f"1e-6 + 1e-6 |official|{': ' + ', '.join(failing[:4]) if failing else ''}")
+
+
+def main() -> None:
+    sys.path[:0] = [str(HERE), str(ROOT / "src"), str(ROOT / "tests")]
+    from official_steps import STEPS
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for family, (option, _, _) in REPOSITORIES.items():
+        parser.add_argument(f"--{option}", type=Path, help=f"git repository of the official {family} code")
+        parser.add_argument(f"--{option}-commit", default=None, help="commit to extract (default: the spec's)")
+    parser.add_argument("--deps", action="append", default=[], help="folder with the official code's imports "
+                        "(advertorch for RPAT), added to the child's PYTHONPATH; repeatable")
+    parser.add_argument("--scenario", action="append", choices=sorted(STEPS), help="default: all")
+    parser.add_argument("--out", type=Path, default=ROOT / "tests" / "data" / "official_plugins.pt.xz")
+    parser.add_argument("--compare", action="store_true", help="only compare lbgat with the stored file")
+    parser.add_argument("--parts", type=Path, help="keep each official step's exact tensors in this folder "
+                        "(and, with --compare, compare against them instead of the stored file)")
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--tree", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--part", type=Path, help=argparse.SUPPRESS)
+    options = parser.parse_args()
+    if options.one:
+        run_one(options.one, options.tree, options.part)
+        return
+    scenarios = options.scenario or list(STEPS)
+    if options.compare:
+        compare(scenarios, options.out, options.parts)
+        return
+    from harness import checkout
+
+    sources, trees = {}, {}
+    for family in sorted({STEPS[name][0] for name in scenarios}):
+        option, url, spec_commit = REPOSITORIES[family]
+        repository = getattr(options, option)
+        if repository is None:
+            parser.error(f"--{option} is needed for {', '.join(n for n in scenarios if STEPS[n][0] == family)}")
+        tree, commit = checkout(repository, getattr(options, f"{option}_commit") or spec_commit)
+        trees[family], sources[family] = tree, {"repo": url, "commit": commit}
+    parts = {}
+    with tempfile.TemporaryDirectory(prefix="official-parts-") as folder:
+        for name in scenarios:
+            part = (options.parts or Path(folder)) / f"{name}.pt"
+            part.parent.mkdir(parents=True, exist_ok=True)
+            subprocess.run([sys.executable, __file__, "--one", name, "--tree", str(trees[STEPS[name][0]]),
+                            "--part", str(part)], check=True, env=child_environment(options.deps))
+            parts[name] = torch.load(part, weights_only=True)
+            print(f"{name}: official step recorded ({len(parts[name]['tensors'])} tensors)")
+    store(parts, sources, options.out)
+    print(f"stored {options.out} ({options.out.stat().st_size} bytes)")
+
+
+if __name__ == "__main__":
+    main()
