@@ -100,7 +100,9 @@ def mart(repo: Path) -> Result:
         optimizer.step()
     x_adv = forwards.calls[-1][0]  # logits_adv = model(x_adv), the last forward
     terms = mart_terms(loss, recorder, len(step_batch.x))
-    return result(x_adv, terms, optimizer, model, forwards.describe(step_batch.x, x_adv), [])
+    notes = ["train_wideresnet.py's --epsilon, --num-steps, --step-size and --beta have no type=: given on the "
+             "command line they arrive as strings; the defaults are used here"]
+    return result(x_adv, terms, optimizer, model, forwards.describe(step_batch.x, x_adv), notes)
 
 
 def mart_terms(loss: torch.Tensor, recorder: Recorder, batch_size: int) -> dict[str, torch.Tensor]:
@@ -154,6 +156,8 @@ def pgd_at_awp(repo: Path) -> Result:
         opt.param_groups[0].update(lr=scenario.lr)  # lr_schedule(epoch + (i + 1) / len) = lr_max at epoch 0
         with batchnorm_untouched_on_calls(model, {scenario.steps + 1}):
             delta = script.attack_pgd(model, X, y, epsilon, pgd_alpha, scenario.steps, 1, "l_inf")
+        if len(forwards.calls) != scenario.steps + 1:
+            raise AssertionError(f"attack_pgd made {len(forwards.calls)} forwards, expected steps + 1")
         delta = delta.detach()
         x_adv = torch.clamp(X + delta[: X.size(0)], min=script.lower_limit, max=script.upper_limit)
         X_adv = script.normalize(x_adv)  # noqa: N806
@@ -231,6 +235,8 @@ def trades_awp(repo: Path) -> Result:
     terms = {"loss": optimizer.loss, "ce": recorder.last("cross_entropy"), "kl": recorder.last("kl_div")}
     notes = ["utils/eval.py accuracy() (top-1/top-5 for the progress bar) fails on current torch (.view of a "
              "non-contiguous tensor); it feeds only the display: replaced by zeros",
+             "AWP is on when epoch >= --awp-warmup (10) with epochs counted from 1 (--start_epoch 1): 9 epochs "
+             "without AWP; lbgat counts epochs from 0 (awp.warmup_epochs 9 is the official schedule)",
              "the step's three train-mode forwards run in the order f(x_adv), f(x) (KL target), f(x) (CE); "
              "TRADES' trades_loss runs f(x), f(x_adv), f(x): the loss is the same, BatchNorm's running "
              "statistics see the batches in another order: kept"]
@@ -293,7 +299,10 @@ def iseat(repo: Path, awp_on: bool) -> Result:
     # lbgat's "smoothness" is that sum / batch_size
     terms = {"loss": optimizer.loss, "ce_adv": recorder.last("mean"),
              "smoothness": recorder.last("sum") / len(step_batch.x)}
-    notes = []
+    notes = ["update() keeps the model in train mode for the whole step: the clean forward and the 9 attack "
+             "forwards (the first step reuses the clean input gradient) update BatchNorm's running statistics: "
+             "kept (lbgat's iseat does the same)",
+             "update() puts the rank weights on the GPU (.cuda()): a no-op here"]
     if awp_on:
         notes.append("tmp_model (the unperturbed copy that recomputes f_theta(x) for the regulariser) is "
                      "loaded after the clean forward, and its train-mode forward updates only its own "
