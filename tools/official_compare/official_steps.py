@@ -40,6 +40,20 @@ from official_plugin_setting import MODEL, NUM_CLASSES, SCENARIOS, Scenario, bat
 from test_models import deterministic_state
 
 Result = dict[str, Any]
+# Whether the official attacks keep clipping their uniform start to [0, 1] (run_comparison --keep-start-clip):
+# off by default, as lbgat's uniform start is not clipped; on, to store the official behaviour as it is.
+KEEP_START_CLIP = False
+
+
+def start_clip_calls() -> set[int]:
+    """The clamp calls SkipNextClamp takes out: the first (the start's clipping), unless it is kept."""
+    return set() if KEEP_START_CLIP else {1}
+
+
+def start_clip_note(what: str) -> str:
+    if KEEP_START_CLIP:
+        return f"{what}; kept (--keep-start-clip)"
+    return f"{what}; lbgat's start is not clipped (the first step's projection clips it): made the identity"
 
 
 def official_network(scenario: Scenario) -> nn.Module:
@@ -138,8 +152,7 @@ def pgd_at_awp(repo: Path) -> Result:
     draw = start_draw(step_batch, "uniform")
     assert draw is not None
     notes = [
-        "attack_pgd clips its uniform start to [0, 1] (delta = clamp(delta, 0 - X, 1 - X)); lbgat's start is "
-        "not clipped: that one clamp call was made the identity",
+        start_clip_note("attack_pgd clips its uniform start to [0, 1] (delta = clamp(delta, 0 - X, 1 - X))"),
         "attack_pgd's restart-selection forward (model(normalize(X + delta)) after the last step, train mode) "
         "updates BatchNorm's running statistics; lbgat has no such forward: the buffers were restored "
         "around that one forward (its output is unchanged)",
@@ -151,7 +164,7 @@ def pgd_at_awp(repo: Path) -> Result:
         "normalize(X) with cifar10_mean/std is applied by the script outside the model; lbgat applies the "
         "same (x - mean) / std inside the model (create_model(mean=, std=)): kept",
     ]
-    with on_cpu(), StartDraw("uniform", draw).installed(), SkipNextClamp(script, "clamp", {1}):
+    with on_cpu(), StartDraw("uniform", draw).installed(), SkipNextClamp(script, "clamp", start_clip_calls()):
         model.train()  # the model's state at the first batch of epoch 0
         opt.param_groups[0].update(lr=scenario.lr)  # lr_schedule(epoch + (i + 1) / len) = lr_max at epoch 0
         with batchnorm_untouched_on_calls(model, {scenario.steps + 1}):
@@ -368,15 +381,15 @@ def pgd_at_rpat(repo: Path) -> Result:
 
     draw = start_draw(step_batch, "uniform")
     assert draw is not None
-    notes = ["advertorch clips its uniform start to [0, 1] twice (delta = clamp(x + delta, 0, 1) - x at the end "
-             "of rand_init_delta and again in PGDAttack.perturb); lbgat's start is not clipped: both clamp calls "
-             "were made the identity (the first step's projection clips as before)",
+    notes = [start_clip_note("advertorch clips its uniform start to [0, 1] twice (delta = clamp(x + delta, 0, 1) - x "
+                             "at the end of rand_init_delta and again in PGDAttack.perturb)"),
              "advertorch's attack calls loss.backward() (the model's parameters collect gradients during the "
              "attack); train() zeroes them (optimizer.zero_grad()) before the loss's backward: no effect",
              "train() computes loss = loss_adv_ce; loss += lam * loss_ra in place, so the logged 'LossC' is the "
              "total loss, not the CE (logging only; the stored 'ce' is the CE)"]
     with on_cpu(), StartDraw("uniform", draw).installed(), backward_log.installed(), \
-            SkipNextClamp(attack_utils, "clamp", {1}), SkipNextClamp(projected, "clamp", {1}):
+            SkipNextClamp(attack_utils, "clamp", start_clip_calls()), \
+            SkipNextClamp(projected, "clamp", start_clip_calls()):
         model.train()
         train_module.train(_rpat_options(scenario), 1, model, recorder.wrap("ce", criterion), optimizer,
                            _Scheduler(), [(step_batch.x, step_batch.y)], recorded_adversary)

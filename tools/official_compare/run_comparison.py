@@ -41,11 +41,14 @@ def child_environment(deps: list[str]) -> dict[str, str]:
     return env
 
 
-def run_one(scenario: str, tree: Path, part: Path) -> None:
+def run_one(scenario: str, tree: Path, part: Path, keep_start_clip: bool) -> None:
     """In the child process: one official step, saved to ``part``."""
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
+    import official_steps
     from official_steps import STEPS
+
+    official_steps.KEEP_START_CLIP = keep_start_clip
 
     _, step = STEPS[scenario]
     os.chdir(tempfile.mkdtemp(prefix="official-run-"))  # scripts that write logs write them there
@@ -132,12 +135,14 @@ def main() -> None:
     parser.add_argument("--compare", action="store_true", help="only compare lbgat with the stored file")
     parser.add_argument("--parts", type=Path, help="keep each official step's exact tensors in this folder "
                         "(and, with --compare, compare against them instead of the stored file)")
+    parser.add_argument("--keep-start-clip", action="store_true", help="keep AT_AWP's and advertorch's clipping "
+                        "of the uniform start to [0, 1] (lbgat does not clip it: the stored steps neutralise it)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--tree", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--part", type=Path, help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.one:
-        run_one(options.one, options.tree, options.part)
+        run_one(options.one, options.tree, options.part, options.keep_start_clip)
         return
     scenarios = options.scenario or list(STEPS)
     if options.compare:
@@ -158,8 +163,9 @@ def main() -> None:
         for name in scenarios:
             part = (options.parts or Path(folder)) / f"{name}.pt"
             part.parent.mkdir(parents=True, exist_ok=True)
-            subprocess.run([sys.executable, __file__, "--one", name, "--tree", str(trees[STEPS[name][0]]),
-                            "--part", str(part)], check=True, env=child_environment(options.deps))
+            command = [sys.executable, __file__, "--one", name, "--tree", str(trees[STEPS[name][0]]),
+                       "--part", str(part), *(["--keep-start-clip"] if options.keep_start_clip else [])]
+            subprocess.run(command, check=True, env=child_environment(options.deps))
             parts[name] = torch.load(part, weights_only=True)
             print(f"{name}: official step recorded ({len(parts[name]['tensors'])} tensors)")
     store(parts, sources, options.out)
