@@ -265,9 +265,16 @@ def test_awp_waits_for_its_warmup_epochs() -> None:
 
 
 def test_awp_on_a_guided_host_ascends_the_students_loss_only() -> None:
-    """LBGAT+AWP: the proxy ascends the student's part of the loss; the teacher is never perturbed."""
+    """LBGAT+AWP: the proxy ascends the student's part of the loss; the teacher is never perturbed and its
+    BatchNorm statistics see one forward per step, as without AWP."""
     method = build("lbgat-trades", {"awp": {}})
+    plain = build("lbgat-trades", {})
     teacher_before = copy.deepcopy(method.teacher.state_dict())
+    method.weight_perturbation.perturb(method, make_batch(seed=8), make_batch(seed=8).x)
+    for key, value in method.teacher.state_dict().items():
+        assert torch.equal(value, teacher_before[key]), key
+    method.after_step()
+    plain_terms = plain(make_batch(seed=8))
     optimizer = sgd([p for net in method.trained_networks().values() for p in net.parameters()])
     terms = method(make_batch(seed=8))
     terms["loss"].backward()
@@ -275,6 +282,8 @@ def test_awp_on_a_guided_host_ascends_the_students_loss_only() -> None:
     optimizer.step()
     method.after_step()
     assert not torch.equal(method.teacher.conv.weight, teacher_before["conv.weight"])
+    torch.testing.assert_close(method.teacher.bn.running_mean, plain.teacher.bn.running_mean, rtol=0, atol=1e-7)
+    assert set(plain_terms) == set(terms)
 
 
 # --- ISEAT with AWP (spec 10.1) ---------------------------------------------------------------------

@@ -17,13 +17,16 @@ under the plug-in's name (``method.rpat.lam``).
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
 
 from ..data.loader import Batch
 from ..errors import ConfigError
+from ..structured import from_mapping
 from .base import Method, MethodParams
 from .step import StepView
 
@@ -56,6 +59,13 @@ class Plugin(nn.Module):
         if not host.accepts_plugins:
             return f"{host.name} has its own regulariser and weight perturbation; it takes no plug-ins"
         return None
+
+    @classmethod
+    def summary(cls, params: MethodParams) -> str:
+        """One line for reports: the plug-in and its settings (and what a reader must know of them)."""
+        settings = ", ".join(f"{key}={value!r}" for key, value in dataclasses.asdict(params).items())
+        note = " (a RECONSTRUCTION from the paper's abstract, not the paper's method)" if cls.reconstruction else ""
+        return f"{cls.name}({settings}){note}"
 
     def attach(self, method: Method) -> None:
         """Called once the host is built (e.g. to check the student's architecture)."""
@@ -114,6 +124,22 @@ def list_plugins() -> list[type[Plugin]]:
 
 def plugin_names() -> frozenset[str]:
     return frozenset(_PLUGINS)
+
+
+def plugin_summaries(config_method: Mapping[str, Any]) -> list[str]:
+    """The report lines of a run's plug-ins, from the ``method`` section of its saved config (unknown
+    plug-ins, e.g. from a newer lbgat, are shown by name)."""
+    lines = []
+    settings = config_method.get("plugin_params", {}) or {}
+    for name in config_method.get("plugins", []) or []:
+        try:
+            cls = get_plugin(name)
+            params = from_mapping(cls.Params, settings.get(name, {}), where=f"method.{name}")
+        except (ConfigError, TypeError):
+            lines.append(f"{name}({settings.get(name, {})})")
+            continue
+        lines.append(cls.summary(params))
+    return lines
 
 
 def check_combination(host: type[Method], names: list[str] | tuple[str, ...]) -> None:

@@ -56,6 +56,12 @@ class RPAT(Regulariser):
     Params = RPATParams
     params: RPATParams
 
+    @classmethod
+    def summary(cls, params: MethodParams) -> str:
+        assert isinstance(params, RPATParams)
+        return (f"rpat(lam={params.lam!r} on the official code's scale = {paper_lambda(params.lam, params.r):.6g} "
+                f"on the paper's, r={params.r!r}, start_epoch={params.start_epoch})")
+
     def weight(self, epoch: int) -> float:
         return self.params.lam if epoch >= self.params.start_epoch else 0.0
 

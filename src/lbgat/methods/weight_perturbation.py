@@ -38,6 +38,9 @@ class AdversarialWeightPerturbation:
         network = _plain(network)
         if self.proxy is None:
             self.proxy = copy.deepcopy(network)
+            # A module compiled in place (nn.Module.compile) keeps its compiled call, bound to the original:
+            # the copy would run the original's weights. The proxy runs eagerly.
+            self.proxy._compiled_call_impl = None
         proxy = self.proxy
         proxy.load_state_dict(network.state_dict())
         proxy.train()
