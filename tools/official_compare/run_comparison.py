@@ -17,6 +17,7 @@ import io
 import lzma
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -51,9 +52,10 @@ def run_one(scenario: str, tree: Path, part: Path, keep_start_clip: bool) -> Non
     official_steps.KEEP_START_CLIP = keep_start_clip
 
     _, step = STEPS[scenario]
-    os.chdir(tempfile.mkdtemp(prefix="official-run-"))  # scripts that write logs write them there
-    produced = step(tree)
-    torch.save(produced, part)
+    with tempfile.TemporaryDirectory(prefix="official-run-") as folder:
+        os.chdir(folder)  # scripts that write logs write them there
+        produced = step(tree)
+        torch.save(produced, part)
 
 
 def write_atomically(path: Path, data: bytes) -> None:
@@ -158,6 +160,17 @@ def main() -> None:
             parser.error(f"--{option} is needed for {', '.join(n for n in scenarios if STEPS[n][0] == family)}")
         tree, commit = checkout(repository, getattr(options, f"{option}_commit") or spec_commit)
         trees[family], sources[family] = tree, {"repo": url, "commit": commit}
+    try:
+        run_all(scenarios, trees, sources, options)
+    finally:
+        for tree in trees.values():
+            shutil.rmtree(tree, ignore_errors=True)
+
+
+def run_all(scenarios: list[str], trees: dict[str, Path], sources: dict[str, dict[str, str]],
+            options: argparse.Namespace) -> None:
+    from official_steps import STEPS
+
     parts = {}
     with tempfile.TemporaryDirectory(prefix="official-parts-") as folder:
         for name in scenarios:
