@@ -65,7 +65,8 @@ SCENARIOS: dict[str, Scenario] = {
         "csdongxian/AWP AT_AWP/train_cifar10.py step: attack_pgd, AdvWeightPerturb.calc_awp/perturb, CE, "
         "backward, step, restore", normalize=True),
     "trades+awp": Scenario(
-        "trades", {"alpha": 6.0}, {"awp": {"gamma": 0.005, "eta": 0.1, "warmup_epochs": 10}}, EIGHT, TWO, 10,
+        "trades", {"alpha": 6.0, "adversarial_first": True}, {"awp": {"gamma": 0.005, "eta": 0.1, "warmup_epochs": 9}},
+        EIGHT, TWO, 10,
         "normal", "eval", 0.1, 0.9, 5e-4,
         "csdongxian/AWP trades_AWP/train_trades_cifar.py step: perturb_input, TradesAWP.calc_awp/perturb, "
         "TRADES loss, backward, step, restore", epoch=10),

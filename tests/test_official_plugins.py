@@ -29,16 +29,6 @@ from official_plugin_setting import SCENARIOS, decode, differences, lbgat_step, 
 # Differences found in the comparison and reported, not (yet) reproduced by lbgat: scenario -> (the tensors,
 # as a pattern of their names, and why). Each is checked on its own below and expected to fail there, so the
 # day lbgat reproduces it the marker has to go.
-KNOWN_DIFFERENCES: dict[str, tuple[str, str]] = {
-    "trades+awp": (
-        r"after/.*running_(mean|var)",
-        "trades_AWP's training step forwards f(x_adv), f(x), f(x) in train mode, lbgat's trades host f(x), "
-        "f(x_adv), f(x) (as TRADES' trades_loss): the loss, gradients and weights agree, BatchNorm's running "
-        "statistics see the batches in another order",
-    ),
-}
-
-
 RELATIVE_TERM_TOLERANCE = 1e-5  # measured: at most 9e-7 (pgd-at+rpat, whose attack rounds differently)
 
 
@@ -83,9 +73,7 @@ def report(groups: dict[str, tuple[float, str, list[str]]]) -> str:
 def test_step_matches_the_official_step(scenario: str, stored: dict[str, Any], one_thread: None) -> None:
     official, ours = compared(stored, scenario)
     assert sorted(ours) == sorted(official)
-    pattern = KNOWN_DIFFERENCES.get(scenario, (r"(?!)", ""))[0]
-    checked = {key: value for key, value in official.items() if not re.fullmatch(pattern, key)}
-    groups = differences(checked, ours)
+    groups = differences(official, ours)
     assert not any(failing for _, _, failing in groups.values()), (
         f"{scenario} differs from the official step: {report(groups)}")
     # The RPAT and KL terms are 1e-4 to 1e-2: 1e-6 absolute alone would let a 1% error in them through.
@@ -93,18 +81,6 @@ def test_step_matches_the_official_step(scenario: str, stored: dict[str, Any], o
         mine, theirs = float(ours[key]), float(official[key])
         assert abs(mine - theirs) <= RELATIVE_TERM_TOLERANCE * abs(theirs), (
             f"{scenario} {key}: lbgat {mine!r}, official {theirs!r}")
-
-
-@pytest.mark.parametrize("scenario", sorted(KNOWN_DIFFERENCES))
-def test_known_difference_from_the_official_step(scenario: str, stored: dict[str, Any], one_thread: None,
-                                                 request: pytest.FixtureRequest) -> None:
-    pattern, why = KNOWN_DIFFERENCES[scenario]
-    request.applymarker(pytest.mark.xfail(strict=True, reason=why))
-    official, ours = compared(stored, scenario)
-    known = {key: value for key, value in official.items() if re.fullmatch(pattern, key)}
-    assert known
-    groups = differences(known, ours)
-    assert not any(failing for _, _, failing in groups.values()), report(groups)
 
 
 def test_stored_outputs_say_where_they_come_from(stored: dict[str, Any]) -> None:

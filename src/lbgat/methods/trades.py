@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ..data.loader import Batch
 from .base import LossTerms, Method, MethodParams
@@ -20,9 +21,13 @@ def kl_batchmean(logits_target: torch.Tensor, logits_input: torch.Tensor) -> tor
 
 @dataclass(frozen=True)
 class TradesParams(MethodParams):
-    """alpha: weight of the KL term. It is TRADES' beta (= 1/lambda) and the official --beta."""
+    """alpha: weight of the KL term. It is TRADES' beta (= 1/lambda) and the official --beta.
+    adversarial_first: run the forwards as the official TRADES-AWP script does, f(x'), f(x), f(x), instead of
+    TRADES' own f(x), f(x'), f(x); the loss and its gradients are the same, BatchNorm's running statistics
+    see the batches in that order."""
 
     alpha: float = 6.0
+    adversarial_first: bool = False
 
 
 @register_method
@@ -41,8 +46,22 @@ class Trades(Method[TradesParams]):
     default_start = "normal"
 
     def loss_terms(self, batch: Batch, x_adv: torch.Tensor) -> LossTerms:
-        logits_clean = self.student(batch.x)
+        if self.params.adversarial_first:
+            logits_adv = self.student(x_adv)
+            kl = kl_batchmean(self.student(batch.x), logits_adv)
+            ce = F.cross_entropy(self.student(batch.x), batch.y)
+            return {"loss": ce + self.params.alpha * kl, "ce": ce, "kl": kl}
+        return self.terms_of(self.student, batch, x_adv)
+
+    def terms_of(self, network: nn.Module, batch: Batch, x_adv: torch.Tensor) -> LossTerms:
+        """TRADES' terms on ``network`` with the forwards of ``trades_loss``: f(x), f(x'), f(x)."""
+        logits_clean = network(batch.x)
         ce = F.cross_entropy(logits_clean, batch.y)
-        logits_adv = self.student(x_adv)
-        kl = kl_batchmean(self.student(batch.x), logits_adv)
+        logits_adv = network(x_adv)
+        kl = kl_batchmean(network(batch.x), logits_adv)
         return {"loss": ce + self.params.alpha * kl, "ce": ce, "kl": kl}
+
+    def weight_ascent_loss(self, network: nn.Module, batch: Batch, x_adv: torch.Tensor) -> torch.Tensor:
+        """AWP ascends the TRADES loss in TRADES-AWP's ``calc_awp`` order, f(x), f(x'), f(x), whatever the
+        order of the step's own forwards."""
+        return self.terms_of(network, batch, x_adv)["loss"]
