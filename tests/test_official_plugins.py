@@ -37,15 +37,6 @@ def stored() -> dict[str, Any]:
     return load_stored()
 
 
-@pytest.fixture
-def one_thread():
-    """The stored outputs come from one CPU thread (reductions split across threads may round differently)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def kernels_differ_from_the_stored_ones(stored: dict[str, Any]) -> str | None:
     """Why the stored outputs cannot be expected here (another torch or CPU kernel set), or None."""
     produced = stored["produced"]

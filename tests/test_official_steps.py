@@ -26,15 +26,6 @@ from official_step_setting import SCENARIOS, lbgat_step, sha256
 STORED = json.loads((Path(__file__).parent / "data" / "official_steps.json").read_text())
 
 
-@pytest.fixture
-def one_thread():
-    """The stored hashes come from one CPU thread (reductions split across threads may round differently)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def kernels_differ_from_the_stored_ones() -> str | None:
     """Why the stored hashes cannot hold here (another torch or CPU kernel set), or None."""
     produced = STORED["produced"]

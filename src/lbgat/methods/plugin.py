@@ -28,6 +28,7 @@ from ..data.loader import Batch
 from ..errors import ConfigError
 from ..structured import from_mapping
 from .base import Method, MethodParams
+from .registry import Registry
 from .step import StepView
 
 PluginKind = Literal["regulariser", "weight-perturbation"]
@@ -100,30 +101,14 @@ class WeightPerturbation(Plugin):
         raise NotImplementedError
 
 
-_PLUGINS: dict[str, type[Plugin]] = {}
-
-
-def register_plugin(cls: type[Plugin]) -> type[Plugin]:
-    if cls.name in _PLUGINS:
-        raise ValueError(f"plug-in {cls.name!r} registered twice")
-    _PLUGINS[cls.name] = cls
-    return cls
-
-
-def get_plugin(name: str) -> type[Plugin]:
-    try:
-        return _PLUGINS[name]
-    except KeyError:
-        known = ", ".join(sorted(_PLUGINS))
-        raise ConfigError(f"unknown plug-in {name!r}; known: {known}") from None
-
-
-def list_plugins() -> list[type[Plugin]]:
-    return [_PLUGINS[name] for name in sorted(_PLUGINS)]
+PLUGINS: Registry[type[Plugin]] = Registry("plug-in")
+register_plugin = PLUGINS.register
+get_plugin = PLUGINS.get
+list_plugins = PLUGINS.all
 
 
 def plugin_names() -> frozenset[str]:
-    return frozenset(_PLUGINS)
+    return frozenset(PLUGINS.classes)
 
 
 def plugin_summaries(config_method: Mapping[str, Any]) -> list[str]:

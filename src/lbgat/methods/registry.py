@@ -1,28 +1,40 @@
-"""Methods by name."""
+"""Methods and plug-ins by name."""
 
 from __future__ import annotations
+
+from typing import Any, Generic, TypeVar
 
 from ..errors import ConfigError
 from .base import Method
 
-_METHODS: dict[str, type[Method]] = {}
+T = TypeVar("T", bound=type[Any])
 
 
-def register_method(cls: type[Method]) -> type[Method]:
-    if cls.name in _METHODS:
-        raise ValueError(f"method {cls.name!r} registered twice")
-    _METHODS[cls.name] = cls
-    return cls
+class Registry(Generic[T]):
+    """Classes by their ``name``; an unknown name is a one-line error that lists the known ones."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.classes: dict[str, T] = {}
+
+    def register(self, cls: T) -> T:
+        if cls.name in self.classes:
+            raise ValueError(f"{self.kind} {cls.name!r} registered twice")
+        self.classes[cls.name] = cls
+        return cls
+
+    def get(self, name: str) -> T:
+        try:
+            return self.classes[name]
+        except KeyError:
+            known = ", ".join(sorted(self.classes))
+            raise ConfigError(f"unknown {self.kind} {name!r}; known: {known}") from None
+
+    def all(self) -> list[T]:
+        return [self.classes[name] for name in sorted(self.classes)]
 
 
-def get_method(name: str) -> type[Method]:
-    try:
-        return _METHODS[name]
-    except KeyError:
-        known = ", ".join(sorted(_METHODS))
-        raise ConfigError(f"unknown method {name!r}; known: {known}") from None
-
-
-def list_methods() -> list[type[Method]]:
-    return [_METHODS[name] for name in sorted(_METHODS)]
-
+METHODS: Registry[type[Method]] = Registry("method")
+register_method = METHODS.register
+get_method = METHODS.get
+list_methods = METHODS.all
