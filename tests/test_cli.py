@@ -199,13 +199,19 @@ def test_listings(capsys) -> None:
     assert main(["methods"]) == 0
     methods = capsys.readouterr().out
     from lbgat.methods import list_methods
+    from lbgat.methods.plugin import list_plugins
 
-    for method in list_methods():  # every method, a description and its hyperparameters
-        assert f"\n{method.name} " in "\n" + methods
+    for method in [*list_methods(), *list_plugins()]:  # every method and plug-in, a description and its settings
+        assert f"\n  {method.name} " in "\n" + methods
     lines = methods.splitlines()
-    lbgat_trades = lines[lines.index(next(line for line in lines if line.startswith("lbgat-trades "))) + 1]
+    lbgat_trades = lines[lines.index(next(line for line in lines if line.startswith("  lbgat-trades "))) + 1]
     assert "beta=1.0" in lbgat_trades and "alpha=6.0" in lbgat_trades and "separate_bn=False" in lbgat_trades
     assert "guidance knobs: guidance='mse', mse_reduction='mean', student_ce=0.0" in methods
+    # issue 15: what each method takes, and what each plug-in joins and where it comes from
+    natural = lines[lines.index(next(line for line in lines if line.startswith("  natural "))) + 2]
+    assert natural.strip() == "plug-ins: none"
+    assert "plug-ins: awp, rpat, vfd" in methods and "joins: alp, bgat" in methods
+    assert "RECONSTRUCTION from the abstract" in methods and "Wu, Xia & Wang" in methods
     assert main(["models"]) == 0
     assert "resnet18-lbgat" in capsys.readouterr().out
     assert main(["recipes"]) == 0
