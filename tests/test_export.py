@@ -315,3 +315,31 @@ def test_each_key_layout_round_trips_and_names_a_class_only_where_one_exists(arc
     if layout == "trades-lbgat-wideresnet":
         other = create_model(arch, num_classes=10, in_channels=1, image_size=28)
         assert "3×32×32 inputs" in (key_layout(other, arch, 10, 1, 28).limitation or "")
+
+
+@pytest.mark.parametrize("out_exists", [False, True])
+def test_a_failed_write_takes_back_what_the_export_wrote(tiny_run: Path, tmp_path: Path, monkeypatch, capsys,
+                                                         out_exists: bool) -> None:
+    """issue 16 item 4: a full disk at the second file: one line, and the export leaves nothing behind (its first
+    file removed; --out removed too when the export created it, kept empty when it was there)."""
+    import errno
+
+    import lbgat.export.writer as writer
+
+    real_write = writer.write_bytes_atomic
+    written: list[Path] = []
+
+    def write_until_the_disk_is_full(path: Path, data: bytes) -> None:
+        if written:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real_write(path, data)
+        written.append(path)
+
+    monkeypatch.setattr(writer, "write_bytes_atomic", write_until_the_disk_is_full)
+    out = tmp_path / "export"
+    if out_exists:
+        out.mkdir()
+    assert main(["export", str(tiny_run / "last.pt"), "--out", str(out)]) == 2
+    assert "No space left on device" in capsys.readouterr().err
+    assert written and not written[0].exists()
+    assert (out.is_dir() and not any(out.iterdir())) if out_exists else not out.exists()
