@@ -343,3 +343,18 @@ def test_a_failed_write_takes_back_what_the_export_wrote(tiny_run: Path, tmp_pat
     assert "No space left on device" in capsys.readouterr().err
     assert written and not written[0].exists()
     assert (out.is_dir() and not any(out.iterdir())) if out_exists else not out.exists()
+
+
+@pytest.mark.parametrize("method", [
+    {"name": "trades", "params": {"alpha": 6.0, "plugins": ["rpat", "awp"], "rpat": {"lam": 1.0, "r": 0.5},
+                                  "awp": {"gamma": 0.01}}},
+    {"name": "trades", "params": {"alpha": 6.0}, "plugins": ["rpat", "awp"], "rpat": {"lam": 1.0, "r": 0.5},
+     "awp": {"gamma": 0.01}},
+])
+def test_the_card_lists_plugins_in_order_with_their_parameters(method: dict) -> None:
+    """issue 16 item 4 (with issue 15's plug-ins): the host's parameters and each plug-in's, wherever the config
+    keeps them (beside the method's name or among its params)."""
+    from lbgat.export.card import method_and_plugins
+
+    assert method_and_plugins(method) == ("trades", {"alpha": 6.0},
+                                          [("rpat", {"lam": 1.0, "r": 0.5}), ("awp", {"gamma": 0.01})])
