@@ -147,14 +147,97 @@ def reference_loss(name: str, student: nn.Module, teacher: nn.Module | None, bat
             logits_teacher = torch.stack([member(x) for member in teacher.members]).mean(0)
         loss, terms = reference_guidance(logits_adv, logits_teacher, y, params)
         return {"loss": with_regulariser(name, loss, terms, logits_clean, logits_adv, alpha), **terms}
+    if name == "mart":  # spec 11.2: CE-PGD from x + 0.001 N; f(x), f(x') in train mode; nothing detached
+        x_adv = reference_attack(student, batch, "ce", "normal")
+        logits_clean, logits_adv = student(x), student(x_adv)
+        probs_adv, probs_clean = logits_adv.softmax(1), logits_clean.softmax(1)
+        others = probs_adv.detach().clone()
+        others[torch.arange(len(y)), y] = -1.0
+        wrong = others.argmax(1)  # the most likely wrong class under p'
+        bce = cross_entropy(logits_adv, y) - torch.log(1.0001 - probs_adv + 1e-12)[torch.arange(len(y)), wrong].mean()
+        kl_per_example = (probs_clean * (probs_clean.log() - torch.log(probs_adv + 1e-12))).sum(1)
+        kl = (kl_per_example * (1.0000001 - probs_clean[torch.arange(len(y)), y])).mean()
+        return {"loss": bce + params.get("beta", 6.0) * kl, "bce": bce, "kl": kl}
+    if name == "iseat":  # spec 10.1 without AWP (gamma 0): one train-mode clean forward serves both
+        terms, _ = reference_iseat(student, batch, params)
+        return terms
     raise AssertionError(name)
+
+
+def iseat_stage_value(values: list[float], epoch: int, stage_epochs: list[int]) -> float:
+    stage = sum(epoch >= start for start in stage_epochs)
+    return values[min(stage, len(values) - 1)] if values else 0.0
+
+
+def reference_awp_directions(network: nn.Module, ascent_loss, eta: float) -> dict[str, torch.Tensor]:
+    """Spec 10.1 step 3: a proxy copy takes one SGD step of size eta up the loss; per weight tensor of >= 2
+    dimensions v = ||w|| * d / ||d||, d = proxy - model."""
+    proxy = copy.deepcopy(network).train()
+    loss = -ascent_loss(proxy)
+    grads = torch.autograd.grad(loss, list(proxy.parameters()), allow_unused=True)
+    with torch.no_grad():
+        for parameter, grad in zip(proxy.parameters(), grads, strict=True):
+            if grad is not None:
+                parameter -= eta * grad
+    moved = dict(proxy.named_parameters())
+    directions = {}
+    for name, weight in network.named_parameters():
+        if weight.dim() >= 2 and "weight" in name:
+            change = moved[name].detach() - weight.detach()
+            directions[name] = weight.detach().norm() * change / (change.norm() + 1e-20)
+    return directions
+
+
+def reference_iseat(student: nn.Module, batch: Batch, params: dict
+                    ) -> tuple[dict[str, torch.Tensor], nn.Module | None]:
+    """Spec 10.1 (all in train mode, no random start), with AWP when gamma != 0: then the clean logits of
+    the regulariser come from ``unperturbed``, a copy of the student taken before the perturbation (its
+    gradients are the caller's to add, as the official code does)."""
+    x, y, size = batch.x, batch.y, len(batch)
+    stages = params.get("stage_epochs", [100, 150])
+    lam = iseat_stage_value(params.get("lam", [0.0, 0.1]), batch.epoch, stages)
+    gamma = iseat_stage_value(params.get("gamma", [7e-3]), batch.epoch, stages)
+    student.train()
+    clean = x.clone().requires_grad_(True)
+    logits_clean = student(clean)
+    unperturbed = copy.deepcopy(student) if gamma and lam else None
+    ce_clean = F.cross_entropy(logits_clean, y, reduction="none")
+    first = torch.autograd.grad(ce_clean.mean(), clean, retain_graph=True)[0]
+    delta = torch.zeros_like(x)
+    for index in range(STEPS):
+        adv = torch.clamp(x + delta, 0, 1).requires_grad_(True)
+        grad = first if index == 0 else torch.autograd.grad(cross_entropy(student(adv), y), adv)[0]
+        delta = torch.clamp(delta + STEP * grad.sign(), -EPS, EPS)
+        delta = torch.clamp(x + delta, 0, 1) - x
+    x_adv = (x + delta).detach()
+    if gamma:
+        directions = reference_awp_directions(student, lambda net: cross_entropy(net(x_adv), y),
+                                              params.get("awp_eta", 0.01))
+        with torch.no_grad():
+            for name, parameter in student.named_parameters():
+                if name in directions:
+                    parameter += gamma * directions[name]
+    logits_adv = student(x_adv)
+    ce_adv = F.cross_entropy(logits_adv, y, reduction="none")
+    loss = ce_adv.mean()
+    smoothness = torch.zeros(())
+    if lam:
+        if unperturbed is not None:
+            logits_clean = unperturbed(clean)
+        squared = ((logits_adv - logits_clean) ** 2).sum(1)
+        ranks = torch.empty(size)
+        ranks[torch.argsort((ce_adv - ce_clean).detach())] = torch.arange(1, size + 1, dtype=torch.float32)
+        smoothness = (ranks / size * squared).sum() / size
+        loss = loss + lam * smoothness
+    return {"loss": loss, "ce_adv": ce_adv.mean(), "smoothness": smoothness}, unperturbed
 
 
 # --- fixtures ----------------------------------------------------------------------------------
 
 PARAMS = {"natural": {}, "pgd-at": {}, "trades": {"alpha": 6.0}, "lbgat-trades": {"alpha": 6.0, "beta": 1.0},
           "lbgat": {"beta": 1.0}, "alp": {"alpha": 1.0}, "lbgat-alp": {"alpha": 1.0, "beta": 1.0}, "bgat": {},
-          "bgat-trades": {"alpha": 2.0}, "bgat-alp": {"alpha": 1.0}}
+          "bgat-trades": {"alpha": 2.0}, "bgat-alp": {"alpha": 1.0}, "mart": {"beta": 6.0},
+          "iseat": {"lam": [0.5], "gamma": [0.0]}}
 METHOD_NAMES = sorted(PARAMS)
 
 
@@ -174,7 +257,8 @@ def make_method(name: str, params: dict | None = None):
         teacher = FrozenEnsemble([BNNet(width=6), BNNet(width=3)])
     elif get_method(name).uses_teacher:
         teacher = BNNet(width=4 if params.get("separate_bn") else 6)
-    attack = TrainAttack(eps=EPS, step_size=STEP, steps=STEPS, start=get_method(name).default_start)
+    attack = TrainAttack(eps=EPS, step_size=STEP, steps=STEPS, start=get_method(name).default_start,
+                         bn_mode=get_method(name).default_bn_mode)
     method = create_method(name, student, params=params, attack=attack, teacher=teacher)
     return method.train()
 
@@ -200,6 +284,9 @@ CASES = [(name, PARAMS[name]) for name in METHOD_NAMES] + [
     ("lbgat", {"beta": 0.5, "separate_bn": True, "student_ce": 0.3}),
     ("lbgat-alp", {"alpha": 2.0, "beta": 1.0, "guidance": "kl"}),
     ("bgat", {"student_ce": 1.0, "mse_reduction": "sum"}),
+    ("mart", {"beta": 2.5}),
+    ("iseat", {"lam": [0.0], "gamma": [0.0]}),
+    ("iseat", {"lam": [0.0, 2.0], "gamma": [0.0], "stage_epochs": [1]}),  # epoch 2 is in the second stage
 ]
 
 
@@ -244,6 +331,10 @@ ROUTING = {
     ("bgat-trades", "mse"): {"student": True, "teacher": False},
     ("bgat-trades", "kl"): {"student": True, "teacher": False},
     ("bgat-alp", "pairing"): {"student": True, "teacher": False},
+    ("mart", "bce"): {"student": True},
+    ("mart", "kl"): {"student": True},
+    ("iseat", "ce_adv"): {"student": True},
+    ("iseat", "smoothness"): {"student": True},
 }
 
 

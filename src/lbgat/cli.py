@@ -249,13 +249,25 @@ def _run_methods(args: argparse.Namespace) -> int:
 
     from .methods import list_methods
     from .methods.guidance import GuidanceParams
+    from .methods.plugin import list_plugins
+
+    def defaults(params: type, skip: frozenset[str] = frozenset()) -> str:
+        shown = []
+        for field in dataclasses.fields(params):
+            if field.name in skip:
+                continue
+            value = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+            shown.append(f"{field.name}={value!r}")
+        return ", ".join(shown)
 
     knobs = {field.name for field in dataclasses.fields(GuidanceParams)}
+    plugins = list_plugins()
+    print("Methods (--method NAME; hyperparameters with --set method.NAME=VALUE):")
     for method in list_methods():
         fields = dataclasses.fields(method.Params)
-        own = ", ".join(f"{field.name}={field.default!r}" for field in fields if field.name not in knobs)
+        own = defaults(method.Params, frozenset(knobs))
         guidance = ", ".join(f"{field.name}={field.default!r}" for field in fields if field.name in knobs)
-        print(f"{method.name:14} {method.description}")
+        print(f"  {method.name:14} {method.description}")
         details = [f"hyperparameters: {own or 'none'}"]
         if method.attack_objective:
             details.append(f"trains against {method.attack_objective.upper()}-PGD")
@@ -263,9 +275,22 @@ def _run_methods(args: argparse.Namespace) -> int:
             details.append("frozen natural teacher(s) from --teacher-checkpoint")
         elif method.uses_teacher:
             details.append("trains a natural teacher with it (--teacher)")
-        print(f"{'':14} {'; '.join(details)}")
+        print(f"  {'':14} {'; '.join(details)}")
         if guidance:
-            print(f"{'':14} guidance knobs: {guidance}")
+            print(f"  {'':14} guidance knobs: {guidance}")
+        takes = [plugin.name for plugin in plugins if plugin.refuses(method) is None]
+        print(f"  {'':14} plug-ins: {', '.join(takes) if takes else 'none'}")
+    print()
+    print("Plug-ins (--plugin NAME, repeatable; settings with --set method.PLUGIN.KEY=VALUE):")
+    for plugin in plugins:
+        hosts = [method.name for method in list_methods() if plugin.refuses(method) is None]
+        kind = "wraps the host's step" if plugin.kind == "weight-perturbation" else "adds a term to the host's loss"
+        print(f"  {plugin.name:14} {plugin.description}")
+        print(f"  {'':14} {kind}; settings: {defaults(plugin.Params)}")
+        print(f"  {'':14} from: {plugin.paper}")
+        if plugin.reconstruction:
+            print(f"  {'':14} RECONSTRUCTION from the abstract (no official code or full text): not the paper's method")
+        print(f"  {'':14} joins: {', '.join(hosts)}")
     return 0
 
 

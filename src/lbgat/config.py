@@ -38,6 +38,11 @@ class MethodConfig:
     name: str = setting("lbgat-trades", flag="--method", help="training method (see `lbgat methods`)")
     # The method's own hyperparameters (e.g. alpha, beta); checked against the method's Params.
     params: dict[str, Any] = field(default_factory=dict)
+    plugins: list[str] = setting(default_factory=list, flag="--plugin", dest="plugins", metavar="NAME",
+                                 help="add a plug-in to the method (repeat for several, in order): "
+                                      "rpat, vfd, awp (see `lbgat methods`)")
+    # Each plug-in's hyperparameters under its name (a recipe's method.rpat.lam, --set method.rpat.lam=2).
+    plugin_params: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -69,7 +74,8 @@ class AttackConfig:
     # ce | kl | cw; auto: the method's own (e.g. KL for TRADES, CE for PGD-AT)
     objective: str = setting("auto", choices=("auto", *OBJECTIVES))
     start_std: float = setting(0.001, minimum=0)  # scale of the "normal" start (TRADES/LBGAT)
-    bn_mode: str = setting("eval", choices=BN_MODES)  # BatchNorm mode while crafting (eval: TRADES/LBGAT; train: Madry)
+    # BatchNorm mode while crafting (eval: TRADES/LBGAT; train: Madry, ISEAT); auto: the method's convention
+    bn_mode: str = setting("auto", choices=("auto", *BN_MODES))
     # Ramp eps (and the step size with it) linearly from 0 over the first N epochs, step by step.
     # Off (0) in every paper recipe; small networks on MNIST at eps 0.3 need it to leave chance level.
     eps_warmup_epochs: int = setting(0, minimum=0)
@@ -273,8 +279,8 @@ def parse_override(text: str) -> tuple[str, Any]:
         value = yaml_loader.load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
-    if key.startswith("method.") and key != "method.name" and key != "method.params":
-        return key, value  # a method hyperparameter, checked once the method is known
+    if key.startswith("method.") and key.partition(".")[2].partition(".")[0] not in _METHOD_FIELDS:
+        return key, value  # a method's or plug-in's hyperparameter, checked once the method is known
     annotation = field_annotation(TrainConfig, key)
     try:
         coerce(value, annotation, key)
@@ -302,8 +308,8 @@ def build_config(
             teacher_given |= key == "teacher"
     for text in overrides:
         key, value = parse_override(text)
-        if key.startswith("method.") and key not in ("method.name", "method.params"):
-            _set_dotted(tree, "method.params." + key.removeprefix("method."), value)
+        if key.startswith("method.") and key.partition(".")[2].partition(".")[0] not in _METHOD_FIELDS:
+            _set_dotted(tree, _method_key(key.removeprefix("method.")), value)
         else:
             _set_dotted(tree, key, value)
             teacher_given |= key == "teacher"
@@ -329,20 +335,39 @@ def _recipe_teacher_only_where_used(tree: dict[str, Any]) -> None:
         tree.pop("teacher", None)
 
 
+_METHOD_FIELDS = ("name", "params", "plugins", "plugin_params")
+
+
+def _method_key(dotted: str) -> str:
+    """Where ``method.<dotted>`` goes: a plug-in's setting (``rpat.lam``) or the method's (``alpha``)."""
+    from .methods.plugin import plugin_names
+
+    head = dotted.partition(".")[0]
+    return f"method.plugin_params.{dotted}" if head in plugin_names() else f"method.params.{dotted}"
+
+
 def _normalise_method(recipe: dict[str, Any]) -> dict[str, Any]:
-    """Recipes may write ``method: trades`` or ``method: {name: trades, alpha: 6}``."""
+    """Recipes may write ``method: trades`` or ``method: {name: trades, alpha: 6, plugins: [rpat],
+    rpat: {lam: 1}}``: a key that names a plug-in holds that plug-in's settings."""
+    from .methods.plugin import plugin_names
+
     recipe = dict(recipe)
     method = recipe.get("method")
     if isinstance(method, str):
         recipe["method"] = {"name": method}
     elif isinstance(method, dict):
-        params = {key: value for key, value in method.items() if key not in ("name", "params")}
+        params = {key: value for key, value in method.items()
+                  if key not in _METHOD_FIELDS and key not in plugin_names()}
         given = method.get("params", {})
         if not isinstance(given, dict):
             raise ConfigError(f"setting 'method.params' must be a mapping, got {given!r}")
         normalised: dict[str, Any] = {"params": {**given, **params}}
-        if "name" in method:
-            normalised["name"] = method["name"]
+        for key in ("name", "plugins"):
+            if key in method:
+                normalised[key] = method[key]
+        plugin_params = {key: value for key, value in method.items() if key in plugin_names()}
+        if plugin_params or "plugin_params" in method:
+            normalised["plugin_params"] = {**method.get("plugin_params", {}), **plugin_params}
         recipe["method"] = normalised
     return recipe
 
@@ -354,5 +379,6 @@ def default_decay_epochs(epochs: int) -> list[int]:
 def config_to_yaml(config: TrainConfig) -> str:
     tree = to_mapping(config)
     method = tree.pop("method")
-    tree = {"method": {"name": method["name"], **method["params"]}, **tree}
+    plugins = {"plugins": method["plugins"], **method["plugin_params"]} if method["plugins"] else {}
+    tree = {"method": {"name": method["name"], **method["params"], **plugins}, **tree}
     return yaml.safe_dump(tree, sort_keys=False)

@@ -27,7 +27,7 @@ def _per_example_l2(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.flatten(1).norm(dim=1).reshape(-1, *([1] * (tensor.dim() - 1)))
 
 
-def _start_noise(
+def start_noise(
     x: torch.Tensor, start: Start, eps: float, start_std: float, rng: ExampleRNG | None, stream: int, norm: Norm
 ) -> torch.Tensor:
     if start == "none":
@@ -148,7 +148,7 @@ def pgd(
         raise ValueError(f"objective {objective!r} needs labels")
     x = x.detach()
     project = _Projection(x, eps, norm)
-    x_adv = x + _start_noise(x, start, eps, start_std, rng, stream, norm)
+    x_adv = x + start_noise(x, start, eps, start_std, rng, stream, norm)
     update, step_tensor = None, None
     if compiled and norm == "Linf":
         # The step size as a tensor: a Python float would be baked into the compiled code, and the

@@ -36,7 +36,9 @@ def _autoattack_lines(row: dict[str, Any]) -> list[str]:
 
 def render_markdown(report: dict[str, Any]) -> str:
     protocol, checkpoint = report["protocol"], report["checkpoint"]
-    title = checkpoint["arch"] + (f" ({checkpoint['method']})" if checkpoint.get("method") else "")
+    method = "+".join([checkpoint["method"], *(s.split("(")[0] for s in checkpoint.get("plugins") or [])]) \
+        if checkpoint.get("method") else None
+    title = checkpoint["arch"] + (f" ({method})" if method else "")
     trained = (f"{checkpoint['kind']}, {checkpoint['epochs_done']} epochs, {checkpoint['global_step']} steps"
                if checkpoint.get("kind") else checkpoint["format"])
     lines = [
@@ -44,6 +46,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         f"Checkpoint `{checkpoint['path']}` (sha256 `{checkpoint['sha256'][:16]}…`, {trained}).",
         "",
+        *[f"Trained with the plug-in {summary}." for summary in checkpoint.get("plugins") or []],
+        *([""] if checkpoint.get("plugins") else []),
         "| attack | accuracy | correct / total | settings | time (s) |",
         "|---|---:|---:|---|---:|",
     ]

@@ -25,6 +25,7 @@ from ..data import Dataset, load_dataset
 from ..data.loader import DeviceLoader
 from ..errors import ConfigError, LbgatError
 from ..files import check_writable
+from ..methods.plugin import plugin_summaries
 from ..precision import DTYPES, PRECISIONS, Precision
 from ..provenance import code_version, environment
 from ..world import World, device_for, process_group, resolve_device, world_from_environment
@@ -412,6 +413,7 @@ def _header(request: EvalRequest, plan_: Plan, loaded: LoadedModel, dataset: Dat
             "path": str(loaded.path), "sha256": sha256, "format": loaded.kind, "kind": meta.get("kind"),
             "arch": loaded.spec.arch, "num_classes": loaded.spec.num_classes,
             "method": meta.get("config", {}).get("method", {}).get("name"),
+            "plugins": plugin_summaries(meta.get("config", {}).get("method", {})),
             "epochs_done": meta.get("position", {}).get("epoch"),
             "global_step": meta.get("position", {}).get("global_step"),
             "trained_with": meta.get("code_version"),

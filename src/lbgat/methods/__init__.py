@@ -5,7 +5,7 @@ Each is an ``nn.Module`` holding the student (and any teacher) whose forward on 
 training loop: build it with :func:`create_method`, optimise ``method.parameters()``.
 """
 
-from . import alp, bgat, lbgat, lbgat_alp, lbgat_trades, natural, pgd_at, trades  # noqa: F401  (registration)
+from . import alp, awp, bgat, iseat, lbgat, lbgat_alp, lbgat_trades, mart, natural, pgd_at, rpat, trades, vfd  # noqa: F401
 from .base import LossTerms, Method, MethodParams, NoParams, TrainAttack, add_weighted
 from .factory import create_method, method_params
 from .guided import GuidedMethod, LogitRegulariser

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar
 
 import torch
 from torch import nn
@@ -12,6 +14,10 @@ from ..attacks import BNMode, Objective, Start, pgd
 from ..attacks.input_only import input_only
 from ..data.loader import Batch
 from ..rng import Stream
+from .step import ForwardLog, StepView, recording
+
+if TYPE_CHECKING:
+    from .plugin import Plugin, Regulariser, WeightPerturbation
 
 
 @dataclass(frozen=True)
@@ -73,12 +79,15 @@ class Method(nn.Module, Generic[P]):
     params: P
     attack_objective: ClassVar[Objective | None] = None
     default_start: ClassVar[Start] = "uniform"
+    default_bn_mode: ClassVar[BNMode] = "eval"  # BatchNorm's mode in the training attack (attack.bn_mode auto)
     uses_teacher: ClassVar[bool] = False
     frozen_teacher: ClassVar[bool] = False  # loaded from checkpoints, never trained (BGAT)
     default_warmup: ClassVar[bool] = False
+    accepts_plugins: ClassVar[bool] = True  # False: the method composes its own parts (ISEAT)
+    perturbs_weights: ClassVar[bool] = False  # its step moves the weights and after_step moves them back
 
     def __init__(self, student: nn.Module, params: P, attack: TrainAttack | None,
-                 teacher: nn.Module | None = None) -> None:
+                 teacher: nn.Module | None = None, plugins: Sequence[Plugin] = ()) -> None:
         super().__init__()
         if not isinstance(params, self.Params):
             raise TypeError(f"{self.name} expects {self.Params.__name__}, got {type(params).__name__}")
@@ -90,9 +99,55 @@ class Method(nn.Module, Generic[P]):
         self.teacher = teacher
         self.params = params
         self.attack = attack
+        # Regularisers are modules (VFD's frozen teacher is saved with the run); at most one weight
+        # perturbation (lbgat.methods.plugin.check_combination), which holds no state between steps.
+        self.regularisers = nn.ModuleList([p for p in plugins if p.kind == "regulariser"])
+        perturbations = [p for p in plugins if p.kind == "weight-perturbation"]
+        self.weight_perturbation: WeightPerturbation | None = perturbations[0] if perturbations else None
+        for plugin in plugins:
+            plugin.attach(self)
 
     def forward(self, batch: Batch) -> LossTerms:
-        return self.loss_terms(batch, self.adversarial(batch))
+        """One step's terms: the training attack at the current weights; then, with a weight perturbation,
+        the weights moved (:meth:`after_step` moves them back once the optimiser has stepped); then the
+        host's terms and each regulariser's, in the order the plug-ins were given."""
+        x_adv = self.adversarial(batch)
+        if self.weight_perturbation is not None:
+            self.weight_perturbation.perturb(self, batch, x_adv)
+        if not len(self.regularisers):
+            return self.loss_terms(batch, x_adv)
+        watched = [watch for plugin in self.regularisers for watch in plugin.watched_modules(self.student)]
+        with recording(self.student, ForwardLog(), watched) as log:
+            terms = self.loss_terms(batch, x_adv)
+            step = StepView(self, batch, x_adv, log)
+            for plugin in self.regularisers:
+                regulariser: Regulariser = plugin  # type: ignore[assignment]
+                weight = regulariser.weight(batch.epoch)
+                if weight:
+                    add_weighted(terms, regulariser.name, regulariser.term(step), weight)
+                else:  # not active in this epoch: no forwards, the term logged as 0
+                    terms[regulariser.name] = torch.zeros((), device=batch.x.device)
+        return terms
+
+    def after_step(self) -> None:
+        """Called after each optimiser step (taken or skipped): a weight perturbation is removed here."""
+        if self.weight_perturbation is not None:
+            self.weight_perturbation.restore()
+
+    def weight_ascent_loss(self, network: nn.Module, batch: Batch, x_adv: torch.Tensor) -> torch.Tensor:
+        """The loss a weight perturbation ascends, on ``network`` (a copy of the student): the method's own
+        loss with the student replaced, as AWP does for its AT and TRADES hosts."""
+        with self.student_replaced_by(network):
+            return self.loss_terms(batch, x_adv)["loss"]
+
+    @contextmanager
+    def student_replaced_by(self, network: nn.Module) -> Iterator[None]:
+        student = self.student
+        self._modules["student"] = network
+        try:
+            yield
+        finally:
+            self._modules["student"] = student
 
     def loss_terms(self, batch: Batch, x_adv: torch.Tensor) -> LossTerms:  # pragma: no cover - abstract
         """The method's named terms on ``batch`` and its adversarial input ``x_adv`` (all its forwards)."""

@@ -11,6 +11,8 @@ from typing import Any, ClassVar, Protocol, TypeVar, cast
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
 
 from ..data.loader import Batch
 from .base import LossTerms, Method, add_weighted
@@ -76,6 +78,23 @@ class GuidedMethod(Method[GP]):
         loss = guidance_loss(terms, self.params)
         terms["loss"] = loss if beta is None else loss + beta * terms["ce_teacher"]
         return terms
+
+    def weight_ascent_loss(self, network: nn.Module, batch: Batch, x_adv: torch.Tensor) -> torch.Tensor:
+        """What AWP ascends on a guided host: the student's part of the loss (the guidance towards the
+        teacher's logits, plus the regulariser), with ``network`` as the student. The teacher's logits are
+        taken without a graph and without touching its BatchNorm statistics (a forward on copies of its
+        buffers), so the teacher's own step is the same as without AWP."""
+        assert self.teacher is not None
+        self.teacher.train()
+        with torch.no_grad():
+            buffers = {name: buffer.clone() for name, buffer in self.teacher.named_buffers()}
+            logits_teacher = functional_call(self.teacher, buffers, (batch.x,), strict=False)
+        logits_adv = network(x_adv)
+        loss = guidance_loss(guidance_terms(logits_adv, logits_teacher, batch.y, self.params), self.params)
+        alpha = cast(Regularised, self.params).alpha if self.regulariser is not None else 0.0
+        if self.regulariser is not None and alpha != 0:
+            loss = loss + alpha * self.regulariser.term(network(batch.x), logits_adv)
+        return loss
 
     def loss_terms(self, batch: Batch, x_adv: torch.Tensor) -> LossTerms:
         """Forwards in the official LBGAT order: student(x'), student(x) (for the regulariser), teacher(x)."""

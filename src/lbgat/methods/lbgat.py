@@ -3,8 +3,9 @@ LBGAT family shares: the guidance knobs, the teacher CE, and the separate-BN abl
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from torch import nn
 
@@ -13,6 +14,9 @@ from .guidance import GuidanceParams
 from .guided import GuidedMethod
 from .registry import register_method
 from .teachers import share_all_but_batchnorm
+
+if TYPE_CHECKING:
+    from .plugin import Plugin
 
 
 @dataclass(frozen=True)
@@ -37,8 +41,8 @@ class LbgatFamily(GuidedMethod[LP]):
     default_warmup = True
 
     def __init__(self, student: nn.Module, params: LP, attack: TrainAttack | None,
-                 teacher: nn.Module | None = None) -> None:
-        super().__init__(student, params, attack, teacher)
+                 teacher: nn.Module | None = None, plugins: Sequence[Plugin] = ()) -> None:
+        super().__init__(student, params, attack, teacher, plugins)
         if self.shares_student_weights(params):
             assert teacher is not None
             share_all_but_batchnorm(teacher, student)

@@ -34,7 +34,8 @@ def differences(saved: dict[str, Any], new: dict[str, Any], prefix: str = "",
 
 # A resume that changes several settings names the one that explains the others first (trades ->
 # pgd-at also changes attack.objective, start and warmup, but the method is the difference).
-MEANINGFUL_FIRST = ("method.name", "model", "teacher", "data.name", "teacher_checkpoints", "method.params")
+MEANINGFUL_FIRST = ("method.name", "model", "teacher", "data.name", "teacher_checkpoints", "method.params",
+                   "method.plugins", "method.plugin_params")
 
 
 def most_meaningful_first(changes: list[str]) -> list[str]:

@@ -12,13 +12,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..checkpoint import ModelSpec, PlainStateDictError, check_checkpoint_path, load_for_eval
+from ..checkpoint import LoadedModel, ModelSpec, PlainStateDictError, check_checkpoint_path, load_for_eval
 from ..config import TrainConfig, default_decay_epochs, threat_profile
 from ..data import Dataset, get_dataset_info, load_dataset
 from ..data.loader import Augment, DeviceLoader
 from ..errors import ConfigError
 from ..methods import Method, TrainAttack, create_method, get_method, method_params
+from ..methods.factory import build_plugins, check_plugin_settings, plugin_params
+from ..methods.plugin import check_combination
 from ..methods.teachers import FrozenEnsemble
+from ..methods.vfd import VFD, VFDParams
 from ..models import default_teacher, get_model_entry
 from ..precision import Precision
 from ..rng import Stream, permutation
@@ -37,6 +40,7 @@ def validate(config: TrainConfig, *, dataset_given: bool = False) -> None:
     """Reject impossible or inconsistent settings before any data is read or network built."""
     get_method(config.method.name)
     method_params(config.method.name, config.method.params)
+    _validate_plugins(config)
     if not dataset_given:
         get_dataset_info(config.data.name)
     for name in (config.model, config.teacher):
@@ -53,6 +57,18 @@ def validate(config: TrainConfig, *, dataset_given: bool = False) -> None:
         check_compile_toolchain(device)
     _require(not config.sync_bn or device.type == "cuda",
              "sync_bn needs GPUs: PyTorch's SyncBatchNorm runs only on CUDA (drop --sync-bn on CPU)")
+
+
+def _validate_plugins(config: TrainConfig) -> None:
+    """The plug-ins exist, their settings type-check, and the host takes them (one line, before any work)."""
+    plugins = config.method.plugins
+    check_plugin_settings(plugins, config.method.plugin_params)
+    check_combination(get_method(config.method.name), plugins)
+    for name in plugins:
+        settings = plugin_params(name, config.method.plugin_params.get(name))
+        if isinstance(settings, VFDParams) and not settings.checkpoint:
+            raise ConfigError("vfd distils from a naturally trained model: set --set method.vfd.checkpoint=PATH "
+                              "(an lbgat checkpoint, e.g. a run of --method natural)")
 
 
 def _validate_teacher(config: TrainConfig) -> None:
@@ -123,6 +139,7 @@ def resolve(config: TrainConfig, image_shape: tuple[int, int, int]) -> TrainConf
         step_size=profile.train_step_size if config.attack.step_size is None else config.attack.step_size,
         steps=profile.train_steps if config.attack.steps is None else config.attack.steps,
         start=method_cls.default_start if config.attack.start == "auto" else config.attack.start,
+        bn_mode=method_cls.default_bn_mode if config.attack.bn_mode == "auto" else config.attack.bn_mode,
         objective=(method_cls.attack_objective or "auto") if config.attack.objective == "auto"
         else config.attack.objective,
     )
@@ -146,9 +163,13 @@ def resolve(config: TrainConfig, image_shape: tuple[int, int, int]) -> TrainConf
             teacher = model
         else:
             teacher = default_teacher(channels, height) if config.teacher is None else config.teacher
-    out = config.out or str(Path("runs") / f"{config.data.name}-{config.method.name}-{model}-s{config.seed}")
+    plugin_settings = {name: dataclasses.asdict(plugin_params(name, config.method.plugin_params.get(name)))
+                       for name in config.method.plugins}
+    label = "+".join([config.method.name, *config.method.plugins])
+    out = config.out or str(Path("runs") / f"{config.data.name}-{label}-{model}-s{config.seed}")
+    method = dataclasses.replace(config.method, params=params, plugin_params=plugin_settings)
     resolved = dataclasses.replace(
-        config, method=dataclasses.replace(config.method, params=params), model=model, teacher=teacher,
+        config, method=method, model=model, teacher=teacher,
         data=data, attack=attack, val=val, schedule=schedule, out=out,
     )
     for arch in filter(None, (model, teacher)):
@@ -208,26 +229,31 @@ def _teacher_source(entry: str) -> tuple[str | None, Path]:
     return None, Path(entry)
 
 
+def load_natural_model(entry: str, dataset: Dataset, what: str) -> LoadedModel:
+    """A trained model from ``entry`` (an lbgat checkpoint, or ARCH=PATH for a plain state dict), checked
+    against the dataset's classes and input shape; ``what`` names the setting in messages."""
+    channels, height, _ = dataset.image_shape
+    arch, path = _teacher_source(entry)
+    check_checkpoint_path(path, what)
+    try:
+        model = load_for_eval(path, arch=arch, num_classes=dataset.num_classes, in_channels=channels,
+                              image_size=height)
+    except PlainStateDictError:
+        flag = "--teacher-checkpoint " if what == "teacher checkpoint" else ""
+        raise ConfigError(f"{what} {path} is a plain state dict: give its architecture as "
+                          f"ARCH=PATH (e.g. {flag}resnet18={path})") from None
+    if model.spec.num_classes != dataset.num_classes or (model.spec.in_channels, model.spec.image_size) != (
+            channels, height):
+        raise ConfigError(f"{what} {path} is a {model.spec.num_classes}-class model for "
+                          f"{model.spec.in_channels}x{model.spec.image_size} inputs; {dataset.name} needs "
+                          f"{dataset.num_classes} classes at {channels}x{height}")
+    return model
+
+
 def load_teacher(config: TrainConfig, dataset: Dataset, teacher: nn.Module | None) -> nn.Module:
     """BGAT: the frozen ensemble of ``teacher_checkpoints``. LBGAT: ``teacher`` started from the one
     checkpoint given (same architecture; the optimiser state is not carried over)."""
-    channels, height, _ = dataset.image_shape
-    loaded = []
-    for entry in config.teacher_checkpoints:
-        arch, path = _teacher_source(entry)
-        check_checkpoint_path(path, "teacher checkpoint")
-        try:
-            model = load_for_eval(path, arch=arch, num_classes=dataset.num_classes, in_channels=channels,
-                                  image_size=height)
-        except PlainStateDictError:
-            raise ConfigError(f"teacher checkpoint {path} is a plain state dict: give its architecture as "
-                              f"ARCH=PATH (e.g. --teacher-checkpoint resnet18={path})") from None
-        if model.spec.num_classes != dataset.num_classes or (model.spec.in_channels, model.spec.image_size) != (
-                channels, height):
-            raise ConfigError(f"teacher checkpoint {path} is a {model.spec.num_classes}-class model for "
-                              f"{model.spec.in_channels}x{model.spec.image_size} inputs; {dataset.name} needs "
-                              f"{dataset.num_classes} classes at {channels}x{height}")
-        loaded.append(model)
+    loaded = [load_natural_model(entry, dataset, "teacher checkpoint") for entry in config.teacher_checkpoints]
     if get_method(config.method.name).frozen_teacher:
         return FrozenEnsemble([model.model for model in loaded])
     (start,) = loaded
@@ -274,7 +300,19 @@ def build_parts(config: TrainConfig, dataset: Dataset, world: World | None = Non
                 if hasattr(config.attack, field.name)}
     resolved["objective"] = None if config.attack.objective == "auto" else config.attack.objective
     attack = TrainAttack(**resolved, compiled=config.compile)
-    method = create_method(config.method.name, student, params=config.method.params, attack=attack, teacher=teacher)
+    if world.sharded and get_method(config.method.name).perturbs_weights:
+        raise ConfigError(f"{config.method.name} under torchrun is not supported yet (each process would perturb "
+                          "the weights by its own share of the batch); train on one process")
+    plugins = build_plugins({name: plugin_params(name, config.method.plugin_params.get(name))
+                             for name in config.method.plugins})
+    for plugin in plugins:
+        if isinstance(plugin, VFD):
+            plugin.set_teacher(load_natural_model(plugin.params.checkpoint, dataset, "vfd.checkpoint").model)
+        if world.sharded and (plugin.kind == "weight-perturbation"):
+            raise ConfigError(f"{plugin.name} under torchrun is not supported yet (each process would perturb "
+                              "the weights by its own share of the batch); train on one process")
+    method = create_method(config.method.name, student, params=config.method.params, attack=attack,
+                           teacher=teacher, plugins=plugins)
     method.to(device)
     if config.channels_last:
         method.to(memory_format=torch.channels_last)

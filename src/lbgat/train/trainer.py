@@ -241,6 +241,7 @@ class Trainer:
                     parts.precision.step(parts.optimizer)
                     # Under torchrun the ranks' shares are summed: the global batch's mean.
                     interval.add(terms, len(batch) / batch.global_size if self.world.sharded else None)
+                parts.method.after_step()  # a weight perturbation (AWP, ISEAT) is removed, step taken or not
                 self.position.batch += 1
                 self.position.global_step += 1
                 bar.update(1)
