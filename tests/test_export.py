@@ -345,16 +345,14 @@ def test_a_failed_write_takes_back_what_the_export_wrote(tiny_run: Path, tmp_pat
     assert (out.is_dir() and not any(out.iterdir())) if out_exists else not out.exists()
 
 
-@pytest.mark.parametrize("method", [
-    {"name": "trades", "params": {"alpha": 6.0, "plugins": ["rpat", "awp"], "rpat": {"lam": 1.0, "r": 0.5},
-                                  "awp": {"gamma": 0.01}}},
-    {"name": "trades", "params": {"alpha": 6.0}, "plugins": ["rpat", "awp"], "rpat": {"lam": 1.0, "r": 0.5},
-     "awp": {"gamma": 0.01}},
-])
-def test_the_card_lists_plugins_in_order_with_their_parameters(method: dict) -> None:
-    """issue 16 item 4 (with issue 15's plug-ins): the host's parameters and each plug-in's, wherever the config
-    keeps them (beside the method's name or among its params)."""
-    from lbgat.export.card import method_and_plugins
-
-    assert method_and_plugins(method) == ("trades", {"alpha": 6.0},
-                                          [("rpat", {"lam": 1.0, "r": 0.5}), ("awp", {"gamma": 0.01})])
+def test_the_card_names_the_plugins_of_a_real_run(tmp_path: Path) -> None:
+    """issue 16 item 4 with issue 15's plug-ins: the card lists each plug-in with its settings, RPAT's lambda on
+    both scales."""
+    run = tmp_path / "run"
+    assert main(["train", "--method", "pgd-at", "--plugin", "rpat", "--plugin", "awp", "--dataset", "mnist-5k",
+                 "--model", "tiny-cnn", "--max-steps", "1", "--no-progress", "--set", "data.val_size=0",
+                 "--out", str(run)]) == 0
+    assert main(["export", str(run / "last.pt"), "--out", str(tmp_path / "export")]) == 0
+    card = (tmp_path / "export" / "README.md").read_text()
+    assert "rpat(lam=1.0 on the official code's scale = 0.0625 on the paper's" in card
+    assert card.index("rpat(") < card.index("awp(gamma=0.01")

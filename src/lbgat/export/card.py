@@ -10,6 +10,7 @@ from typing import Any
 
 from ..checkpoint import ModelSpec
 from ..exported import CONFIG, WEIGHTS
+from ..methods.plugin import plugin_summaries
 from ..models import get_model_entry
 from ..models.official import KeyLayout
 from .evaluations import Evaluation
@@ -54,23 +55,6 @@ def _code(version: dict[str, Any] | None) -> str:
     commit = version.get("git_commit")
     return (f"lbgat {version.get('lbgat')}" + (f", commit {str(commit)[:12]}" if commit else "")
             + (" (modified)" if version.get("git_dirty") else ""))
-
-
-def method_and_plugins(method: dict[str, Any]) -> tuple[str, dict[str, Any], list[tuple[str, dict[str, Any]]]]:
-    """The host method's name and parameters, and each plug-in with its parameters, in order.
-
-    Plug-ins (issue 15) are listed in ``method.plugins`` (or ``method.params.plugins``), each with its
-    parameters under its name there."""
-    params = dict(method.get("params") or {})
-    plugins = method.get("plugins") or params.pop("plugins", None) or []
-    if isinstance(plugins, str):
-        plugins = [plugins]
-    listed = []
-    for name in plugins:
-        own = method.get(name) if isinstance(method.get(name), dict) else params.pop(name, None)
-        params.pop(name, None)
-        listed.append((str(name), dict(own) if isinstance(own, dict) else {}))
-    return str(method.get("name")), params, listed
 
 
 def _model_section(inputs: CardInputs) -> list[str]:
@@ -138,7 +122,8 @@ def _training_section(inputs: CardInputs) -> list[str]:
     config = meta.get("config", {})
     dataset = meta.get("dataset", {})
     position = meta.get("position", {})
-    name, params, plugins = method_and_plugins(config.get("method", {}))
+    method = config.get("method", {})
+    name, params = str(method.get("name")), dict(method.get("params") or {})
     epochs = config.get("schedule", {}).get("epochs")
     done, step = position.get("epoch"), position.get("global_step")
     progress = f"{done} of {epochs} epochs done ({step} optimiser step{'' if step == 1 else 's'})"
@@ -152,7 +137,7 @@ def _training_section(inputs: CardInputs) -> list[str]:
     rows: list[tuple[str, object]] = [
         ("dataset", data_text),
         ("method", f"{name} ({_parameters(params)})"),
-        ("plug-ins", "; ".join(f"{plugin} ({_parameters(own)})" for plugin, own in plugins) or "none"),
+        ("plug-ins", "; ".join(plugin_summaries(method)) or "none"),
     ]
     if meta.get("teacher"):
         rows.append(("teacher", f"{meta['teacher'].get('arch')} (the method's teacher; not exported)"))
