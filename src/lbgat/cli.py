@@ -1,4 +1,4 @@
-"""The ``lbgat`` command line: train, eval, demo, data, and listings."""
+"""The ``lbgat`` command line: train, eval, export, demo, data, and listings."""
 
 from __future__ import annotations
 
@@ -78,7 +78,8 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
         "eval", help="evaluate a checkpoint: PGD, CW, AutoAttack, transfer, sanity checks",
         description="Evaluate a model on the test split; writes report.json, report.md and per_sample.json. "
                     "Under `torchrun --nproc_per_node N -m lbgat eval ...` the examples are sharded across processes.")
-    parser.add_argument("checkpoint", type=Path, help="an lbgat checkpoint, or a plain state dict with --model")
+    parser.add_argument("checkpoint", type=Path, help="an lbgat checkpoint, a folder written by `lbgat export`, "
+                                                      "or a plain state dict with --model")
     parser.add_argument("--attacks", help=f"comma-separated: {ATTACK_FORMS} "
                                           f"(default {DEFAULT_ATTACKS}, or the --protocol's list)")
     parser.add_argument("--protocol", choices=list(PROTOCOLS),
@@ -146,6 +147,37 @@ def _run_eval(args: argparse.Namespace) -> int:
     passed = sum(check["verdict"] == "pass" for check in report["checks"])
     print(f"sanity checks: {passed} of {len(report['checks'])} passed (details in the report)")
     print(f"report: {out / 'report.md'} and {out / 'report.json'}")
+    return 0
+
+
+def _add_export(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "export", help="write a checkpoint as safetensors in the official key layout, with a model card",
+        description="Export the trained model of a checkpoint: OUT/model.safetensors (the official TRADES/LBGAT/"
+                    "RobustBench key layout where the architecture has one), OUT/README.md (model card) and "
+                    "OUT/config.yaml. `lbgat eval OUT` and lbgat.load_model(OUT) read the folder back.")
+    parser.add_argument("checkpoint", type=Path, help="a run's last.pt, best.pt or epoch-N.pt, or a run folder "
+                                                      "(meaning its last.pt)")
+    parser.add_argument("--out", type=_folder, required=True, help="a new or empty folder for the export")
+    parser.set_defaults(handler=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from .export import export_checkpoint
+
+    result = export_checkpoint(args.checkpoint, args.out)
+    for path in result.evaluations.stale:
+        print(f"note: {path} evaluated an earlier {result.checkpoint.name} (another sha256); not in the card")
+    for path in result.evaluations.unreadable:
+        print(f"note: {path} could not be read as an lbgat report; not in the card")
+    print(f"exported {result.checkpoint} to {result.folder}")
+    loads = ", ".join(f"{cls.project} {cls.constructor}" for cls in result.layout.classes)
+    print(f"  model.safetensors: key layout {result.layout.name}"
+          + (f"; loads strictly into {loads}" if loads else " (no official counterpart)"))
+    evaluated = ", ".join(evaluation.folder.name for evaluation in result.evaluations.matching)
+    print(f"  README.md: model card ({'evaluation: ' + evaluated if evaluated else 'not evaluated'})")
+    print("  config.yaml: the run's settings")
+    print(f"  evaluate with: lbgat eval {shlex.quote(str(result.folder))}")
     return 0
 
 
@@ -299,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_train(commands)
     _add_eval(commands)
+    _add_export(commands)
     _add_demo(commands)
     _add_data(commands)
     _add_listings(commands)
