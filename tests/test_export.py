@@ -118,7 +118,7 @@ def test_export_loads_back_with_identical_outputs_and_records_its_source(tiny_ru
     assert metadata["lbgat_version"] == lbgat.__version__
 
     recipe = build_config(load_yaml(out / "config.yaml"))
-    assert (recipe.method.name, recipe.method.params, recipe.model) == ("trades", {"alpha": 6.0}, "tiny-cnn")
+    assert (recipe.method.name, recipe.method.params["alpha"], recipe.model) == ("trades", 6.0, "tiny-cnn")
     card = (out / "README.md").read_text()
     for expected in ("# tiny-cnn trained with trades on mnist-5k", "alpha=6", "Not evaluated", f"lbgat eval {out.name}",
                      metadata["checkpoint_sha256"], "lbgat.load_model", "no official code defines"):

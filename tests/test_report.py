@@ -299,7 +299,11 @@ def test_plug_ins_are_shown_with_their_settings() -> None:
     run = Run(None, config={"method": {"name": "trades", "alpha": 6.0, "plugins": ["rpat", "awp"],
                                        "rpat": {"lam": 1.0, "r": 0.5}, "awp": {"gamma": 0.01, "eta": 0.01}}})
     assert run.short_label == "trades+rpat+awp (α=6)"
-    assert hyperparameter_text(run) == "α=6; plug-ins: rpat(λ=1, r=0.5), awp(γ=0.01, eta=0.01)"
+    assert hyperparameter_text(run) == (
+        "α=6; plug-ins: rpat(lam=1.0 on the official code's scale = 0.0625 on the paper's, r=0.5, start_epoch=0), "
+        "awp(gamma=0.01, eta=0.01, warmup_epochs=0)")
+    vfd = Run(None, config={"method": {"name": "pgd-at", "plugins": ["vfd"], "vfd": {"checkpoint": "n.pt"}}})
+    assert "RECONSTRUCTION" in hyperparameter_text(vfd)
 
 
 def test_runs_without_evaluations_and_bad_inputs(runs: tuple[Path, Path], tmp_path: Path,

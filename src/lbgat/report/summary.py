@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..methods.plugin import plugin_summaries
 from .collect import GREEK, Evaluation, Run
 
 # How strong an attack family is taken to be when one attack must stand for "robust accuracy".
@@ -109,8 +110,8 @@ def format_value(value: Any) -> str:
 
 def hyperparameter_text(run: Run) -> str:
     own = ", ".join(f"{GREEK.get(key, key)}={format_value(value)}" for key, value in run.hyperparameters.items())
-    plugins = [f"{name}({', '.join(f'{GREEK.get(k, k)}={format_value(v)}' for k, v in settings.items())})"
-               for name, settings in run.plugin_settings.items()]
+    # The plug-ins as every report names them: RPAT's lambda on both scales, VFD as a reconstruction.
+    plugins = plugin_summaries({"plugins": run.plugins, "plugin_params": run.plugin_settings})
     text = own or "none"
     if plugins:
         text += "; plug-ins: " + ", ".join(plugins)
