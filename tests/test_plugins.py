@@ -346,3 +346,20 @@ def test_plugins_read_from_a_recipe_and_written_back() -> None:
 
 def test_a_config_without_plugins_is_written_as_before() -> None:
     assert "plugins" not in config_to_yaml(build_config({"method": "trades"}))
+
+
+def test_a_run_from_before_a_new_method_setting_resumes_while_it_holds_its_default() -> None:
+    """trades gained adversarial_first (and every config plugins/plugin_params) in issue 15: a run saved
+    before still resumes, unless the new setting is changed from its default."""
+    from lbgat.structured import to_mapping
+    from lbgat.train.resume import differences
+
+    before = to_mapping(build_config({"method": {"name": "trades", "alpha": 6.0}}))
+    before["method"]["params"] = {"alpha": 6.0}
+    del before["method"]["plugins"], before["method"]["plugin_params"]
+    now = to_mapping(build_config({"method": {"name": "trades", "alpha": 6.0, "adversarial_first": False}}))
+    assert differences(before, now) == []
+    changed = to_mapping(build_config({"method": {"name": "trades", "alpha": 6.0, "adversarial_first": True}}))
+    assert differences(before, changed) == ["method.params.adversarial_first (None in the run, True now)"]
+    plugged = to_mapping(build_config({"method": {"name": "trades", "alpha": 6.0, "plugins": ["rpat"]}}))
+    assert differences(before, plugged) == ["method.plugins (None in the run, ['rpat'] now)"]

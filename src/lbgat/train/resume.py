@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from ..config import TrainConfig, resumable_settings
+from ..errors import ConfigError
+from ..methods import method_params
 from ..structured import to_mapping
 
 # Settings a resumed run may change: they do not alter what is computed (declared at each setting;
@@ -16,7 +18,10 @@ def differences(saved: dict[str, Any], new: dict[str, Any], prefix: str = "",
                 defaults: dict[str, Any] | None = None) -> list[str]:
     """Settings that differ between a run and a resume. A setting newer than the run's code counts as
     unchanged when it holds its default (which is what that code did)."""
-    defaults = to_mapping(TrainConfig()) if defaults is None else defaults
+    if defaults is None:
+        defaults = to_mapping(TrainConfig())
+        # A method hyperparameter newer than the run's code likewise counts as unchanged at its default.
+        defaults["method"]["params"] = _method_defaults(new.get("method", {}).get("name"))
     keys = sorted(set(saved) | set(new))
     found: list[str] = []
     for key in keys:
@@ -46,3 +51,10 @@ def most_meaningful_first(changes: list[str]) -> list[str]:
                 return position
         return len(MEANINGFUL_FIRST)
     return sorted(changes, key=rank)
+
+
+def _method_defaults(name: Any) -> dict[str, Any]:
+    try:
+        return to_mapping(method_params(str(name)))
+    except ConfigError:  # an unknown method: reported as a changed method.name
+        return {}
