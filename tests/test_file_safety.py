@@ -122,12 +122,17 @@ def test_quick_folder_stays_inside_a_folder_without_a_name() -> None:
 
 def test_demo_quick_into_the_current_folder_then_fresh_deletes_only_what_it_wrote(tmp_path: Path) -> None:
     """issue 12 items 15 and 1: `demo --quick --out .` runs (it was a traceback); --fresh on the real demo
-    outputs refuses while a stranger is among them and then removes exactly the demo's files."""
+    outputs refuses while a stranger is among them and then removes exactly the demo's files (issue 16: the
+    report folder and compare.json included)."""
     (tmp_path / "precious.txt").write_text("x\n")
     result = run_cli("demo", "--quick", "--out", ".", "--no-progress", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     runs = tmp_path / "demo-quick"
     assert (runs / "summary.md").is_file()
+    # issue 16 item 2: the demo ends by writing the report and saying where report.html is; --fresh below
+    # removes the report folder and compare.json as the demo's own.
+    assert (runs / "report" / "report.html").is_file() and (runs / "report" / "figures" / "tradeoff.png").is_file()
+    assert result.stdout.strip().splitlines()[-1].endswith(str(Path("demo-quick") / "report" / "report.html"))
     assert strict_loads((runs / "summary.json").read_text())["rows"]
     for row in ROWS:
         assert (runs / row.folder / "last.pt").is_file() and (runs / row.folder / "eval-last" / "report.json").is_file()

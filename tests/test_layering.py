@@ -2,7 +2,8 @@
 ``ast`` (module-level, function-level and ``TYPE_CHECKING`` imports alike, absolute and relative),
 point only at its own layer or a layer below it.
 
-    cli -> demo -> train -> evaluate -> {methods, checkpoint, config} -> {attacks, models, data}
+    cli -> demo -> compare -> report -> export -> train -> evaluate -> {methods, checkpoint, config}
+        -> {attacks, models, data}
         -> {rng, errors, world and the small leaf helpers}
 
 Training may use evaluation (validation); evaluation never uses training; nothing below imports
@@ -24,10 +25,17 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     # The entry points: the CLI and the package's public API (lbgat/__init__.py: load_model, __version__).
     ("cli", frozenset({"lbgat", "__main__", "cli"})),
     ("demo", frozenset({"demo", "demo_files"})),
+    # `lbgat compare`: trains, evaluates and reports several methods (the engine of the demo).
+    ("compare", frozenset({"compare"})),
+    # Reports over finished runs and their evaluations (reads run folders, runs models for the t-SNE).
+    ("report", frozenset({"report"})),
+    # `lbgat export` (writing an export; it names a run's last.pt and finds `lbgat eval` reports).
+    ("export", frozenset({"export"})),
     ("train", frozenset({"train"})),
     ("evaluate", frozenset({"evaluate"})),
-    # checkpoint_checks is checkpoint's own validation, split out for size.
-    ("methods/checkpoint/config", frozenset({"methods", "checkpoint", "checkpoint_checks", "config"})),
+    # checkpoint_checks is checkpoint's own validation, split out for size; exported reads an export folder back
+    # (load_model and eval take one where they take a checkpoint).
+    ("methods/checkpoint/config", frozenset({"methods", "checkpoint", "checkpoint_checks", "exported", "config"})),
     ("attacks/models/data", frozenset({"attacks", "models", "data"})),
     # The foundation: errors, randomness, the process's place and device, and leaf helpers that import
     # nothing of lbgat but errors and each other (file writing, precision, arithmetic modes, typed mappings, YAML,

@@ -14,6 +14,7 @@ import hashlib
 import json
 import pickle
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -133,17 +134,19 @@ def read_tensors_file(path: str | Path) -> Any:
         raise CheckpointError(f"checkpoint {path} is damaged or truncated ({detail})") from None
 
 
-def load_checkpoint(path: str | Path) -> Checkpoint:
-    """A checkpoint written by lbgat (see :func:`save_checkpoint`)."""
+_PLAIN_HINT = "a plain state dict? load it with --model ARCH"
+
+
+def load_checkpoint(path: str | Path, *, not_lbgat_hint: str = _PLAIN_HINT) -> Checkpoint:
+    """A checkpoint written by lbgat (see :func:`save_checkpoint`); ``not_lbgat_hint`` ends the refusal of
+    any other file."""
     path = Path(path)
-    return _checkpoint_from_payload(read_tensors_file(path), path)
+    return _checkpoint_from_payload(read_tensors_file(path), path, not_lbgat_hint)
 
 
-def _checkpoint_from_payload(payload: object, path: Path) -> Checkpoint:
+def _checkpoint_from_payload(payload: object, path: Path, not_lbgat_hint: str = _PLAIN_HINT) -> Checkpoint:
     if not isinstance(payload, dict) or "lbgat_checkpoint" not in payload:
-        raise CheckpointError(
-            f"{path} is not an lbgat checkpoint (a plain state dict? load it with --model ARCH)"
-        )
+        raise CheckpointError(f"{path} is not an lbgat checkpoint ({not_lbgat_hint})")
     if payload["lbgat_checkpoint"] != FORMAT_VERSION:
         raise CheckpointError(f"{path} has checkpoint format {payload['lbgat_checkpoint']}, expected {FORMAT_VERSION}")
     try:
@@ -162,19 +165,28 @@ def require_resumable(checkpoint: Checkpoint) -> Checkpoint:
     return checkpoint
 
 
+def key_mismatch(expected: Iterable[str], given: Iterable[str]) -> str | None:
+    """``"missing keys: a, b; unexpected keys: c"`` (at most five of each), or None when the sets agree."""
+    result_missing = sorted(set(expected) - set(given))
+    result_unexpected = sorted(set(given) - set(expected))
+    if not (result_missing or result_unexpected):
+        return None
+
+    def listing(keys: list[str]) -> str:
+        return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
+    parts = []
+    if result_missing:
+        parts.append(f"missing keys: {listing(result_missing)}")
+    if result_unexpected:
+        parts.append(f"unexpected keys: {listing(result_unexpected)}")
+    return "; ".join(parts)
+
+
 def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
     """load_state_dict(strict=True), with missing/unexpected keys listed in one line."""
-    result_missing = sorted(set(model.state_dict()) - set(state))
-    result_unexpected = sorted(set(state) - set(model.state_dict()))
-    if result_missing or result_unexpected:
-        def listing(keys: list[str]) -> str:
-            return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
-        parts = []
-        if result_missing:
-            parts.append(f"missing keys: {listing(result_missing)}")
-        if result_unexpected:
-            parts.append(f"unexpected keys: {listing(result_unexpected)}")
-        raise CheckpointError(f"{source} does not fit the model: " + "; ".join(parts))
+    problem = key_mismatch(model.state_dict(), state)
+    if problem:
+        raise CheckpointError(f"{source} does not fit the model: {problem}")
     expected = model.state_dict()
     mismatched = [key for key in expected if state[key].shape != expected[key].shape]
     if mismatched:
@@ -232,20 +244,26 @@ class LoadedModel:
 
     model: nn.Module
     spec: ModelSpec
-    path: Path
-    meta: dict[str, Any] | None  # lbgat checkpoints only
+    path: Path  # the file read (an export's model.safetensors)
+    meta: dict[str, Any] | None  # lbgat checkpoints and exports only
+    exported: bool = False  # read from a folder written by `lbgat export`
 
     @property
     def kind(self) -> str:
+        if self.exported:
+            return "lbgat export"
         return "lbgat checkpoint" if self.meta is not None else "state dict"
 
 
 def load_for_eval(path: str | Path, *, arch: str | None = None, num_classes: int | None = None,
                   in_channels: int = 3, image_size: int = 32,
                   device: str | torch.device = "cpu") -> LoadedModel:
-    """The student of an lbgat checkpoint, or a plain (e.g. official LBGAT/TRADES, RobustBench) state
-    dict loaded strictly into ``arch``; in eval mode, on ``device``, taking inputs in [0, 1]."""
+    """The student of an lbgat checkpoint or of a folder written by ``lbgat export``, or a plain (e.g.
+    official LBGAT/TRADES, RobustBench) state dict loaded strictly into ``arch``; in eval mode, on
+    ``device``, taking inputs in [0, 1]."""
     path = Path(path)
+    if path.is_dir():
+        return _load_export_for_eval(path, arch, num_classes, device)
     payload = read_tensors_file(path)
     if isinstance(payload, dict) and "lbgat_checkpoint" in payload:
         checkpoint = _checkpoint_from_payload(payload, path)
@@ -274,13 +292,28 @@ def load_for_eval(path: str | Path, *, arch: str | None = None, num_classes: int
     return LoadedModel(model.to(device).eval(), spec, path, meta)
 
 
+def _load_export_for_eval(folder: Path, arch: str | None, num_classes: int | None,
+                          device: str | torch.device) -> LoadedModel:
+    from .exported import load_export
+
+    loaded = load_export(folder)
+    spec = loaded.spec
+    if arch is not None and arch != spec.arch:
+        raise CheckpointError(f"{folder} holds a {spec.arch}, not a {arch}; drop --model")
+    if num_classes is not None and num_classes != spec.num_classes:
+        raise CheckpointError(f"{folder} has {spec.num_classes} classes, not {num_classes}")
+    return LoadedModel(loaded.model.to(device), spec, loaded.weights, loaded.meta, exported=True)
+
+
 def load_model(path: str | Path, *, arch: str | None = None, num_classes: int | None = None,
                in_channels: int = 3, image_size: int = 32, device: str | torch.device = "cpu") -> nn.Module:
-    """The trained (student) model of an lbgat checkpoint, in eval mode, taking inputs in [0, 1].
+    """The trained (student) model of an lbgat checkpoint, or of a folder written by ``lbgat export``, in
+    eval mode, taking inputs in [0, 1].
 
     A plain state dict (official LBGAT/TRADES checkpoints, RobustBench files; a DataParallel
     ``module.`` prefix is stripped) loads strictly into ``arch`` with ``num_classes`` classes.
-    Files are read with ``torch.load(weights_only=True)``: nothing in them can run code.
+    Files are read with ``torch.load(weights_only=True)``, exports with safetensors: nothing in them can
+    run code.
     """
     return load_for_eval(path, arch=arch, num_classes=num_classes, in_channels=in_channels,
                          image_size=image_size, device=device).model

@@ -1,4 +1,4 @@
-"""The ``lbgat`` command line: train, eval, demo, data, and listings."""
+"""The ``lbgat`` command line: train, eval, report, compare, export, demo, data, and listings."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from . import config as config_module
 from .attacks import NORMS
@@ -19,6 +19,9 @@ from .evaluate.specs import ATTACK_FORMS, DEFAULT_ATTACKS
 from .files import describe_os_error
 from .precision import PRECISIONS
 from .settings import add_setting_flags, flag_values
+
+if TYPE_CHECKING:
+    from .report import EmbeddingSettings
 
 
 class _Parser(argparse.ArgumentParser):
@@ -78,7 +81,8 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
         "eval", help="evaluate a checkpoint: PGD, CW, AutoAttack, transfer, sanity checks",
         description="Evaluate a model on the test split; writes report.json, report.md and per_sample.json. "
                     "Under `torchrun --nproc_per_node N -m lbgat eval ...` the examples are sharded across processes.")
-    parser.add_argument("checkpoint", type=Path, help="an lbgat checkpoint, or a plain state dict with --model")
+    parser.add_argument("checkpoint", type=Path, help="an lbgat checkpoint, a folder written by `lbgat export`, "
+                                                      "or a plain state dict with --model")
     parser.add_argument("--attacks", help=f"comma-separated: {ATTACK_FORMS} "
                                           f"(default {DEFAULT_ATTACKS}, or the --protocol's list)")
     parser.add_argument("--protocol", choices=list(PROTOCOLS),
@@ -149,10 +153,43 @@ def _run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_export(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "export", help="write a checkpoint as safetensors in the official key layout, with a model card",
+        description="Export the trained model of a checkpoint: OUT/model.safetensors (the official TRADES/LBGAT/"
+                    "RobustBench key layout where the architecture has one), OUT/README.md (model card) and "
+                    "OUT/config.yaml. `lbgat eval OUT` and lbgat.load_model(OUT) read the folder back.")
+    parser.add_argument("checkpoint", type=Path, help="a run's last.pt, best.pt or epoch-N.pt, or a run folder "
+                                                      "(meaning its last.pt)")
+    parser.add_argument("--out", type=_folder, required=True, help="a new or empty folder for the export")
+    parser.set_defaults(handler=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from .export import export_checkpoint
+
+    result = export_checkpoint(args.checkpoint, args.out)
+    for path in result.evaluations.stale:
+        print(f"note: {path} evaluated an earlier {result.checkpoint.name} (another sha256); not in the card")
+    for path in result.evaluations.unreadable:
+        print(f"note: {path} could not be read as an lbgat report; not in the card")
+    print(f"exported {result.checkpoint} to {result.folder}")
+    loads = ", ".join(f"{cls.project} {cls.constructor}" for cls in result.layout.classes)
+    print(f"  model.safetensors: key layout {result.layout.name}"
+          + (f"; loads strictly into {loads}" if loads else " (no official counterpart)"))
+    evaluated = ", ".join(evaluation.folder.name for evaluation in result.evaluations.matching)
+    print(f"  README.md: model card ({'evaluation: ' + evaluated if evaluated else 'not evaluated'})")
+    print("  config.yaml: the run's settings")
+    print(f"  evaluate with: lbgat eval {shlex.quote(str(result.folder))}")
+    return 0
+
+
 def _add_demo(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("demo", help="train and compare natural, PGD-AT, TRADES and LBGAT+TRADES on CPU",
                                  description="The main job: train four methods on the embedded MNIST subset, "
-                                             "evaluate them, and print one comparison table.")
+                                             "evaluate them, print one comparison table and write the report with "
+                                             "its figures (OUT/report/report.html). It is `lbgat compare` with the "
+                                             "recipe cpu/mnist-5k-demo; run again, it reuses what is done.")
     parser.add_argument("--out", type=_folder, default=Path("runs/demo"),
                         help="folder for the runs (default runs/demo)")
     parser.add_argument("--quick", action="store_true",
@@ -167,6 +204,119 @@ def _run_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     run_demo(args.out, quick=args.quick, fresh=args.fresh, progress=not args.no_progress)
+    return 0
+
+
+def _add_compare(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "compare", help="train several methods with one recipe, evaluate them with one protocol, write the report",
+        description="Train each of --methods with the same recipe into OUT/<method>, evaluate each last.pt with the "
+                    "same attacks into OUT/<method>/eval-last, and write one report (OUT/report/report.html). "
+                    "Run again with the same command, it reuses finished runs and evaluations and resumes a "
+                    "stopped run.")
+    parser.add_argument("--methods", required=True,
+                        help="comma-separated methods, each with its own settings as NAME:KEY=VALUE, e.g. "
+                             "natural,pgd-at,trades:alpha=6,lbgat-trades:alpha=0")
+    parser.add_argument("--config", help="the shared recipe: a YAML file or a shipped recipe name (`lbgat recipes`)")
+    parser.add_argument("--out", type=_folder, required=True, help="folder for the runs and the report")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a training setting for every method, e.g. --set schedule.epochs=10")
+    parser.add_argument("--data-root", help="dataset folder (data.root)")
+    parser.add_argument("--max-steps", type=int, help="stop each run after this many optimiser steps (smoke runs)")
+    parser.add_argument("--attacks", default="clean,pgd",
+                        help=f"evaluation attacks ({ATTACK_FORMS}; default clean,pgd: the dataset's PGD, "
+                             "PGD-20 on CIFAR, PGD-40 on MNIST)")
+    parser.add_argument("--protocol", choices=list(PROTOCOLS), help="an evaluation preset of `lbgat eval`")
+    parser.add_argument("--num-examples", "--n", dest="n", type=int, help="evaluate on the first N test examples")
+    parser.add_argument("--check-n", type=int, default=100,
+                        help="examples for the evaluation's PGD-100x5 strength check (default 100; 0 skips it)")
+    parser.add_argument("--paper", action="store_true", help="add the LBGAT paper's points to the trade-off figure")
+    _add_tsne_flags(parser)
+    parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.set_defaults(handler=_run_compare)
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    from .compare import ComparePlan, EvalSettings, comparison_table, parse_methods, run_compare
+    from .config import load_yaml
+    from .recipes import find_recipe
+    from .report import ReportOptions
+
+    entries = parse_methods(args.methods)
+    flags: dict[str, object] = {"device": args.device}
+    if args.max_steps is not None:
+        flags["max_steps"] = args.max_steps
+    if args.data_root is not None:
+        flags["data.root"] = args.data_root
+    plan = ComparePlan(
+        entries=tuple(entries), out=args.out, recipe=load_yaml(find_recipe(args.config)) if args.config else None,
+        flags=flags, overrides=tuple(args.overrides),
+        evaluation=EvalSettings(attacks=None if args.protocol and args.attacks == "clean,pgd" else args.attacks,
+                                n=args.n, protocol=args.protocol, check_n=args.check_n, device=args.device),
+        report=ReportOptions(paper=args.paper, tsne=_tsne_settings(args)))
+    result = run_compare(plan, progress=not args.no_progress)
+    table = comparison_table(result)
+    if table:
+        print()
+        print(table)
+        print()
+    for note in result.report.notes:
+        print(f"note: {note}")
+    print(f"runs: {args.out}/<method>/; report: {result.report.markdown}")
+    print(f"open: {result.report.html}")
+    return 0
+
+
+def _add_report(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "report", help="one report (Markdown, self-contained HTML, PNG/SVG figures) over runs and evaluations",
+        description="From finished runs (run folders) and their evaluations (folders with the report.json of "
+                    "`lbgat eval`): a table of runs, the clean-vs-robust trade-off, training curves, white-box vs "
+                    "black-box bars when transfer results exist and, with --tsne, the logit embedding.")
+    parser.add_argument("inputs", nargs="+", type=Path, metavar="RUN_OR_EVAL",
+                        help="a run folder (its eval-last/ evaluation is used) or an evaluation folder")
+    parser.add_argument("--out", type=_folder, required=True, help="report folder (new, empty or an earlier report)")
+    parser.add_argument("--paper", action="store_true",
+                        help="add the LBGAT paper's reported points for the same dataset to the trade-off figure")
+    _add_tsne_flags(parser)
+    parser.add_argument("--title", help="the report's title")
+    parser.set_defaults(handler=_run_report)
+
+
+def _add_tsne_flags(parser: argparse.ArgumentParser) -> None:
+    from .report.embedding import DEFAULT_CLASSES, DEFAULT_PER_CLASS, DEFAULT_PERPLEXITY
+
+    parser.add_argument("--tsne", action="store_true", help="add the logit embedding of each run (LBGAT Figs. 3-4; "
+                                                            "runs each model on clean and adversarial test images)")
+    parser.add_argument("--tsne-classes", type=int, default=DEFAULT_CLASSES,
+                        help=f"classes sampled for --tsne (default {DEFAULT_CLASSES})")
+    parser.add_argument("--tsne-per-class", type=int, default=DEFAULT_PER_CLASS,
+                        help=f"test images per class for --tsne (default {DEFAULT_PER_CLASS})")
+    parser.add_argument("--tsne-seed", type=int, default=0, help="seed of the sampling and of t-SNE (default 0)")
+    parser.add_argument("--tsne-perplexity", type=float, default=DEFAULT_PERPLEXITY,
+                        help=f"t-SNE perplexity (default {DEFAULT_PERPLEXITY:g})")
+
+
+def _tsne_settings(args: argparse.Namespace) -> EmbeddingSettings | None:
+    from .report import EmbeddingSettings
+
+    if not args.tsne:
+        return None
+    return EmbeddingSettings(classes=args.tsne_classes, per_class=args.tsne_per_class, seed=args.tsne_seed,
+                             perplexity=args.tsne_perplexity, device=getattr(args, "device", "auto"))
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from .report import ReportOptions, build_report
+
+    result = build_report(args.inputs, args.out, ReportOptions(paper=args.paper, tsne=_tsne_settings(args),
+                                                               title=args.title), progress=True)
+    for note in result.notes:
+        print(f"note: {note}")
+    print(f"report of {len(result.runs)} run(s): {result.markdown}, {len(result.figures)} figure(s) in "
+          f"{result.out / 'figures'}")
+    print(f"open: {result.html}")
     return 0
 
 
@@ -299,7 +449,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_train(commands)
     _add_eval(commands)
+    _add_export(commands)
     _add_demo(commands)
+    _add_report(commands)
+    _add_compare(commands)
     _add_data(commands)
     _add_listings(commands)
     return parser

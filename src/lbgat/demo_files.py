@@ -2,8 +2,9 @@
 
 ``--fresh`` looks at everything in the demo folder first. If every entry is something the demo
 writes (its run folders with their run files and ``eval-last`` reports, ``summary.md``/``.json``,
-and lbgat's own temporary files), exactly those files are deleted. Anything else (a file or folder
-of the user's, a symlink) refuses the whole operation and nothing is deleted.
+``compare.json``, the ``report`` folder with its figures, and lbgat's own temporary files), exactly
+those files are deleted. Anything else (a file or folder of the user's, a symlink) refuses the whole
+operation and nothing is deleted.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ConfigError
+from .report.outputs import FIGURE_PATTERN, FIGURES, REPORT_FILES
 
 
 @dataclass(frozen=True)
@@ -31,7 +33,9 @@ class Layout:
 REPORT = Layout(r"report\.json|report\.md|per_sample\.json|aa_state(\.rank\d+-of-\d+)?\.pt")
 RUN = Layout(r"config\.yaml|provenance\.json|split\.json|metrics\.jsonl|last\.pt|last\.prev\.pt|best\.pt|"
              r"epoch-\d+\.pt", {"eval-last": REPORT})
-SUMMARY_FILES = r"summary\.md|summary\.json"
+SUMMARY_FILES = r"summary\.md|summary\.json|compare\.json"
+# `lbgat report`'s folder (OUT/report): see lbgat.report.outputs.
+REPORT_FOLDER = Layout("|".join(map(re.escape, REPORT_FILES)), {FIGURES: Layout(FIGURE_PATTERN)})
 NAMELESS = ("", ".", "..")
 
 
@@ -49,7 +53,7 @@ def clear_demo_outputs(out: Path, run_folders: Iterable[str]) -> None:
         return
     if out.is_symlink() or not out.is_dir():
         raise ConfigError(f"--fresh: {out} is not a folder the demo wrote; nothing was deleted")
-    layout = Layout(SUMMARY_FILES, {name: RUN for name in run_folders})
+    layout = Layout(SUMMARY_FILES, {"report": REPORT_FOLDER, **{name: RUN for name in run_folders}})
     files: list[Path] = []
     folders: list[Path] = []
     foreign: list[Path] = []

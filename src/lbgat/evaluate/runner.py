@@ -438,6 +438,8 @@ def _header(request: EvalRequest, plan_: Plan, loaded: LoadedModel, dataset: Dat
         "code_version": code_version(),
         "environment": environment(),
     }
+    if meta.get("exported_from"):  # an `lbgat export` folder: the checkpoint it was exported from
+        header["checkpoint"]["exported_from"] = meta["exported_from"]
     if source is not None:
         header["transfer"] = {"source": str(source.path), "source_sha256": sha256_of(source.path),
                               "source_arch": source.spec.arch, "source_format": source.kind}

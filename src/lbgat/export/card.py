@@ -1,0 +1,261 @@
+"""The model card (README.md) of an export: the model, how it was trained, how it was evaluated and its
+numbers, where it came from, and how to load it."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import dataclass
+from typing import Any
+
+from ..checkpoint import ModelSpec
+from ..exported import CONFIG, WEIGHTS
+from ..methods.plugin import plugin_summaries
+from ..models import get_model_entry
+from ..models.official import KeyLayout
+from .evaluations import Evaluation
+
+
+@dataclass(frozen=True)
+class CardInputs:
+    spec: ModelSpec
+    layout: KeyLayout
+    meta: dict[str, Any]  # the source checkpoint's metadata
+    checkpoint_name: str
+    checkpoint_sha256: str
+    weights_sha256: str
+    num_tensors: int
+    num_parameters: int
+    dtypes: str  # e.g. "float32, int64 (BatchNorm counters)"
+    evaluations: list[Evaluation]
+    folder_name: str  # the export folder as the user named it, for the snippets
+    exported_with: dict[str, Any]  # lbgat.provenance.code_version() of the exporting code
+
+
+def _cell(value: object) -> str:
+    """A Markdown table cell: pipes escaped, one line."""
+    return " ".join(str(value).split()).replace("|", "\\|")
+
+
+def _table(rows: list[tuple[str, object]]) -> list[str]:
+    return ["| | |", "|---|---|", *(f"| {_cell(name)} | {_cell(value)} |" for name, value in rows)]
+
+
+def _number(value: object) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _parameters(params: dict[str, Any]) -> str:
+    return ", ".join(f"{name}={_number(value)}" for name, value in params.items()) or "none"
+
+
+def _code(version: dict[str, Any] | None) -> str:
+    if not version:
+        return "not recorded"
+    commit = version.get("git_commit")
+    return (f"lbgat {version.get('lbgat')}" + (f", commit {str(commit)[:12]}" if commit else "")
+            + (" (modified)" if version.get("git_dirty") else ""))
+
+
+def _model_section(inputs: CardInputs) -> list[str]:
+    spec, layout = inputs.spec, inputs.layout
+    try:
+        description = get_model_entry(spec.arch).description
+    except Exception:  # noqa: BLE001 - a name this version no longer knows: the card still says what it is
+        description = "not known to this lbgat version"
+    shape = f"{spec.in_channels}×{spec.image_size}×{spec.image_size}, pixel values in [0, 1]"
+    if spec.mean is None:
+        normalisation = "none: the network takes [0, 1] pixels directly"
+    else:
+        normalisation = (f"(x - mean) / std inside lbgat's model, mean {spec.mean}, std {spec.std}; the weights do "
+                         "not include it, so code outside lbgat must normalise its inputs first")
+    official = "; ".join(f"{cls.project}: `{cls.constructor}`" for cls in layout.classes) or "none"
+    rows: list[tuple[str, object]] = [
+        ("architecture", f"{spec.arch}: {description}"),
+        ("classes", spec.num_classes),
+        ("input", shape),
+        ("normalisation", normalisation),
+        ("weights", f"{WEIGHTS}: {inputs.num_tensors} tensors ({inputs.dtypes}), {inputs.num_parameters:,} "
+                    "parameters"),
+        ("key layout", f"{layout.name}: {layout.description}"),
+        ("official classes that load it strictly", official),
+    ]
+    if layout.limitation:
+        rows.append(("limitation", layout.limitation))
+    if layout.adds_sub_block1:
+        rows.append(("sub_block1", "lbgat builds this size without the official WideResNet's unused sub_block1; "
+                                   "the file holds a copy of block1 under that name so the official classes load "
+                                   "it strictly (their forward never runs it)"))
+    return ["## Model", "", *_table(rows)]
+
+
+def _schedule(config: dict[str, Any]) -> str:
+    optim, schedule = config.get("optim", {}), config.get("schedule", {})
+    parts = [f"SGD lr {_number(optim.get('lr'))}, momentum {_number(optim.get('momentum'))}, weight decay "
+             f"{_number(optim.get('weight_decay'))}" + (", Nesterov" if optim.get("nesterov") else "")]
+    decays = schedule.get("decay_epochs") or []
+    if not decays:
+        parts.append("constant lr")
+    else:
+        parts.append(f"lr × {_number(schedule.get('decay_factor'))} after epoch{'s' if len(decays) > 1 else ''} "
+                     + ", ".join(map(str, decays)))
+    if schedule.get("warmup") and (schedule.get("epochs") or 0) >= 10:
+        parts.append(f"epoch 1 at {_number(schedule.get('warmup_factor'))} × lr (warm-up)")
+    return "; ".join(parts)
+
+
+def _attack(attack: dict[str, Any]) -> str:
+    start = attack.get("start")
+    start_text = {"normal": f"normal start (std {_number(attack.get('start_std'))})", "uniform": "uniform start",
+                  "none": "no random start"}.get(str(start), f"start {start}")
+    steps = attack.get("steps")
+    text = (f"L∞ PGD, {str(attack.get('objective', '?')).upper()} objective, eps {_number(attack.get('eps'))}, "
+            f"{steps} step{'' if steps == 1 else 's'} of {_number(attack.get('step_size'))}, {start_text}, "
+            f"BatchNorm in {attack.get('bn_mode')} mode while crafting")
+    if attack.get("eps_warmup_epochs"):
+        text += f"; eps ramped up over the first {attack['eps_warmup_epochs']} epochs"
+    return text
+
+
+def _training_section(inputs: CardInputs) -> list[str]:
+    meta = inputs.meta
+    config = meta.get("config", {})
+    dataset = meta.get("dataset", {})
+    position = meta.get("position", {})
+    method = config.get("method", {})
+    name, params = str(method.get("name")), dict(method.get("params") or {})
+    epochs = config.get("schedule", {}).get("epochs")
+    done, step = position.get("epoch"), position.get("global_step")
+    progress = f"{done} of {epochs} epochs done ({step} optimiser step{'' if step == 1 else 's'})"
+    if done is not None and epochs is not None and done < epochs:
+        progress += "; training did not finish"
+    # The data's content hash, not where it was read from (a path of the training machine).
+    train_hash = (dataset.get("fingerprint") or {}).get("train")
+    data_text = str(dataset.get("name")) + (f" (training split sha256 `{str(train_hash)[:16]}…`)" if train_hash else "")
+    if config.get("data", {}).get("train_size"):
+        data_text += f", a subset of {config['data']['train_size']} training images"
+    rows: list[tuple[str, object]] = [
+        ("dataset", data_text),
+        ("method", f"{name} ({_parameters(params)})"),
+        ("plug-ins", "; ".join(plugin_summaries(method)) or "none"),
+    ]
+    if meta.get("teacher"):
+        rows.append(("teacher", f"{meta['teacher'].get('arch')} (the method's teacher; not exported)"))
+    rows += [
+        ("epochs", progress),
+        ("batch size", config.get("batch_size")),
+        ("optimiser and lr schedule", _schedule(config)),
+        ("training attack", _attack(config.get("attack", {}))),
+        ("augmentation", f"random crop with padding {config.get('data', {}).get('crop_padding')}, "
+                         f"horizontal flip {'on' if config.get('data', {}).get('flip') else 'off'}"),
+        ("seed, arithmetic", f"seed {config.get('seed')}, {config.get('precision', 'fp32')}"),
+        ("checkpoint", f"{inputs.checkpoint_name} ({meta.get('kind', 'kind not recorded')}), sha256 "
+                       f"`{inputs.checkpoint_sha256}`"),
+    ]
+    best = meta.get("best")
+    if meta.get("kind") == "best" and isinstance(best, dict):
+        rows.append(("selected by", f"held-out robust accuracy {best.get('robust_acc')} at epoch {best.get('epoch')}"))
+    return ["## Training", "", *_table(rows), "", f"All settings are in [{CONFIG}]({CONFIG})."]
+
+
+def _evaluation_lines(evaluation: Evaluation) -> list[str]:
+    report = evaluation.report
+    protocol = report["protocol"]
+    preset = f", preset {protocol['preset']}" if protocol.get("preset") else ""
+    eps = protocol.get("eps")
+    eps_text = f"{eps!r}" + (f" (= {255 * eps:.2f}/255)" if isinstance(eps, float) else "")
+    lines = [
+        f"### {evaluation.folder.name}{preset}",
+        "",
+        f"`lbgat eval` on {protocol.get('dataset')}, {protocol.get('examples', 'the test split')} "
+        f"(n = {protocol.get('n')}); {protocol.get('norm')} eps = {eps_text}; "
+        f"model in {protocol.get('bn_mode', 'eval')} mode, {protocol.get('dtype', 'fp32')}; seed "
+        f"{protocol.get('seed')}; {_code(report.get('code_version'))}; {report.get('started', '')}.",
+        "",
+        "| attack | accuracy | correct / total | setting |",
+        "|---|---:|---:|---|",
+    ]
+    for row in report["results"]:
+        accuracy = f"{100 * row['correct'] / row['total']:.2f}%" if row["total"] else "n/a"
+        setting = str(row.get("description", ""))
+        if isinstance(row.get("autoattack"), dict):
+            settings = row["autoattack"]
+            setting += f"; version {settings.get('version')}: {', '.join(map(str, settings.get('attacks') or []))}"
+        lines.append(f"| {_cell(row['attack'])} | {accuracy} | {row['correct']} / {row['total']} | {_cell(setting)} |")
+    checks = report.get("checks", [])
+    if checks:
+        passed = sum(check.get("verdict") == "pass" for check in checks)
+        flagged = [f"{check.get('name')}: {check.get('verdict')}" for check in checks
+                   if check.get("verdict") in ("warn", "fail")]
+        lines += ["", f"Sanity checks: {passed} of {len(checks)} passed"
+                  + (f"; flagged: {'; '.join(flagged)}" if flagged else "") + "."]
+    return lines
+
+
+def _evaluation_section(inputs: CardInputs) -> list[str]:
+    lines = ["## Evaluation", ""]
+    if not inputs.evaluations:
+        folder = shlex.quote(inputs.folder_name)
+        lines += ["Not evaluated: no `lbgat eval` report of this checkpoint (matched by sha256) was found beside it. "
+                  "Evaluate the exported folder (clean, FGSM, PGD-20 and CW-20 at the dataset's threat model; "
+                  "add --data-root where the data lives elsewhere):", "", "```", f"lbgat eval {folder}"]
+        if inputs.spec.in_channels == 3:
+            lines += [f"lbgat eval {folder} --protocol lbgat        # LBGAT/TRADES: eps 0.031, PGD-20, CW-20, "
+                      "AutoAttack", f"lbgat eval {folder} --protocol robustbench  # eps 8/255, AutoAttack, "
+                      "10,000 points"]
+        return [*lines, "```"]
+    lines.append("Reports of `lbgat eval` on this exact checkpoint (matched by sha256), found beside it:")
+    for evaluation in inputs.evaluations:
+        lines += ["", *_evaluation_lines(evaluation)]
+    return lines
+
+
+def _loading_section(inputs: CardInputs) -> list[str]:
+    folder = json.dumps(inputs.folder_name)
+    weights = json.dumps(f"{inputs.folder_name}/{WEIGHTS}")
+    spec = inputs.spec
+    lines = ["## Loading", "", "With lbgat (architecture, classes and normalisation come from the file; strict; "
+             "no code in the file runs):", "", "```python", "import lbgat", "",
+             f"model = lbgat.load_model({folder})  # eval mode; inputs in [0, 1], "
+             f"shape (N, {spec.in_channels}, {spec.image_size}, {spec.image_size})", "```"]
+    if not inputs.layout.classes:
+        return [*lines, "", f"No other code base defines {spec.arch}; the file is in lbgat's own key layout, "
+                            "readable with `safetensors.torch.load_file`."]
+    normalise = ""
+    if spec.mean is not None:
+        normalise = (f"\n# the official class does not normalise: feed it (x - mean) / std with mean {spec.mean}, "
+                     f"std {spec.std}")
+    for cls in inputs.layout.classes:
+        lines += ["", f"In {cls.project} code, with plain PyTorch and safetensors:", "", "```python",
+                  "from safetensors.torch import load_file", cls.imports, "",
+                  f"model = {cls.constructor}",
+                  f"model.load_state_dict(load_file({weights}), strict=True)",
+                  f"model.eval(){normalise}", "```"]
+    if inputs.layout.limitation:
+        lines += ["", f"Note: {inputs.layout.limitation}."]
+    return lines
+
+
+def render_card(inputs: CardInputs) -> str:
+    spec, meta = inputs.spec, inputs.meta
+    method = meta.get("config", {}).get("method", {}).get("name")
+    dataset = meta.get("dataset", {}).get("name")
+    lines = [
+        f"# {spec.arch} trained with {method} on {dataset}",
+        "",
+        f"Exported by `lbgat export` from `{inputs.checkpoint_name}` (sha256 `{inputs.checkpoint_sha256}`). "
+        f"Trained with {_code(meta.get('code_version'))}; exported with {_code(inputs.exported_with)}.",
+        "",
+        *_model_section(inputs), "",
+        *_training_section(inputs), "",
+        *_evaluation_section(inputs), "",
+        *_loading_section(inputs), "",
+        "## Files", "",
+        f"- `{WEIGHTS}`: the weights (sha256 `{inputs.weights_sha256}`); its metadata header holds the "
+        "architecture, classes, input shape, normalisation, key layout, lbgat version and the source "
+        "checkpoint's sha256",
+        f"- `{CONFIG}`: the run's resolved settings (paths in it are those of the training machine)",
+        "- `README.md`: this card",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,137 @@
+"""``lbgat export``: a checkpoint becomes a folder that other code loads (see :mod:`lbgat.exported`).
+
+Everything is checked before anything is written: the input is an lbgat checkpoint with finite
+weights that fit its architecture, and ``--out`` is missing or an empty folder that can be written.
+The files are written through :func:`lbgat.files.atomic_file`; if one fails, the ones this export
+wrote are removed again (and ``--out`` with them when the export created it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from .. import checkpoint_checks, pickle_safety
+from ..checkpoint import check_checkpoint_path, load_checkpoint, load_state_strict, sha256_of
+from ..config import TrainConfig, config_to_yaml
+from ..errors import CheckpointError, ConfigError
+from ..exported import CARD, CONFIG, WEIGHTS, export_metadata, is_export
+from ..files import check_writable, write_bytes_atomic
+from ..models.official import KeyLayout, key_layout
+from ..provenance import code_version
+from ..structured import from_mapping
+from ..train.run_dir import LAST
+from ..version import __version__
+from .card import CardInputs, render_card
+from .evaluations import FoundEvaluations, find_evaluations
+
+_NOT_A_CHECKPOINT = "export takes a checkpoint written by `lbgat train`: a run's last.pt, best.pt or epoch-N.pt"
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    folder: Path
+    checkpoint: Path
+    layout: KeyLayout
+    evaluations: FoundEvaluations
+
+
+def resolve_checkpoint(source: Path) -> Path:
+    """The checkpoint file ``source`` names: itself, or a run folder's last.pt."""
+    if source.is_dir():
+        if is_export(source):
+            raise CheckpointError(f"{source} is already an lbgat export; {_NOT_A_CHECKPOINT}")
+        if not (source / LAST).exists():
+            raise CheckpointError(f"{source} is a folder without {LAST}; {_NOT_A_CHECKPOINT} (or a run folder)")
+        source = source / LAST
+    check_checkpoint_path(source)
+    return source
+
+
+def check_out(out: Path) -> None:
+    """``out`` is missing or an empty folder, and can be written: an export never replaces files."""
+    if out.exists() or out.is_symlink():
+        if not out.is_dir():
+            raise ConfigError(f"--out {out} exists and is not a folder; choose a new or empty folder")
+        try:
+            occupied = next(out.iterdir(), None) is not None
+        except OSError as error:
+            raise ConfigError(f"cannot read the export folder {out}: {error.strerror or error}") from None
+        if occupied:
+            raise ConfigError(f"--out {out} exists and is not empty; choose a new or empty folder "
+                              "(an export never replaces files)")
+    check_writable(out, "export folder")
+
+
+def _student(checkpoint_path: Path) -> tuple[Any, torch.nn.Module, dict[str, Any]]:
+    checkpoint = load_checkpoint(checkpoint_path, not_lbgat_hint=_NOT_A_CHECKPOINT)
+    spec = checkpoint.student_spec
+    state = checkpoint.network_state("student")
+    checkpoint_checks.check_finite(((f"student.{key}", value) for key, value in state.items()), checkpoint_path)
+    try:
+        model = spec.build()
+    except (RuntimeError, MemoryError, OverflowError, ValueError) as error:  # sizes no network can have
+        detail = pickle_safety.brief(str(error)) or type(error).__name__
+        raise CheckpointError(f"{checkpoint_path} describes a {spec.arch} that cannot be built: {detail}") from None
+    load_state_strict(model, state, checkpoint_path)
+    return spec, model, checkpoint.meta
+
+
+def _config_yaml(config: dict[str, Any]) -> str:
+    try:
+        text = config_to_yaml(from_mapping(TrainConfig, config))
+    except ConfigError:  # a config of another lbgat version: written as it is stored
+        text = yaml.safe_dump(config, sort_keys=False)
+    return ("# The resolved settings of the run that wrote this checkpoint (lbgat train --config this-file);\n"
+            "# paths in it are those of the training machine.\n" + text)
+
+
+def _write_files(out: Path, files: dict[str, bytes]) -> None:
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    try:
+        for name, data in files.items():
+            write_bytes_atomic(out / name, data)
+            written.append(out / name)
+    except BaseException:
+        for path in written:  # only files this export created: --out was empty
+            path.unlink(missing_ok=True)
+        if created:
+            try:
+                out.rmdir()
+            except OSError:
+                pass
+        raise
+
+
+def export_checkpoint(source: Path, out: Path) -> ExportResult:
+    """Write ``out``/model.safetensors, README.md and config.yaml from the checkpoint ``source`` (a file, or a
+    run folder meaning its last.pt)."""
+    from safetensors.torch import save
+
+    checkpoint_path = resolve_checkpoint(source)
+    check_out(out)
+    spec, model, meta = _student(checkpoint_path)
+    layout = key_layout(model, spec.arch, spec.num_classes, spec.in_channels, spec.image_size)
+    tensors = layout.to_official(model.state_dict())
+    checkpoint_sha256 = sha256_of(checkpoint_path)
+    metadata = export_metadata(spec, layout.name, meta, checkpoint_sha256=checkpoint_sha256,
+                               checkpoint_name=checkpoint_path.name, version=__version__)
+    weights = save(tensors, metadata=metadata)
+    evaluations = find_evaluations(checkpoint_path, checkpoint_sha256)
+    card = render_card(CardInputs(
+        spec=spec, layout=layout, meta=meta, checkpoint_name=checkpoint_path.name,
+        checkpoint_sha256=checkpoint_sha256, weights_sha256=hashlib.sha256(weights).hexdigest(),
+        num_tensors=len(tensors), num_parameters=sum(p.numel() for p in model.parameters()),
+        dtypes=", ".join(sorted({str(tensor.dtype).removeprefix("torch.") for tensor in tensors.values()})),
+        evaluations=evaluations.matching, folder_name=out.resolve().name, exported_with=code_version(),
+    ))
+    _write_files(out, {WEIGHTS: weights, CONFIG: _config_yaml(meta.get("config", {})).encode("utf-8"),
+                       CARD: card.encode("utf-8")})
+    return ExportResult(out, checkpoint_path, layout, evaluations)

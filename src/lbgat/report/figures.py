@@ -1,0 +1,257 @@
+"""The report's figures, drawn with matplotlib's object API on the Agg canvas (no pyplot, no display):
+the clean-vs-robust trade-off (LBGAT Fig. 1), training curves per run, white-box vs black-box bars
+(Fig. 5) and the logit embedding (Figs. 3-4). Each returns a :class:`Drawn` figure with the data it plots."""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from .labels import place_labels
+
+DPI = 150
+RUN_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf",
+              "#bcbd22", "#7f7f7f")
+PAPER_COLOR = "#555555"
+# Figures carry no creation date, so that the same inputs give the same files.
+SVG_METADATA = {"Date": None}
+PNG_METADATA = {"Software": None}
+
+
+@dataclass
+class Drawn:
+    """A drawn figure, what it plots (for report.json and for tests), and what it left unlabelled."""
+
+    figure: Figure
+    data: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def png(self) -> bytes:
+        buffer = io.BytesIO()
+        self.figure.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight", metadata=PNG_METADATA)
+        return buffer.getvalue()
+
+    def svg(self) -> bytes:
+        buffer = io.BytesIO()
+        self.figure.savefig(buffer, format="svg", bbox_inches="tight", metadata=SVG_METADATA)
+        return buffer.getvalue()
+
+
+def new_figure(width: float, height: float) -> Figure:
+    figure = Figure(figsize=(width, height), dpi=DPI)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def run_color(index: int) -> str:
+    return RUN_COLORS[index % len(RUN_COLORS)]
+
+
+@dataclass(frozen=True)
+class ScatterPoint:
+    label: str
+    clean: float  # percent
+    robust: float  # percent
+    color: str
+
+
+def tradeoff_scatter(points: list[ScatterPoint], *, x_label: str, y_label: str, title: str,
+                     paper: list[ScatterPoint] = (), paper_legend: str = "") -> Drawn:
+    figure = new_figure(7.0, 5.0)
+    ax = figure.add_axes((0.11, 0.12, 0.86, 0.80))  # the legend goes below, outside the axes
+    xs = [p.clean for p in [*points, *paper]]
+    ys = [p.robust for p in [*points, *paper]]
+    ax.set_xlim(*_padded_limits(xs, 0.28))
+    ax.set_ylim(*_padded_limits(ys, 0.22))
+    handles = []
+    for point in paper:
+        ax.scatter([point.clean], [point.robust], marker="D", s=30, facecolors="none", edgecolors=PAPER_COLOR,
+                   linewidths=1.0, zorder=2)
+    if paper:
+        handles.append(Line2D([], [], marker="D", linestyle="none", markerfacecolor="none",
+                              markeredgecolor=PAPER_COLOR, label=paper_legend))
+    for point in points:
+        ax.scatter([point.clean], [point.robust], s=46, color=point.color, edgecolors="black", linewidths=0.5,
+                   zorder=3)
+        handles.append(Line2D([], [], marker="o", linestyle="none", markerfacecolor=point.color,
+                              markeredgecolor="black", label=point.label))
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(y_label)
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, linewidth=0.4, alpha=0.5)
+    # Runs first (they are what the report is about), then the paper's points in the space left.
+    placed = place_labels(ax, [(p.clean, p.robust) for p in points], [p.label for p in points], fontsize=8.5,
+                          colors=[p.color for p in points], avoid=[(p.clean, p.robust) for p in paper])
+    paper_placed = place_labels(ax, [(p.clean, p.robust) for p in paper], [p.label for p in paper], fontsize=6.5,
+                                colors=[PAPER_COLOR] * len(paper),
+                                avoid=[(p.clean, p.robust) for p in points], keep_clear=placed) if paper else []
+    ax.legend(handles=handles, loc="upper center", ncol=min(3, len(handles)), fontsize=8, frameon=False,
+              bbox_to_anchor=(0.5, -0.11))
+    notes = [f"run {label.text!r} has no free place for its label (see the legend)"
+             for label in placed if label.annotation is None]
+    unlabelled = [label.text for label in paper_placed if label.annotation is None]
+    if unlabelled:
+        notes.append(f"{len(unlabelled)} of the paper's points are unlabelled for lack of room: "
+                     + "; ".join(unlabelled))
+    data = {"runs": [{"label": p.label, "clean": p.clean, "robust": p.robust} for p in points],
+            "paper": [{"label": p.label, "clean": p.clean, "robust": p.robust} for p in paper],
+            "x_label": x_label, "y_label": y_label}
+    return Drawn(figure, data, notes)
+
+
+def _padded_limits(values: list[float], fraction: float, *, minimum_span: float = 10.0,
+                   bounds: tuple[float, float] = (-1.5, 101.5)) -> tuple[float, float]:
+    """Axis limits around ``values`` with room for labels: at least ``minimum_span`` wide, padded by
+    ``fraction`` of the span on each side, shifted (not cut) to stay within ``bounds`` (percent axes)."""
+    low, high = min(values), max(values)
+    if high - low < minimum_span:
+        middle = (low + high) / 2
+        low, high = middle - minimum_span / 2, middle + minimum_span / 2
+    pad = fraction * (high - low)
+    low, high = low - pad, high + pad
+    if low < bounds[0]:
+        low, high = bounds[0], high + bounds[0] - low
+    if high > bounds[1]:
+        low, high = max(bounds[0], low - (high - bounds[1])), bounds[1]
+    return low, high
+
+
+def training_curves(label: str, epochs: list[dict[str, Any]], *, robust_name: str, color: str) -> Drawn:
+    """Each loss term (mean over the epoch's batches) per epoch and, when the run held images out, the
+    held-out clean and robust accuracy per epoch beside it."""
+    numbers = [record["epoch"] for record in epochs]
+    terms: dict[str, list[float]] = {}
+    for record in epochs:
+        for name in record.get("train") or {}:
+            terms.setdefault(name, [])
+    for name in terms:
+        terms[name] = [_finite((record.get("train") or {}).get(name)) for record in epochs]
+    clean = [_percent((record.get("val") or {}).get("clean_acc")) for record in epochs]
+    robust = [_percent((record.get("val") or {}).get("robust_acc")) for record in epochs]
+    has_val = any(not math.isnan(value) for value in clean)
+    if has_val:
+        figure = new_figure(9.0, 3.6)
+        loss_ax = figure.add_axes((0.08, 0.16, 0.38, 0.70))
+        acc_ax = figure.add_axes((0.59, 0.16, 0.38, 0.70))
+    else:
+        figure = new_figure(5.0, 3.6)
+        loss_ax = figure.add_axes((0.15, 0.16, 0.80, 0.70))
+    styles = ("--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)))
+    # The total first (solid, black), then each term in its own colour and dash.
+    total = terms.get("loss")
+    # A term that is the whole loss (PGD-AT's ce_adv) is the total's line, named in its legend entry.
+    same = [name for name, values in terms.items() if name != "loss" and values == total]
+    parts = [(name, values) for name, values in terms.items() if name != "loss" and name not in same]
+    for index, (name, values) in enumerate(parts):
+        loss_ax.plot(numbers, values, linestyle=styles[index % len(styles)], marker="o", markersize=3, linewidth=1.3,
+                     label=name, color=run_color(index + 4))
+    if total is not None:
+        loss_ax.plot(numbers, total, "-", marker="o", markersize=3.5, linewidth=2.2, color="black",
+                     label="total loss" + "".join(f" = {name}" for name in same), zorder=3)
+    values = [value for series in terms.values() for value in series if math.isfinite(value)]
+    # Terms of very different sizes (a KL of 1e-3 beside a CE of 2) are all readable on a log scale.
+    if values and min(values) > 0 and max(values) / min(values) > 100:
+        loss_ax.set_yscale("log")
+    loss_ax.set_xlabel("epoch")
+    loss_ax.set_ylabel("training loss (epoch mean)" + (", log scale" if loss_ax.get_yscale() == "log" else ""))
+    loss_ax.set_title(f"{label}: loss terms", fontsize=10)
+    loss_ax.legend(fontsize=7, frameon=False)
+    axes = [loss_ax]
+    if has_val:
+        acc_ax.plot(numbers, clean, "-", marker="o", markersize=3, color=color, label="held-out clean")
+        acc_ax.plot(numbers, robust, "--", marker="s", markersize=3, color=color, label=f"held-out {robust_name}")
+        acc_ax.set_ylim(0, 100)
+        acc_ax.legend(fontsize=7, frameon=False)
+        acc_ax.set_xlabel("epoch")
+        acc_ax.set_ylabel("held-out accuracy (%)")
+        acc_ax.set_title(f"{label}: held-out accuracy", fontsize=10)
+        axes.append(acc_ax)
+    for ax in axes:
+        ax.grid(True, linewidth=0.4, alpha=0.5)
+        ax.set_xlim(min(numbers) - 0.5, max(numbers) + 0.5)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    data = {"epochs": numbers, "terms": terms, "held_out_clean": clean if has_val else [],
+            "held_out_robust": robust if has_val else [], "loss_scale": loss_ax.get_yscale()}
+    return Drawn(figure, data)
+
+
+def _finite(value: Any) -> float:
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else math.nan
+
+
+def _percent(value: Any) -> float:
+    return 100 * _finite(value)
+
+
+@dataclass(frozen=True)
+class TransferBar:
+    label: str
+    clean: float
+    white_box: float
+    white_box_name: str
+    black_box: float
+    black_box_name: str
+
+
+def transfer_bars(bars: list[TransferBar], *, title: str) -> Drawn:
+    """Clean, white-box and black-box (transfer) accuracy per run, side by side (LBGAT Fig. 5)."""
+    figure = new_figure(max(5.5, 1.7 * len(bars) + 2.5), 4.0)
+    ax = figure.add_axes((0.1, 0.12, 0.86, 0.78))
+    positions = np.arange(len(bars))
+    width = 0.26
+    series = (("clean", [bar.clean for bar in bars], "#bbbbbb"),
+              ("white-box: " + ", ".join(sorted({bar.white_box_name for bar in bars})),
+               [bar.white_box for bar in bars], "#d62728"),
+              ("black-box: " + ", ".join(sorted({bar.black_box_name for bar in bars})),
+               [bar.black_box for bar in bars], "#1f77b4"))
+    for offset, (name, values, color) in zip((-width, 0.0, width), series, strict=True):
+        drawn = ax.bar(positions + offset, values, width, label=name, color=color, edgecolor="black", linewidth=0.4)
+        ax.bar_label(drawn, labels=[f"{value:.1f}" for value in values], fontsize=7, padding=2)
+    crowded = sum(len(bar.label) for bar in bars) * 6.5 > 0.8 * figure.get_figwidth() * 72  # 8 pt text
+    ax.set_xticks(positions, [bar.label for bar in bars], fontsize=8, rotation=20 if crowded else 0,
+                  ha="right" if crowded else "center")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 109)
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, axis="y", linewidth=0.4, alpha=0.5)
+    ax.legend(loc="upper center", ncol=3, fontsize=8, frameon=False, bbox_to_anchor=(0.5, -0.09))
+    data = {"runs": [bar.__dict__ for bar in bars]}
+    return Drawn(figure, data)
+
+
+def embedding_plot(label: str, coordinates: np.ndarray, labels: np.ndarray, adversarial: np.ndarray,
+                   class_names: list[str], *, attack_name: str) -> Drawn:
+    """Clean (left) and adversarial (right) logits in one shared t-SNE embedding, coloured by true class."""
+    figure = new_figure(9.0, 4.6)
+    axes = (figure.add_axes((0.07, 0.19, 0.41, 0.72)), figure.add_axes((0.57, 0.19, 0.41, 0.72)))
+    colors = [run_color(index) for index in range(len(class_names))]
+    unbounded = (-math.inf, math.inf)
+    x_limits = _padded_limits(list(coordinates[:, 0]), 0.05, minimum_span=1.0, bounds=unbounded)
+    y_limits = _padded_limits(list(coordinates[:, 1]), 0.05, minimum_span=1.0, bounds=unbounded)
+    for ax, is_adversarial, title in zip(axes, (False, True), ("clean inputs", f"{attack_name} inputs"),
+                                         strict=True):
+        chosen = adversarial == is_adversarial
+        for index, _name in enumerate(class_names):
+            mask = chosen & (labels == index)
+            ax.scatter(coordinates[mask, 0], coordinates[mask, 1], s=8, color=colors[index],
+                       marker="x" if is_adversarial else "o", linewidths=0.8, alpha=0.85)
+        ax.set_title(f"{label}: logits of {title}", fontsize=10)
+        ax.set_xlabel("t-SNE dimension 1 (arbitrary units)")
+        ax.set_ylabel("t-SNE dimension 2 (arbitrary units)")
+        ax.set_xlim(min(x_limits), max(x_limits))
+        ax.set_ylim(min(y_limits), max(y_limits))
+    handles = [Line2D([], [], marker="o", linestyle="none", color=colors[index], label=f"class {name}")
+               for index, name in enumerate(class_names)]
+    handles += [Line2D([], [], marker="o", linestyle="none", color="black", label="clean"),
+                Line2D([], [], marker="x", linestyle="none", color="black", label="adversarial")]
+    figure.legend(handles=handles, loc="lower center", ncol=min(len(handles), 7), fontsize=7.5, frameon=False,
+                  bbox_to_anchor=(0.5, 0.0))
+    data = {"points": int(len(labels)), "classes": class_names}
+    return Drawn(figure, data)
