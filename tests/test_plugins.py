@@ -363,3 +363,18 @@ def test_a_run_from_before_a_new_method_setting_resumes_while_it_holds_its_defau
     assert differences(before, changed) == ["method.params.adversarial_first (None in the run, True now)"]
     plugged = to_mapping(build_config({"method": {"name": "trades", "alpha": 6.0, "plugins": ["rpat"]}}))
     assert differences(before, plugged) == ["method.plugins (None in the run, ['rpat'] now)"]
+
+
+@pytest.mark.parametrize(("settings", "overrides", "message"), [
+    ({"method.name": "trades"}, ["method.alpha=-1"], r"method.alpha must be a finite number >= 0, got -1.0"),
+    ({"method.name": "lbgat-trades"}, ["method.student_ce=-0.5"], r"method.student_ce must be a finite number"),
+    ({"method.name": "mart"}, ["method.beta=-6"], r"method.beta must be a finite number >= 0"),
+    ({"method.name": "iseat"}, ["method.gamma=[0.01, -1]"], r"method.gamma must be a finite number >= 0, got -1"),
+    ({"method.name": "trades", "method.plugins": ["awp"]}, ["method.awp.eta=-0.1"], r"method.awp.eta must be"),
+    ({"method.name": "trades", "method.plugins": ["rpat"]}, ["method.rpat.lam=-1"], r"method.rpat.lam must be"),
+])
+def test_a_method_or_plugin_number_below_zero_is_one_line(settings: dict, overrides: list[str], message: str) -> None:
+    """Every hyperparameter of a method or plug-in is a weight, rate or size: finite and >= 0 (issue 16's review
+    found `method.alpha=-1` accepted)."""
+    with pytest.raises(ConfigError, match=message):
+        validate(build_config(None, settings, overrides))

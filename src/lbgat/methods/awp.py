@@ -7,7 +7,6 @@ from dataclasses import dataclass
 import torch
 
 from ..data.loader import Batch
-from ..errors import ConfigError
 from .base import Method, MethodParams
 from .plugin import WeightPerturbation, register_plugin
 from .weight_perturbation import AdversarialWeightPerturbation
@@ -23,9 +22,6 @@ class AWPParams(MethodParams):
     eta: float = 0.01
     warmup_epochs: int = 0
 
-    def __post_init__(self) -> None:
-        if self.gamma < 0 or self.eta < 0 or self.warmup_epochs < 0:
-            raise ConfigError(f"awp's gamma, eta and warmup_epochs must be >= 0, got {self}")
 
 
 @register_plugin

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -13,6 +15,7 @@ from torch import nn
 from ..attacks import BNMode, Objective, Start, pgd
 from ..attacks.input_only import input_only
 from ..data.loader import Batch
+from ..errors import ConfigError
 from ..rng import Stream
 from .step import ForwardLog, StepView, recording
 
@@ -39,9 +42,28 @@ LossTerms = dict[str, torch.Tensor]
 what it is made of, logged under their names in this order."""
 
 
+class SettingOutOfRange(ConfigError):
+    """A method's or plug-in's number out of its range; the factory names it with its dotted key."""
+
+    def __init__(self, field: str, value: object) -> None:
+        super().__init__(f"{field} must be a finite number >= 0, got {value!r}")
+        self.field, self.value = field, value
+
+
 @dataclass(frozen=True)
 class MethodParams:
-    """What every method's hyperparameters are: a frozen dataclass, its fields named as in the method's paper."""
+    """What every method's hyperparameters are: a frozen dataclass, its fields named as in the method's paper.
+
+    Every number in them (a weight, a rate, a size, or a list of them) must be finite and >= 0; a subclass
+    with checks of its own calls ``super().__post_init__()``."""
+
+    def __post_init__(self) -> None:
+        for entry in dataclasses.fields(self):
+            value = getattr(self, entry.name)
+            for number in value if isinstance(value, list) else [value]:
+                if isinstance(number, int | float) and not isinstance(number, bool) and not (
+                        math.isfinite(number) and number >= 0):
+                    raise SettingOutOfRange(entry.name, number)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..structured import from_mapping
-from .base import Method, MethodParams, TrainAttack
+from .base import Method, MethodParams, SettingOutOfRange, TrainAttack
 from .plugin import Plugin, check_combination, get_plugin
 from .registry import get_method
 
@@ -18,12 +18,19 @@ PluginsGiven = Sequence[str | Plugin] | Mapping[str, Mapping[str, Any] | MethodP
 
 def method_params(name: str, values: Mapping[str, Any] | None = None) -> MethodParams:
     """The typed hyperparameters of method ``name``: defaults overridden by ``values``."""
-    return from_mapping(get_method(name).Params, values or {}, where="method")
+    return _params(get_method(name).Params, values, "method")
 
 
 def plugin_params(name: str, values: Mapping[str, Any] | None = None) -> MethodParams:
     """The typed hyperparameters of plug-in ``name``: defaults overridden by ``values``."""
-    return from_mapping(get_plugin(name).Params, values or {}, where=f"method.{name}")
+    return _params(get_plugin(name).Params, values, f"method.{name}")
+
+
+def _params(cls: type[MethodParams], values: Mapping[str, Any] | None, where: str) -> MethodParams:
+    try:
+        return from_mapping(cls, values or {}, where=where)
+    except SettingOutOfRange as error:
+        raise ConfigError(f"{where}.{error.field} must be a finite number >= 0, got {error.value!r}") from None
 
 
 def check_plugin_settings(plugins: Sequence[str], settings: Mapping[str, Any]) -> None:

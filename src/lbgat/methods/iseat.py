@@ -48,8 +48,7 @@ class IseatParams(MethodParams):
     stage_epochs: list[int] = field(default_factory=lambda: [100, 150])
 
     def __post_init__(self) -> None:
-        if any(value < 0 for value in [*self.lam, *self.gamma, self.awp_eta]):
-            raise ConfigError("iseat's lam, gamma and awp_eta must be >= 0")
+        super().__post_init__()
         if list(self.stage_epochs) != sorted(self.stage_epochs):
             raise ConfigError(f"iseat.stage_epochs must be increasing, got {self.stage_epochs}")
 

@@ -26,10 +26,9 @@ class RPATParams(MethodParams):
     start_epoch: int = 0
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not 0.0 < self.r < 1.0:
             raise ConfigError(f"rpat.r must be in (0, 1) (the midpoint's position), got {self.r}")
-        if self.lam < 0 or self.start_epoch < 0:
-            raise ConfigError(f"rpat.lam and rpat.start_epoch must be >= 0, got {self.lam} and {self.start_epoch}")
 
 
 def paper_lambda(code_lam: float, r: float) -> float:

@@ -34,10 +34,9 @@ class VFDParams(MethodParams):
     clean: bool = True
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.distance not in DISTANCES:
             raise ConfigError(f"vfd.distance must be one of {', '.join(DISTANCES)}, got {self.distance!r}")
-        if self.lam < 0:
-            raise ConfigError(f"vfd.lam must be >= 0, got {self.lam}")
         if not self.layer:
             raise ConfigError("vfd.layer must name a layer: penultimate, logits or a module name")
 
