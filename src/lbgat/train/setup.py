@@ -66,6 +66,9 @@ def _validate_plugins(config: TrainConfig) -> None:
     check_combination(get_method(config.method.name), plugins)
     for name in plugins:
         settings = plugin_params(name, config.method.plugin_params.get(name))
+        if isinstance(settings, VFDParams) and config.compile:
+            raise ConfigError("vfd reads the student's features through forward hooks, which a compiled student "
+                              "does not run; drop --compile")
         if isinstance(settings, VFDParams) and not settings.checkpoint:
             raise ConfigError("vfd distils from a naturally trained model: set --set method.vfd.checkpoint=PATH "
                               "(an lbgat checkpoint, e.g. a run of --method natural)")
