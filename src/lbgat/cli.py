@@ -196,6 +196,9 @@ def _add_demo(commands: argparse._SubParsersAction) -> None:
                         help="a few steps per method, in OUT-quick (OUT/demo-quick for `.`); its numbers mean nothing")
     parser.add_argument("--fresh", action="store_true",
                         help="delete earlier demo runs in --out first (refused if the folder holds anything else)")
+    parser.add_argument("--seed", type=int,
+                        help="training seed of every run (default: the recipe's); another seed, or another "
+                             "thread count, is another draw of the same experiment")
     parser.add_argument("--no-progress", action="store_true")
     parser.set_defaults(handler=_run_demo)
 
@@ -203,7 +206,7 @@ def _add_demo(commands: argparse._SubParsersAction) -> None:
 def _run_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(args.out, quick=args.quick, fresh=args.fresh, progress=not args.no_progress)
+    run_demo(args.out, quick=args.quick, fresh=args.fresh, progress=not args.no_progress, seed=args.seed)
     return 0
 
 
@@ -223,11 +226,16 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
                         help="override a training setting for every method, e.g. --set schedule.epochs=10")
     parser.add_argument("--data-root", help="dataset folder (data.root)")
     parser.add_argument("--max-steps", type=int, help="stop each run after this many optimiser steps (smoke runs)")
+    parser.add_argument("--val-size", type=int,
+                        help="training images held out and attacked after every epoch (data.val_size); default: "
+                             "the recipe's, or 500 where the recipe holds none out; 0 trains on all of them")
     parser.add_argument("--attacks", default="clean,pgd",
                         help=f"evaluation attacks ({ATTACK_FORMS}; default clean,pgd: the dataset's PGD, "
                              "PGD-20 on CIFAR, PGD-40 on MNIST)")
     parser.add_argument("--protocol", choices=list(PROTOCOLS), help="an evaluation preset of `lbgat eval`")
     parser.add_argument("--num-examples", "--n", dest="n", type=int, help="evaluate on the first N test examples")
+    parser.add_argument("--eps", type=float, help="evaluation radius (default: the dataset's threat model)")
+    parser.add_argument("--step-size", type=float, help="evaluation PGD/CW step (default: the dataset's)")
     parser.add_argument("--check-n", type=int, default=100,
                         help="examples for the evaluation's PGD-100x5 strength check (default 100; 0 skips it)")
     parser.add_argument("--paper", action="store_true", help="add the LBGAT paper's points to the trade-off figure")
@@ -253,8 +261,9 @@ def _run_compare(args: argparse.Namespace) -> int:
         entries=tuple(entries), out=args.out, recipe=load_yaml(find_recipe(args.config)) if args.config else None,
         flags=flags, overrides=tuple(args.overrides),
         evaluation=EvalSettings(attacks=None if args.protocol and args.attacks == "clean,pgd" else args.attacks,
-                                n=args.n, protocol=args.protocol, check_n=args.check_n, device=args.device),
-        report=ReportOptions(paper=args.paper, tsne=_tsne_settings(args)))
+                                n=args.n, protocol=args.protocol, eps=args.eps, step_size=args.step_size,
+                                check_n=args.check_n, device=args.device),
+        report=ReportOptions(paper=args.paper, tsne=_tsne_settings(args)), val_size=args.val_size)
     result = run_compare(plan, progress=not args.no_progress)
     table = comparison_table(result)
     if table:

@@ -3,7 +3,8 @@ report with its figures written (through :mod:`lbgat.compare`, the engine of ``l
 
 Everything it runs is an ordinary recipe (``configs/cpu/mnist-5k-demo.yaml``) plus the method,
 so each row can be reproduced with ``lbgat train`` and ``lbgat eval``, and the whole with
-``lbgat compare --methods natural,pgd-at,trades:alpha=6,lbgat-trades:alpha=0 --config cpu/mnist-5k-demo``.
+``lbgat compare --methods natural,pgd-at,trades:alpha=6,lbgat-trades:alpha=0 --config cpu/mnist-5k-demo
+--eps 0.2``.
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ QUICK_STEPS = 3
 QUICK_EVAL_N = 64
 
 
-def run_demo(out: Path, *, quick: bool = False, fresh: bool = False, progress: bool = True) -> list[dict[str, Any]]:
+def run_demo(out: Path, *, quick: bool = False, fresh: bool = False, progress: bool = True,
+             seed: int | None = None) -> list[dict[str, Any]]:
     recipe = load_yaml(find_recipe(RECIPE))
     if quick:
         out = quick_folder(out)
@@ -62,7 +64,10 @@ def run_demo(out: Path, *, quick: bool = False, fresh: bool = False, progress: b
     # reuses (or resumes) earlier runs and evaluations instead of refusing them.
     plan = ComparePlan(entries=tuple(row.entry for row in ROWS), out=out, recipe=recipe,
                        flags={"max_steps": QUICK_STEPS} if quick else {},
-                       evaluation=EvalSettings(attacks="clean,pgd", n=QUICK_EVAL_N if quick else None))
+                       overrides=() if seed is None else (f"seed={seed}",),
+                       # The demo's threat model is the recipe's: evaluated at the eps it was trained for.
+                       evaluation=EvalSettings(attacks="clean,pgd", n=QUICK_EVAL_N if quick else None,
+                                               eps=recipe["attack"]["eps"]))
     compared = run_compare(plan, progress=progress)
     results: list[dict[str, Any]] = []
     protocol: dict[str, Any] = {}
