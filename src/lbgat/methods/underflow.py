@@ -21,8 +21,8 @@ import torch.nn.functional as F
 
 
 def _zero_where_underflowed(probs: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    # torch.where, not a test for any zero: a data-dependent branch would wait for the device.
-    return torch.where(probs == 0, torch.zeros((), dtype=grad.dtype, device=grad.device), grad)
+    # Always applied, never "if any zero": a data-dependent branch would make the host wait for the device.
+    return grad.masked_fill(probs == 0, 0.0)
 
 
 def softmax_with_limit(logits: torch.Tensor, dim: int = 1) -> torch.Tensor:
