@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from ..data.loader import Batch
 from .base import LossTerms, Method, MethodParams
 from .registry import register_method
+from .underflow import softmax_with_limit
 
 LOG_EPS = 1e-12  # the official code's guards inside the logarithms and the weight
 MARGIN_EPS = 1.0001
@@ -34,9 +35,10 @@ def boosted_ce(logits_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def misclassification_aware_kl(logits_clean: torch.Tensor, logits_adv: torch.Tensor,
                                y: torch.Tensor) -> torch.Tensor:
     """(1/B) sum_i KL(p_i || p'_i) * (1.0000001 - p_i[y_i]): the KL weighted by how unsure the clean
-    prediction of the true class is; nothing detached."""
+    prediction of the true class is; nothing detached. Where a clean probability underflows to 0 its
+    gradient is the finite limit (:mod:`lbgat.methods.underflow`), not NaN."""
     probs_adv = F.softmax(logits_adv, dim=1)
-    probs_clean = F.softmax(logits_clean, dim=1)
+    probs_clean = softmax_with_limit(logits_clean, dim=1)
     true_probs = torch.gather(probs_clean, 1, y.unsqueeze(1).long()).squeeze()
     kl = F.kl_div(torch.log(probs_adv + LOG_EPS), probs_clean, reduction="none").sum(dim=1)
     return (1.0 / logits_clean.shape[0]) * torch.sum(kl * (WEIGHT_EPS - true_probs))

@@ -11,11 +11,14 @@ from torch import nn
 from ..data.loader import Batch
 from .base import LossTerms, Method, MethodParams
 from .registry import register_method
+from .underflow import softmax_with_limit
 
 
 def kl_batchmean(logits_target: torch.Tensor, logits_input: torch.Tensor) -> torch.Tensor:
-    """(1/B) sum_i KL(softmax(target_i) || softmax(input_i)); nothing detached."""
-    summed = F.kl_div(F.log_softmax(logits_input, dim=1), F.softmax(logits_target, dim=1), reduction="sum")
+    """(1/B) sum_i KL(softmax(target_i) || softmax(input_i)); nothing detached. Where a target probability
+    underflows to 0 its gradient is the finite limit (:mod:`lbgat.methods.underflow`), not NaN."""
+    target = softmax_with_limit(logits_target, dim=1)
+    summed = F.kl_div(F.log_softmax(logits_input, dim=1), target, reduction="sum")
     return summed / logits_target.shape[0]
 
 
