@@ -223,6 +223,10 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
                         help="override a training setting for every method, e.g. --set schedule.epochs=10")
     parser.add_argument("--data-root", help="dataset folder (data.root)")
     parser.add_argument("--max-steps", type=int, help="stop each run after this many optimiser steps (smoke runs)")
+    parser.add_argument("--seeds", metavar="S1,S2,...",
+                        help="train each method once per seed (e.g. 0,1,2) into OUT/<method>/seed<N>; the report "
+                             "gives each seed and the mean ± sd over seeds (default: one run per method, the "
+                             "recipe's seed, in OUT/<method>)")
     parser.add_argument("--attacks", default="clean,pgd",
                         help=f"evaluation attacks ({ATTACK_FORMS}; default clean,pgd: the dataset's PGD, "
                              "PGD-20 on CIFAR, PGD-40 on MNIST)")
@@ -239,11 +243,13 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
 
 def _run_compare(args: argparse.Namespace) -> int:
     from .compare import ComparePlan, EvalSettings, comparison_table, parse_methods, run_compare
+    from .compare.seeds import parse_seeds
     from .config import load_yaml
     from .recipes import find_recipe
     from .report import ReportOptions
 
     entries = parse_methods(args.methods)
+    seeds = parse_seeds(args.seeds) if args.seeds is not None else None
     flags: dict[str, object] = {"device": args.device}
     if args.max_steps is not None:
         flags["max_steps"] = args.max_steps
@@ -254,7 +260,7 @@ def _run_compare(args: argparse.Namespace) -> int:
         flags=flags, overrides=tuple(args.overrides),
         evaluation=EvalSettings(attacks=None if args.protocol and args.attacks == "clean,pgd" else args.attacks,
                                 n=args.n, protocol=args.protocol, check_n=args.check_n, device=args.device),
-        report=ReportOptions(paper=args.paper, tsne=_tsne_settings(args)))
+        report=ReportOptions(paper=args.paper, tsne=_tsne_settings(args)), seeds=seeds)
     result = run_compare(plan, progress=not args.no_progress)
     table = comparison_table(result)
     if table:
@@ -263,7 +269,7 @@ def _run_compare(args: argparse.Namespace) -> int:
         print()
     for note in result.report.notes:
         print(f"note: {note}")
-    print(f"runs: {args.out}/<method>/; report: {result.report.markdown}")
+    print(f"runs: {args.out}/<method>/{'seed<N>/' if seeds else ''}; report: {result.report.markdown}")
     print(f"open: {result.report.html}")
     return 0
 
