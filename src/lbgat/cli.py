@@ -123,6 +123,7 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
 
 def _run_eval(args: argparse.Namespace) -> int:
     from .evaluate import EvalRequest, evaluate_checkpoint
+    from .evaluate.intervals import interval_of, interval_text
 
     request = EvalRequest(
         checkpoint=args.checkpoint, attacks=args.attacks, n=args.n, eps=args.eps, step_size=args.step_size,
@@ -139,8 +140,9 @@ def _run_eval(args: argparse.Namespace) -> int:
     arch = report["checkpoint"]["arch"]
     print(f"{arch} on {protocol['dataset']} test, n = {protocol['n']}, {protocol['norm']} eps = {protocol['eps']!r}")
     for row in report["results"]:
-        print(f"  {row['attack']:>15}: {100 * row['accuracy']:6.2f}%  ({row['correct']}/{row['total']})  "
-              f"{row['description']}")
+        interval = interval_text(interval_of(row))  # 95% Wilson interval over the n test images
+        print(f"  {row['attack']:>15}: {100 * row['accuracy']:6.2f}% {interval:<14}  "
+              f"({row['correct']}/{row['total']})  {row['description']}")
         for step in row.get("cascade", []):
             print(f"  {'':>15}   after {step['attack']}: {step['robust']}/{row['total']} ({step['seconds']:.1f} s)")
     for check in report["checks"]:
@@ -148,6 +150,7 @@ def _run_eval(args: argparse.Namespace) -> int:
             label = "WARNING" if check["verdict"] == "warn" else "CHECK FAILED"
             print(f"{label}: {check['name']}: {check['detail']}", file=sys.stderr)
     passed = sum(check["verdict"] == "pass" for check in report["checks"])
+    print("[lo, hi]: 95% interval over the n test images (Wilson score; test-set sampling only)")
     print(f"sanity checks: {passed} of {len(report['checks'])} passed (details in the report)")
     print(f"report: {out / 'report.md'} and {out / 'report.json'}")
     return 0
