@@ -119,6 +119,7 @@ def test_the_report_states_paired_differences_and_says_when_they_are_noise(tmp_p
     assert robust.p_value < 0.001 and not robust.within_noise
     assert (f"pgd-at − natural = +40.0 points [+{low:.1f}, +{high:.1f}], McNemar p < 0.001 (of {n} images, 80 "
             "right only for pgd-at, 0 only for natural).") in markdown
+    assert "McNemar p &lt; 0.001" in html and "p < 0.001" not in html  # text reaching HTML is escaped
     assert clean.within_noise and f"McNemar p = {clean.p_value:.3g}" in markdown
     assert "within the noise of the test set (the interval contains 0, p ≥ 0.05)" in markdown
     # Every accuracy carries its interval, in the table and in report.json.
