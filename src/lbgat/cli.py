@@ -123,6 +123,7 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
 
 def _run_eval(args: argparse.Namespace) -> int:
     from .evaluate import EvalRequest, evaluate_checkpoint
+    from .evaluate.intervals import interval_of, interval_text
 
     request = EvalRequest(
         checkpoint=args.checkpoint, attacks=args.attacks, n=args.n, eps=args.eps, step_size=args.step_size,
@@ -139,8 +140,9 @@ def _run_eval(args: argparse.Namespace) -> int:
     arch = report["checkpoint"]["arch"]
     print(f"{arch} on {protocol['dataset']} test, n = {protocol['n']}, {protocol['norm']} eps = {protocol['eps']!r}")
     for row in report["results"]:
-        print(f"  {row['attack']:>15}: {100 * row['accuracy']:6.2f}%  ({row['correct']}/{row['total']})  "
-              f"{row['description']}")
+        interval = interval_text(interval_of(row))  # 95% Wilson interval over the n test images
+        print(f"  {row['attack']:>15}: {100 * row['accuracy']:6.2f}% {interval:<14}  "
+              f"({row['correct']}/{row['total']})  {row['description']}")
         for step in row.get("cascade", []):
             print(f"  {'':>15}   after {step['attack']}: {step['robust']}/{row['total']} ({step['seconds']:.1f} s)")
     for check in report["checks"]:
@@ -148,6 +150,7 @@ def _run_eval(args: argparse.Namespace) -> int:
             label = "WARNING" if check["verdict"] == "warn" else "CHECK FAILED"
             print(f"{label}: {check['name']}: {check['detail']}", file=sys.stderr)
     passed = sum(check["verdict"] == "pass" for check in report["checks"])
+    print("[lo, hi]: 95% interval over the n test images (Wilson score; test-set sampling only)")
     print(f"sanity checks: {passed} of {len(report['checks'])} passed (details in the report)")
     print(f"report: {out / 'report.md'} and {out / 'report.json'}")
     return 0
@@ -229,6 +232,10 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--val-size", type=int,
                         help="training images held out and attacked after every epoch (data.val_size); default: "
                              "the recipe's, or 500 where the recipe holds none out; 0 trains on all of them")
+    parser.add_argument("--seeds", metavar="S1,S2,...",
+                        help="train each method once per seed (e.g. 0,1,2) into OUT/<method>/seed<N>; the report "
+                             "gives each seed and the mean ± sd over seeds (default: one run per method, the "
+                             "recipe's seed, in OUT/<method>)")
     parser.add_argument("--attacks", default="clean,pgd",
                         help=f"evaluation attacks ({ATTACK_FORMS}; default clean,pgd: the dataset's PGD, "
                              "PGD-20 on CIFAR, PGD-40 on MNIST)")
@@ -247,11 +254,13 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
 
 def _run_compare(args: argparse.Namespace) -> int:
     from .compare import ComparePlan, EvalSettings, comparison_table, parse_methods, run_compare
+    from .compare.seeds import parse_seeds
     from .config import load_yaml
     from .recipes import find_recipe
     from .report import ReportOptions
 
     entries = parse_methods(args.methods)
+    seeds = parse_seeds(args.seeds) if args.seeds is not None else None
     flags: dict[str, object] = {"device": args.device}
     if args.max_steps is not None:
         flags["max_steps"] = args.max_steps
@@ -263,7 +272,7 @@ def _run_compare(args: argparse.Namespace) -> int:
         evaluation=EvalSettings(attacks=None if args.protocol and args.attacks == "clean,pgd" else args.attacks,
                                 n=args.n, protocol=args.protocol, eps=args.eps, step_size=args.step_size,
                                 check_n=args.check_n, device=args.device),
-        report=ReportOptions(paper=args.paper, tsne=_tsne_settings(args)), val_size=args.val_size)
+        report=ReportOptions(paper=args.paper, tsne=_tsne_settings(args)), val_size=args.val_size, seeds=seeds)
     result = run_compare(plan, progress=not args.no_progress)
     table = comparison_table(result)
     if table:
@@ -272,7 +281,7 @@ def _run_compare(args: argparse.Namespace) -> int:
         print()
     for note in result.report.notes:
         print(f"note: {note}")
-    print(f"runs: {args.out}/<method>/; report: {result.report.markdown}")
+    print(f"runs: {args.out}/<method>/{'seed<N>/' if seeds else ''}; report: {result.report.markdown}")
     print(f"open: {result.report.html}")
     return 0
 

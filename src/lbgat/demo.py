@@ -16,6 +16,7 @@ from typing import Any
 from .compare import CompareEntry, ComparePlan, EvalSettings, render_table, run_compare
 from .config import load_yaml
 from .demo_files import clear_demo_outputs, quick_folder
+from .evaluate.intervals import interval_of
 from .files import strict_json, write_text_atomic
 from .recipes import find_recipe
 
@@ -76,6 +77,7 @@ def run_demo(out: Path, *, quick: bool = False, fresh: bool = False, progress: b
         protocol = outcome.report["protocol"] | {"robust": robust}
         results.append({"label": row.label, "method": row.method, "params": row.params, "clean": clean["accuracy"],
                         "robust": robust["accuracy"], "robust_name": f"PGD-{robust['steps']}",
+                        "clean_ci95": interval_of(clean), "robust_ci95": interval_of(robust),
                         "train_seconds": outcome.train_seconds, "run": str(outcome.run_dir),
                         "report": str(outcome.report_dir / "report.md")})
     robust = protocol["robust"]

@@ -5,7 +5,8 @@ Each method trains into ``OUT/<method folder>`` exactly as ``lbgat train --confi
 would, and is evaluated into its ``eval-last`` folder as ``lbgat eval RUN/last.pt`` would; the report goes to
 ``OUT/report``. Run again with the same command, a comparison picks up where it stopped: a finished run is
 reused, a stopped one resumes with the trainer's ``--resume`` (bit-for-bit on CPU), and an evaluation whose
-request and checkpoint are unchanged is reused (``compare.json`` records them).
+request and checkpoint are unchanged is reused (``compare.json`` records them). With ``--seeds`` each method
+trains once per seed, into ``OUT/<method folder>/seed<N>`` (:mod:`.seeds`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from ..config import TrainConfig, build_config
 from ..errors import ConfigError
 from ..evaluate import EvalRequest, evaluate_checkpoint
 from ..evaluate.runner import check_request
+from ..evaluate.intervals import interval_of
 from ..files import check_writable
 from ..report import ReportOptions, ReportResult, build_report
 from ..report.collect import Evaluation
@@ -33,7 +35,9 @@ from ..train import train
 from ..train.run_dir import LAST, PREVIOUS, RUN_FILES
 from ..train.setup import validate
 from .entries import CompareEntry
+from .seeds import check_layout, seed_folder
 from .state import CompareState
+from .table import fixed_width_table
 
 EVAL_FOLDER = "eval-last"
 # Held-out training images a comparison validates on each epoch when its recipe holds none out: enough for the
@@ -74,6 +78,7 @@ class ComparePlan:
     report: ReportOptions = ReportOptions()
     # data.val_size of every run; None: the recipe's, or COMPARE_VAL_SIZE where the recipe holds nothing out
     val_size: int | None = None
+    seeds: tuple[int, ...] | None = None  # --seeds: each method once per seed, in OUT/<method folder>/seed<N>
 
 
 @dataclass
@@ -86,6 +91,7 @@ class Outcome:
     report: dict[str, Any]  # the evaluation's report.json
     report_dir: Path
     train_seconds: float
+    seed: int | None = None  # the --seeds seed of this run (None without --seeds)
 
 
 @dataclass
@@ -96,30 +102,38 @@ class CompareResult:
 
 def run_compare(plan: ComparePlan, *, progress: bool = True) -> CompareResult:
     check_writable(plan.out, "comparison folder")
+    if plan.seeds is not None and any(override.split("=", 1)[0].strip() == "seed" for override in plan.overrides):
+        raise ConfigError("--seeds sets each run's seed: leave --set seed=... out")
+    seeds: tuple[int | None, ...] = plan.seeds if plan.seeds else (None,)
+    jobs = [(entry, seed) for entry in plan.entries for seed in seeds]
     # Every method's settings are checked before the first one trains, so a typo costs nothing.
-    configs = [_config(plan, entry) for entry in plan.entries]
+    configs = [_config(plan, entry, seed) for entry, seed in jobs]
     for config in configs:
         validate(config)
     check_request(plan.evaluation.request(plan.out / "last.pt", plan.out / EVAL_FOLDER))
+    check_layout(plan.out, [entry.run_folder for entry in plan.entries], seeded=plan.seeds is not None)
     plan.out.mkdir(parents=True, exist_ok=True)
     state = CompareState.load(plan.out)
-    total = len(plan.entries)
+    total = len(jobs)
     overall = tqdm(total=2 * total, desc="compare", unit="job", disable=not progress, dynamic_ncols=True,
                    file=sys.stderr, position=0)
     say: Callable[[str], None] = overall.write if progress else print
     outcomes: list[Outcome] = []
     try:
-        for number, (entry, config) in enumerate(zip(plan.entries, configs, strict=True), start=1):
-            run_dir = plan.out / entry.run_folder
-            overall.set_description(f"compare [{number}/{total}] {entry.label}")
-            say(f"== [{number}/{total}] {entry.label}: training into {run_dir}")
+        for number, ((entry, seed), config) in enumerate(zip(jobs, configs, strict=True), start=1):
+            folder = seed_folder(entry.run_folder, seed)
+            run_dir = plan.out / folder
+            label = entry.label if seed is None else f"{entry.label} seed {seed}"
+            overall.set_description(f"compare [{number}/{total}] {label}")
+            say(f"== [{number}/{total}] {label}: training into {run_dir}")
             started = time.perf_counter()
-            last, training = _train(config, run_dir, state, entry, progress, say)
+            last, training = _train(config, run_dir, state, folder, progress, say)
             train_seconds = training_seconds(run_dir, time.perf_counter() - started)
             overall.update(1)
-            report, report_dir, evaluation = _evaluate(plan.evaluation, last, run_dir, state, entry, progress, say)
+            report, report_dir, evaluation = _evaluate(plan.evaluation, last, run_dir, state, folder, progress, say)
             overall.update(1)
-            outcomes.append(Outcome(entry, run_dir, last, training, evaluation, report, report_dir, train_seconds))
+            outcomes.append(Outcome(entry, run_dir, last, training, evaluation, report, report_dir, train_seconds,
+                                    seed))
     finally:
         overall.close()
     say(f"== report over {total} run{'s' if total != 1 else ''} into {plan.out / REPORT_FOLDER}")
@@ -128,8 +142,10 @@ def run_compare(plan: ComparePlan, *, progress: bool = True) -> CompareResult:
     return CompareResult(outcomes, report)
 
 
-def _config(plan: ComparePlan, entry: CompareEntry) -> TrainConfig:
-    flags = {**plan.flags, "method.name": entry.method, "out": str(plan.out / entry.run_folder)}
+def _config(plan: ComparePlan, entry: CompareEntry, seed: int | None = None) -> TrainConfig:
+    flags = {**plan.flags, "method.name": entry.method, "out": str(plan.out / seed_folder(entry.run_folder, seed))}
+    if seed is not None:
+        flags["seed"] = seed
     if plan.val_size is not None:
         flags["data.val_size"] = plan.val_size
     recipe = shared_recipe(plan.recipe, entry.method)
@@ -152,9 +168,9 @@ def shared_recipe(recipe: dict[str, Any] | None, method: str) -> dict[str, Any] 
     return {key: value for key, value in recipe.items() if key != "method"}
 
 
-def _train(config, run_dir: Path, state: CompareState, entry: CompareEntry, progress: bool,
+def _train(config, run_dir: Path, state: CompareState, folder: str, progress: bool,
            say: Callable[[str], None]) -> tuple[Path, str]:
-    record = state.entry(entry.run_folder)
+    record = state.entry(folder)
     has_checkpoint = (run_dir / LAST).exists() or (run_dir / PREVIOUS).exists()
     if not has_checkpoint and record.get("run_started"):
         _clear_unstarted_run(run_dir, say)
@@ -194,12 +210,12 @@ def _clear_unstarted_run(run_dir: Path, say: Callable[[str], None]) -> None:
     say(f"   {run_dir} stopped before its first checkpoint: starting it again")
 
 
-def _evaluate(settings: EvalSettings, last: Path, run_dir: Path, state: CompareState, entry: CompareEntry,
+def _evaluate(settings: EvalSettings, last: Path, run_dir: Path, state: CompareState, folder: str,
               progress: bool, say: Callable[[str], None]) -> tuple[dict[str, Any], Path, str]:
     out = run_dir / EVAL_FOLDER
     request = settings.request(last, out)
     asked = {key: value for key, value in asdict(settings).items() if key != "device"}
-    record = state.entry(entry.run_folder)
+    record = state.entry(folder)
     checkpoint_sha = sha256_of(last)
     earlier = record.get("evaluation") or {}
     report_path = out / "report.json"
@@ -233,13 +249,9 @@ def training_seconds(run_dir: Path, fallback: float) -> float:
 
 
 def render_table(rows: list[dict[str, Any]], header: str) -> str:
-    """The comparison as fixed-width text: one line per method, clean and robust accuracy, training time."""
-    width = max(len(row["label"]) for row in rows)
-    lines = [header, "", f"{'method':<{width}}  {'clean':>7}  {rows[0]['robust_name']:>7}  {'train s':>7}"]
-    for row in rows:
-        lines.append(f"{row['label']:<{width}}  {100 * row['clean']:6.2f}%  {100 * row['robust']:6.2f}%  "
-                     f"{row['train_seconds']:7.0f}")
-    return "\n".join(lines)
+    """The comparison as fixed-width text: one line per run (per seed with --seeds, then the method's mean ± sd),
+    clean and robust accuracy with their 95% intervals, training time."""
+    return "\n".join([header, "", *fixed_width_table(rows)])
 
 
 def comparison_table(result: CompareResult) -> str | None:
@@ -252,7 +264,9 @@ def comparison_table(result: CompareResult) -> str | None:
         if robust is None or clean is None:
             continue
         rows.append({"label": outcome.entry.label, "clean": clean, "robust": robust["accuracy"],
-                     "robust_name": attack_title(robust), "train_seconds": outcome.train_seconds})
+                     "robust_name": attack_title(robust), "train_seconds": outcome.train_seconds,
+                     "clean_ci95": interval_of(evaluation.attack("clean") or {}), "robust_ci95": interval_of(robust),
+                     "seed": outcome.seed})
     if not rows:
         return None
     protocol = result.outcomes[0].report["protocol"]

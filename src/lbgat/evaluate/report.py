@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from ..files import strict_json, write_text_atomic
+from .intervals import interval_of, interval_text
 
 VERDICT_MARKS = {"pass": "pass", "warn": "**WARNING**", "fail": "**FAILED**", "skipped": "skipped"}
 
@@ -48,12 +49,15 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         *[f"Trained with the plug-in {summary}." for summary in checkpoint.get("plugins") or []],
         *([""] if checkpoint.get("plugins") else []),
-        "| attack | accuracy | correct / total | settings | time (s) |",
-        "|---|---:|---:|---|---:|",
+        "| attack | accuracy | 95% interval | correct / total | settings | time (s) |",
+        "|---|---:|---:|---:|---|---:|",
     ]
     for row in report["results"]:
-        lines.append(f"| {row['attack']} | {100 * row['accuracy']:.2f}% | {row['correct']} / {row['total']} "
+        lines.append(f"| {row['attack']} | {100 * row['accuracy']:.2f}% | {interval_text(interval_of(row))} "
+                     f"| {row['correct']} / {row['total']} "
                      f"| {row['description']} | {row['seconds']:.1f} |")
+    lines += ["", f"95% interval: Wilson score interval over the n = {protocol['n']} test images (test-set sampling "
+                  "only; another training seed moves the numbers too, see docs/evaluation.md)."]
     if "transfer" in report:
         source = report["transfer"]
         lines += ["", f"Transfer attacks are crafted on `{source['source']}` ({source['source_arch']}, sha256 "

@@ -32,6 +32,7 @@ from ..world import World, device_for, process_group, resolve_device, world_from
 from .autoattack import AA_PACKAGE, AA_SOURCE, AAResult, AASettings, run_autoattack
 from .checks import CheckInputs, run_checks
 from .distributed import GATHER_TIMEOUT, gather, shard_indices
+from .intervals import wilson_interval
 from .report import write_report
 from .specs import DEFAULT_ATTACKS, AttackSpec, parse_attacks
 from .suite import box_violation, perturbation_size, run_suite
@@ -329,6 +330,8 @@ def _merge(shards: list[dict[str, Any]], plan_: Plan, request: EvalRequest, worl
                    "seconds": round(max(outcome.seconds for outcome in outcomes), 3), **spec.to_dict()}
             check = _ball_check(spec.name, spec.eps, spec.norm, max(o.max_perturbation for o in outcomes),
                                 max(o.max_box_violation for o in outcomes))
+        interval = wilson_interval(row["correct"], row["total"])
+        row["ci95"] = list(interval) if interval else None  # over the n test images (docs/evaluation.md)
         per_sample[spec.name] = flags
         results.append(row)
         consistency.append(check)

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import LbgatError
+from ..evaluate.intervals import interval_of
 from ..files import strict_json, write_text_atomic
 from ..methods import get_method
 from ..version import __version__
@@ -29,8 +30,10 @@ from .figures import (
     transfer_bars,
 )
 from .outputs import prepare_out, write_figure_files
+from .paired import paired_comparisons
 from .paper import METRIC_TITLES, PAPER_PROTOCOL, SOURCE, paper_metric, points_for
 from .render import render_html, render_markdown
+from .seeds import SeedGroup, seed_groups, seed_points, seed_rows
 from .summary import (
     attack_headers,
     attack_kind,
@@ -85,6 +88,7 @@ class ReportResult:
 def build_report(inputs: list[Path], out: Path, options: ReportOptions = ReportOptions(),
                  *, progress: bool = False) -> ReportResult:
     runs = collect(inputs)
+    groups = seed_groups(runs)  # runs that differ only in their seed, summarised over seeds
     prepare_out(out)
     if options.tsne is not None:
         options.tsne.check()
@@ -95,7 +99,7 @@ def build_report(inputs: list[Path], out: Path, options: ReportOptions = ReportO
     paper_rows: list[dict[str, Any]] = []
     paper_metric_name = ""
 
-    scatter = _tradeoff(runs, options.paper, notes)
+    scatter = _tradeoff(runs, options.paper, notes, groups)
     if scatter is not None:
         figure, plot, paper_rows, paper_metric_name = scatter
         figures.append(figure)
@@ -128,13 +132,18 @@ def build_report(inputs: list[Path], out: Path, options: ReportOptions = ReportO
     write_figure_files(out, files)
 
     attacks = table_attacks(runs)
+    headers = attack_headers(runs, attacks)
+    paired = paired_comparisons(runs, groups, attacks, headers)
     context = {
         "title": options.title or _title(runs),
         "generated": f"Written by lbgat {__version__} (lbgat report) on {time.strftime('%Y-%m-%d %H:%M %Z')}",
         "inputs": [str(path) for path in inputs],
         "attacks": attacks,
-        "headers": attack_headers(runs, attacks),
+        "headers": headers,
         "rows": [table_row(run, attacks) for run in runs],
+        "seed_rows": seed_rows(runs, groups, attacks),
+        "paired": paired,
+        "n_text": _n_text(runs),
         "figures": figures,
         "notes": notes,
         "paper_points": paper_rows,
@@ -170,7 +179,7 @@ def _figure(figure_id: str, title: str, caption: str, plot: Drawn) -> FigureFile
     return FigureFile(figure_id, title, caption, f"{figure_id}.png", f"{figure_id}.svg", plot.png(), plot.data)
 
 
-def _tradeoff(runs: list[Run], with_paper: bool, notes: list[str]
+def _tradeoff(runs: list[Run], with_paper: bool, notes: list[str], groups: list[SeedGroup]
               ) -> tuple[FigureFile, Drawn, list[dict[str, Any]], str] | None:
     evaluated = [(index, run) for index, run in enumerate(runs)
                  if run.evaluation is not None and run.evaluation.accuracy("clean") is not None]
@@ -180,6 +189,7 @@ def _tradeoff(runs: list[Run], with_paper: bool, notes: list[str]
         return None
     common = common_robust_attack([run for _, run in evaluated])
     points: list[ScatterPoint] = []
+    by_run: dict[int, ScatterPoint] = {}
     described: list[str] = []
     for index, run in evaluated:
         assert run.evaluation is not None
@@ -189,6 +199,7 @@ def _tradeoff(runs: list[Run], with_paper: bool, notes: list[str]
             continue
         points.append(ScatterPoint(run.label, 100 * run.evaluation.accuracy("clean"), 100 * row["accuracy"],
                                    run_color(index)))
+        by_run[index] = points[-1]
         described.append(f"{data_text(run.evaluation)}; {attack_title(row)}: {attack_settings(row)}")
     if not points:
         return None
@@ -218,11 +229,18 @@ def _tradeoff(runs: list[Run], with_paper: bool, notes: list[str]
                              f"as printed, not rerun.{mismatch}")
         else:
             caption_paper = f" The LBGAT paper reports no points for {dataset}, so none are drawn (--paper)."
-    plot = tradeoff_scatter(points, x_label="clean accuracy (%)", y_label=y_label,
+    replicated = any(group.replicated for group in groups)
+    faint: list[ScatterPoint] = []
+    if replicated:
+        points, faint = seed_points(by_run, groups)
+    plot = tradeoff_scatter(points, x_label="clean accuracy (%)", y_label=y_label, faint=faint,
                             title=f"Clean vs robust accuracy, {dataset} test (n = {first.protocol.get('n', '?')})",
                             paper=paper, paper_legend=f"LBGAT paper, reported ({METRIC_TITLES[metric]}, "
                                                       "WRN-34-10/20)")
-    caption = (f"Clean versus robust accuracy, one point per run (one seed each; up and to the right is better). "
+    how = ("one point per setting (the mean over its seeds, with error bars of ± one standard deviation over "
+           "seeds in each direction, and each seed's own point drawn faintly in the same colour"
+           if replicated else "one point per run (one seed each")
+    caption = (f"Clean versus robust accuracy, {how}; up and to the right is better). "
                f"Protocol: {protocol}; model in eval mode.{caption_paper}")
     return _figure("tradeoff", "Trade-off: clean vs robust accuracy", caption, plot), plot, paper_rows, metric
 
@@ -320,13 +338,27 @@ def _summary(runs: list[Run], context: dict[str, Any], figures: list[FigureFile]
         "title": context["title"],
         "inputs": context["inputs"],
         "runs": [{**asdict(row), "run_dir": str(run.run_dir) if run.run_dir else None,
-                  "evaluation": str(run.evaluation.folder) if run.evaluation else None}
+                  "evaluation": str(run.evaluation.folder) if run.evaluation else None, "ci95": _intervals(run)}
                  for run, row in zip(runs, context["rows"], strict=True)],
+        "seeds": [row.to_dict() for row in context["seed_rows"]],
+        "paired": context["paired"].to_dict(),
         "figures": [{"id": figure.id, "title": figure.title, "caption": figure.caption,
                      "png": f"figures/{figure.png_name}", "svg": f"figures/{figure.svg_name}",
                      "data": _plain(figure.data)} for figure in figures],
         "notes": context["notes"],
     }
+
+
+def _intervals(run: Run) -> dict[str, list[float] | None]:
+    """Each accuracy's 95% Wilson interval over its test images (fractions), by attack name."""
+    rows = run.evaluation.results if run.evaluation else []
+    return {row["attack"]: (list(interval) if (interval := interval_of(row)) else None) for row in rows}
+
+
+def _n_text(runs: list[Run]) -> str:
+    """The numbers of test images the accuracies are measured on, for the sentence under the table."""
+    sizes = sorted({str(run.evaluation.protocol.get("n", "?")) for run in runs if run.evaluation is not None})
+    return " or ".join(sizes)
 
 
 def _plain(value: Any) -> Any:

@@ -60,14 +60,18 @@ class ScatterPoint:
     clean: float  # percent
     robust: float  # percent
     color: str
+    clean_sd: float | None = None  # percent: a mean over seeds, with its standard deviation over seeds
+    robust_sd: float | None = None
 
 
 def tradeoff_scatter(points: list[ScatterPoint], *, x_label: str, y_label: str, title: str,
-                     paper: list[ScatterPoint] = (), paper_legend: str = "") -> Drawn:
+                     paper: list[ScatterPoint] = (), paper_legend: str = "",
+                     faint: list[ScatterPoint] = ()) -> Drawn:
+    """``faint``: each seed's own point, drawn lightly behind the means (``points`` with their sd)."""
     figure = new_figure(7.0, 5.0)
     ax = figure.add_axes((0.11, 0.12, 0.86, 0.80))  # the legend goes below, outside the axes
-    xs = [p.clean for p in [*points, *paper]]
-    ys = [p.robust for p in [*points, *paper]]
+    xs = [p.clean for p in [*points, *paper, *faint]]
+    ys = [p.robust for p in [*points, *paper, *faint]]
     ax.set_xlim(*_padded_limits(xs, 0.28))
     ax.set_ylim(*_padded_limits(ys, 0.22))
     handles = []
@@ -77,7 +81,12 @@ def tradeoff_scatter(points: list[ScatterPoint], *, x_label: str, y_label: str, 
     if paper:
         handles.append(Line2D([], [], marker="D", linestyle="none", markerfacecolor="none",
                               markeredgecolor=PAPER_COLOR, label=paper_legend))
+    for point in faint:
+        ax.scatter([point.clean], [point.robust], s=22, color=point.color, alpha=0.35, linewidths=0, zorder=2)
     for point in points:
+        if point.clean_sd is not None or point.robust_sd is not None:
+            ax.errorbar([point.clean], [point.robust], xerr=point.clean_sd, yerr=point.robust_sd, fmt="none",
+                        ecolor=point.color, elinewidth=1.2, capsize=3, zorder=2.5)
         ax.scatter([point.clean], [point.robust], s=46, color=point.color, edgecolors="black", linewidths=0.5,
                    zorder=3)
         handles.append(Line2D([], [], marker="o", linestyle="none", markerfacecolor=point.color,
@@ -87,8 +96,12 @@ def tradeoff_scatter(points: list[ScatterPoint], *, x_label: str, y_label: str, 
     ax.set_title(title, fontsize=10)
     ax.grid(True, linewidth=0.4, alpha=0.5)
     # Runs first (they are what the report is about), then the paper's points in the space left.
+    if faint:
+        handles.append(Line2D([], [], marker="o", linestyle="none", color="#888888", alpha=0.35,
+                              label="one seed (faint); mean ± sd over seeds (bars)"))
     placed = place_labels(ax, [(p.clean, p.robust) for p in points], [p.label for p in points], fontsize=8.5,
-                          colors=[p.color for p in points], avoid=[(p.clean, p.robust) for p in paper])
+                          colors=[p.color for p in points],
+                          avoid=[(p.clean, p.robust) for p in [*paper, *faint]])
     paper_placed = place_labels(ax, [(p.clean, p.robust) for p in paper], [p.label for p in paper], fontsize=6.5,
                                 colors=[PAPER_COLOR] * len(paper),
                                 avoid=[(p.clean, p.robust) for p in points], keep_clear=placed) if paper else []
@@ -100,9 +113,12 @@ def tradeoff_scatter(points: list[ScatterPoint], *, x_label: str, y_label: str, 
     if unlabelled:
         notes.append(f"{len(unlabelled)} of the paper's points are unlabelled for lack of room: "
                      + "; ".join(unlabelled))
-    data = {"runs": [{"label": p.label, "clean": p.clean, "robust": p.robust} for p in points],
+    data = {"runs": [{"label": p.label, "clean": p.clean, "robust": p.robust}
+                     | ({"clean_sd": p.clean_sd, "robust_sd": p.robust_sd} if faint else {}) for p in points],
             "paper": [{"label": p.label, "clean": p.clean, "robust": p.robust} for p in paper],
             "x_label": x_label, "y_label": y_label}
+    if faint:
+        data["seeds"] = [{"label": p.label, "clean": p.clean, "robust": p.robust} for p in faint]
     return Drawn(figure, data, notes)
 
 

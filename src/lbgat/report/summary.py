@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..evaluate.intervals import accuracy_text, interval_of
 from ..methods.plugin import plugin_summaries
 from .collect import GREEK, Evaluation, Run
 
@@ -128,7 +129,7 @@ class TableRow:
     models: str
     dataset: str
     epochs: str
-    accuracies: dict[str, str]  # attack name -> "87.50%"
+    accuracies: dict[str, str]  # attack name -> "87.50% [84.3, 90.1]" (with its 95% interval)
     protocol: str
     checkpoint: str
 
@@ -161,8 +162,8 @@ def table_row(run: Run, attacks: list[str]) -> TableRow:
     checkpoint = "–"
     if run.evaluation is not None:
         for name in attacks:
-            value = run.evaluation.accuracy(name)
-            accuracies[name] = "–" if value is None else f"{100 * value:.2f}%"
+            value, row = run.evaluation.accuracy(name), run.evaluation.attack(name)
+            accuracies[name] = "–" if value is None or row is None else accuracy_text(value, interval_of(row))
         protocol = protocol_text(run.evaluation)
         sha = run.evaluation.checkpoint.get("sha256")
         checkpoint = f"{sha[:12]}" if sha else "–"
