@@ -123,6 +123,7 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
 
 def _run_eval(args: argparse.Namespace) -> int:
     from .evaluate import EvalRequest, evaluate_checkpoint
+    from .evaluate.doubts import doubts_of, mark_text
 
     request = EvalRequest(
         checkpoint=args.checkpoint, attacks=args.attacks, n=args.n, eps=args.eps, step_size=args.step_size,
@@ -138,9 +139,11 @@ def _run_eval(args: argparse.Namespace) -> int:
     protocol = report["protocol"]
     arch = report["checkpoint"]["arch"]
     print(f"{arch} on {protocol['dataset']} test, n = {protocol['n']}, {protocol['norm']} eps = {protocol['eps']!r}")
+    doubts = doubts_of(report)
     for row in report["results"]:
+        mark = mark_text(doubts.get(row["attack"], []))
         print(f"  {row['attack']:>15}: {100 * row['accuracy']:6.2f}%  ({row['correct']}/{row['total']})  "
-              f"{row['description']}")
+              f"{row['description']}" + (f"  {mark}" if mark else ""))
         for step in row.get("cascade", []):
             print(f"  {'':>15}   after {step['attack']}: {step['robust']}/{row['total']} ({step['seconds']:.1f} s)")
     for check in report["checks"]:

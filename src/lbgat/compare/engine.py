@@ -32,6 +32,7 @@ from ..train import train
 from ..train.run_dir import LAST, PREVIOUS, RUN_FILES
 from ..train.setup import validate
 from .entries import CompareEntry
+from .marks import cell, footnote, row_doubts
 from .state import CompareState
 
 EVAL_FOLDER = "eval-last"
@@ -216,13 +217,18 @@ def training_seconds(run_dir: Path, fallback: float) -> float:
 
 
 def render_table(rows: list[dict[str, Any]], header: str) -> str:
-    """The comparison as fixed-width text: one line per method, clean and robust accuracy, training time."""
+    """The comparison as fixed-width text: one line per method, clean and robust accuracy (each with the marks
+    of the sanity checks that doubt it, explained under the table), training time."""
     width = max(len(row["label"]) for row in rows)
-    lines = [header, "", f"{'method':<{width}}  {'clean':>7}  {rows[0]['robust_name']:>7}  {'train s':>7}"]
-    for row in rows:
-        lines.append(f"{row['label']:<{width}}  {100 * row['clean']:6.2f}%  {100 * row['robust']:6.2f}%  "
+    clean = [cell(row["clean"], (row.get("doubts") or {}).get("clean", [])) for row in rows]
+    robust = [cell(row["robust"], (row.get("doubts") or {}).get("robust", [])) for row in rows]
+    clean_width, robust_width = max(7, *map(len, clean)), max(7, *map(len, robust))
+    lines = [header, "", f"{'method':<{width}}  {'clean':>7}".ljust(width + 2 + clean_width)
+             + f"  {rows[0]['robust_name']:>7}".ljust(robust_width + 2) + f"  {'train s':>7}"]
+    for row, clean_text, robust_text in zip(rows, clean, robust, strict=True):
+        lines.append(f"{row['label']:<{width}}  {clean_text:<{clean_width}}  {robust_text:<{robust_width}}  "
                      f"{row['train_seconds']:7.0f}")
-    return "\n".join(lines)
+    return "\n".join(lines + footnote(rows))
 
 
 def comparison_table(result: CompareResult) -> str | None:
@@ -235,7 +241,8 @@ def comparison_table(result: CompareResult) -> str | None:
         if robust is None or clean is None:
             continue
         rows.append({"label": outcome.entry.label, "clean": clean, "robust": robust["accuracy"],
-                     "robust_name": attack_title(robust), "train_seconds": outcome.train_seconds})
+                     "robust_name": attack_title(robust), "train_seconds": outcome.train_seconds,
+                     "doubts": row_doubts(outcome.report, robust["attack"])})
     if not rows:
         return None
     protocol = result.outcomes[0].report["protocol"]
