@@ -123,6 +123,7 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
 
 def _run_eval(args: argparse.Namespace) -> int:
     from .evaluate import EvalRequest, evaluate_checkpoint
+    from .evaluate.doubts import doubts_of, mark_text
     from .evaluate.intervals import interval_of, interval_text
 
     request = EvalRequest(
@@ -139,10 +140,12 @@ def _run_eval(args: argparse.Namespace) -> int:
     protocol = report["protocol"]
     arch = report["checkpoint"]["arch"]
     print(f"{arch} on {protocol['dataset']} test, n = {protocol['n']}, {protocol['norm']} eps = {protocol['eps']!r}")
+    doubts = doubts_of(report)
     for row in report["results"]:
         interval = interval_text(interval_of(row))  # 95% Wilson interval over the n test images
+        mark = mark_text(doubts.get(row["attack"], []))
         print(f"  {row['attack']:>15}: {100 * row['accuracy']:6.2f}% {interval:<14}  "
-              f"({row['correct']}/{row['total']})  {row['description']}")
+              f"({row['correct']}/{row['total']})  {row['description']}" + (f"  {mark}" if mark else ""))
         for step in row.get("cascade", []):
             print(f"  {'':>15}   after {step['attack']}: {step['robust']}/{row['total']} ({step['seconds']:.1f} s)")
     for check in report["checks"]:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .compare import CompareEntry, ComparePlan, EvalSettings, render_table, run_compare
+from .compare.marks import row_doubts
 from .config import load_yaml
 from .demo_files import clear_demo_outputs, quick_folder
 from .evaluate.intervals import interval_of
@@ -79,7 +80,8 @@ def run_demo(out: Path, *, quick: bool = False, fresh: bool = False, progress: b
                         "robust": robust["accuracy"], "robust_name": f"PGD-{robust['steps']}",
                         "clean_ci95": interval_of(clean), "robust_ci95": interval_of(robust),
                         "train_seconds": outcome.train_seconds, "run": str(outcome.run_dir),
-                        "report": str(outcome.report_dir / "report.md")})
+                        "report": str(outcome.report_dir / "report.md"),
+                        "doubts": row_doubts(outcome.report, robust["attack"])})
     robust = protocol["robust"]
     caveat = " (quick smoke run: numbers meaningless)" if quick else ""
     header = (f"{protocol['dataset']} test split, n = {protocol['n']}{caveat}\n"

@@ -25,8 +25,8 @@ from ..checkpoint import sha256_of
 from ..config import TrainConfig, build_config
 from ..errors import ConfigError
 from ..evaluate import EvalRequest, evaluate_checkpoint
-from ..evaluate.runner import check_request
 from ..evaluate.intervals import interval_of
+from ..evaluate.runner import check_request
 from ..files import check_writable
 from ..report import ReportOptions, ReportResult, build_report
 from ..report.collect import Evaluation
@@ -35,6 +35,7 @@ from ..train import train
 from ..train.run_dir import LAST, PREVIOUS, RUN_FILES
 from ..train.setup import validate
 from .entries import CompareEntry
+from .marks import footnote, row_doubts
 from .seeds import check_layout, seed_folder
 from .state import CompareState
 from .table import fixed_width_table
@@ -250,8 +251,9 @@ def training_seconds(run_dir: Path, fallback: float) -> float:
 
 def render_table(rows: list[dict[str, Any]], header: str) -> str:
     """The comparison as fixed-width text: one line per run (per seed with --seeds, then the method's mean ± sd),
-    clean and robust accuracy with their 95% intervals, training time."""
-    return "\n".join([header, "", *fixed_width_table(rows)])
+    clean and robust accuracy with their 95% intervals and the marks of the sanity checks that doubt them
+    (explained under the table), training time."""
+    return "\n".join([header, "", *fixed_width_table(rows), *footnote(rows)])
 
 
 def comparison_table(result: CompareResult) -> str | None:
@@ -266,7 +268,8 @@ def comparison_table(result: CompareResult) -> str | None:
         rows.append({"label": outcome.entry.label, "clean": clean, "robust": robust["accuracy"],
                      "robust_name": attack_title(robust), "train_seconds": outcome.train_seconds,
                      "clean_ci95": interval_of(evaluation.attack("clean") or {}), "robust_ci95": interval_of(robust),
-                     "seed": outcome.seed})
+                     "seed": outcome.seed,
+                     "doubts": row_doubts(outcome.report, robust["attack"])})
     if not rows:
         return None
     protocol = result.outcomes[0].report["protocol"]

@@ -9,14 +9,18 @@
   PGD-K is the report's strongest PGD attack with its own steps and step size (PGD-20 when the
   report has none); with K > 100 the stronger attack takes K steps.
 - Logits do not depend on the batch an example is in (the model really is in eval mode).
+- The clean predictions are not collapsed to one class (:mod:`.collapse`).
+
+Each result carries a stable ``id`` and, where it measured numbers, ``measured`` (the strength check: both
+attacks' accuracies), so that :mod:`.doubts` can say which reported number each verdict casts doubt on.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +29,7 @@ from torch import nn
 from ..attacks import model_mode, pgd
 from ..rng import ExampleRNG, Stream
 from .autoattack import AA_LOGGER, AAResult, collect_aa_warnings
+from .collapse import MIN_EXAMPLES, prediction_share, predictions_of
 
 Verdict = Literal["pass", "warn", "fail", "skipped"]
 STRENGTH_RESTARTS = 5
@@ -36,9 +41,16 @@ class CheckResult:
     name: str
     verdict: Verdict
     detail: str
+    id: str = ""  # stable across versions (names carry numbers): what doubts.py keys on
+    measured: dict[str, Any] | None = None  # the numbers behind the verdict, for scripts and for the marks
 
-    def to_dict(self) -> dict[str, str]:
-        return asdict(self)
+    def to_dict(self) -> dict[str, Any]:
+        result: dict[str, Any] = {"name": self.name, "verdict": self.verdict, "detail": self.detail}
+        if self.id:
+            result["id"] = self.id
+        if self.measured is not None:
+            result["measured"] = self.measured
+        return result
 
 
 @dataclass(frozen=True)
@@ -53,13 +65,15 @@ class CheckInputs:
     norm: str
     seed: int
     reference_steps: int = 20  # the report's PGD attack, which the strength check tests
+    reference_attack: str | None = None  # its name in the report (None: the report has no PGD attack)
 
 
 def _aa_message_check(name: str, marker: str, messages: list[str], what: str) -> CheckResult:
     found = [message for message in messages if marker in message]
+    key = name.replace(" ", "_").replace("-", "_")
     if found:
-        return CheckResult(name, "warn", found[0])
-    return CheckResult(name, "pass", what)
+        return CheckResult(name, "warn", found[0], key)
+    return CheckResult(name, "pass", what, key)
 
 
 def autoattack_checks(model: nn.Module, inputs: CheckInputs, aa: AAResult | None) -> list[CheckResult]:
@@ -85,9 +99,11 @@ def autoattack_checks(model: nn.Module, inputs: CheckInputs, aa: AAResult | None
                           "no gradient computation inside the forward pass"),
     ]
     if aa is None:
-        results.append(CheckResult("square vs white-box", "skipped", "AutoAttack was not run"))
+        results.append(CheckResult("square vs white-box", "skipped", "AutoAttack was not run",
+                                   "square_vs_white_box"))
     elif "square" not in aa.attacks:
-        results.append(CheckResult("square vs white-box", "skipped", "Square is not in this AutoAttack version"))
+        results.append(CheckResult("square vs white-box", "skipped", "Square is not in this AutoAttack version",
+                                   "square_vs_white_box"))
     else:
         results.append(_aa_message_check("square vs white-box", "Square Attack has decreased", messages,
                                          "Square found no point the white-box attacks missed"))
@@ -105,9 +121,9 @@ def eps_zero_check(model: nn.Module, inputs: CheckInputs) -> CheckResult:
         attacked = int((model(x_adv).argmax(1) == inputs.y).sum())
     if torch.equal(x_adv, inputs.x) and clean == attacked:
         return CheckResult("eps = 0 gives clean accuracy", "pass", f"PGD-20 at eps 0: {attacked}/{len(inputs.y)}, "
-                           f"clean {clean}/{len(inputs.y)}, inputs unchanged")
+                           f"clean {clean}/{len(inputs.y)}, inputs unchanged", "eps_zero")
     return CheckResult("eps = 0 gives clean accuracy", "fail",
-                       f"PGD-20 at eps 0 gave {attacked}/{len(inputs.y)} vs clean {clean}/{len(inputs.y)}")
+                       f"PGD-20 at eps 0 gave {attacked}/{len(inputs.y)} vs clean {clean}/{len(inputs.y)}", "eps_zero")
 
 
 def _robust_under_pgd(model: nn.Module, inputs: CheckInputs, steps: int, stream: int) -> torch.Tensor:
@@ -139,14 +155,19 @@ def strength_check(model: nn.Module, inputs: CheckInputs) -> CheckResult:
     weak_accuracy, strong_accuracy = weak / count, strong / count
     standard_error = math.sqrt(weak_accuracy * (1 - weak_accuracy) / count)
     allowance = max(0.02, 2 * standard_error)
+    measured = {"n": count, "tested_attack": inputs.reference_attack, "tested_steps": inputs.reference_steps,
+                "tested_accuracy": weak_accuracy, "strong_steps": strong_steps, "restarts": STRENGTH_RESTARTS,
+                "strong_accuracy": strong_accuracy, "allowed_gap": allowance}
     figures = (f"on {count} examples: {reference} {100 * weak_accuracy:.2f}%, PGD-{strong_steps}x{STRENGTH_RESTARTS} "
                f"{100 * strong_accuracy:.2f}% (allowed gap {100 * allowance:.2f} points)")
     if strong > weak:
-        return CheckResult(name, "fail", f"the stronger attack scored HIGHER, so the attack has a bug: {figures}")
+        return CheckResult(name, "fail", f"the stronger attack scored HIGHER, so the attack has a bug: {figures}",
+                           "strength", measured)
     if strong_accuracy < weak_accuracy - allowance:
         return CheckResult(name, "warn", f"{reference} IS UNRELIABLE FOR THIS MODEL (a stronger PGD finds many "
-                                         f"more adversarial examples; suspect gradient masking): {figures}")
-    return CheckResult(name, "pass", figures)
+                                         f"more adversarial examples; suspect gradient masking): {figures}",
+                           "strength", measured)
+    return CheckResult(name, "pass", figures, "strength", measured)
 
 
 def batch_tolerance(dtype: torch.dtype) -> float:
@@ -171,8 +192,27 @@ def batch_independence_check(model: nn.Module, inputs: CheckInputs) -> CheckResu
     tolerance = batch_tolerance(dtype) * max(1.0, together.abs().max().item())
     detail = f"max logit difference {difference:.2e} (tolerance {tolerance:.1e})"
     if difference <= tolerance:
-        return CheckResult(name, "pass", detail)
-    return CheckResult(name, "fail", f"outputs depend on the batch (train-mode BatchNorm?): {detail}")
+        return CheckResult(name, "pass", detail, "batch_independence")
+    return CheckResult(name, "fail", f"outputs depend on the batch (train-mode BatchNorm?): {detail}",
+                       "batch_independence")
+
+
+COLLAPSE_CHECK = "predictions not collapsed to one class"
+
+
+def collapse_check(model: nn.Module, inputs: CheckInputs) -> CheckResult:
+    """The share of the check subset's clean predictions in the most predicted class (see :mod:`.collapse`)."""
+    predictions, num_classes = predictions_of(model, [inputs.x])
+    share = prediction_share(predictions, inputs.y, num_classes)
+    verdict = share.verdict
+    detail = share.describe("test images")
+    if verdict == "skipped":
+        detail = f"needs at least {MIN_EXAMPLES} examples, the check subset has {share.n} (--check-n)"
+    elif verdict == "fail":
+        detail = f"the model has COLLAPSED to one class: {detail}"
+    elif verdict == "warn":
+        detail = f"the predictions lean on one class: {detail}"
+    return CheckResult(COLLAPSE_CHECK, verdict, detail, "collapse", share.to_dict())
 
 
 def run_checks(model: nn.Module, inputs: CheckInputs, *, aa: AAResult | None, strength: bool) -> list[CheckResult]:
@@ -181,6 +221,7 @@ def run_checks(model: nn.Module, inputs: CheckInputs, *, aa: AAResult | None, st
     if strength and len(inputs.y):
         results.append(strength_check(model, inputs))
     else:
-        results.append(CheckResult(strength_check_name(inputs), "skipped", "--check-n 0"))
+        results.append(CheckResult(strength_check_name(inputs), "skipped", "--check-n 0", "strength"))
     results.append(batch_independence_check(model, inputs))
+    results.append(collapse_check(model, inputs))
     return results

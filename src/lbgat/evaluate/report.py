@@ -8,9 +8,25 @@ from typing import Any
 import torch
 
 from ..files import strict_json, write_text_atomic
+from .doubts import LEGEND, doubts_of, footnotes, marked
 from .intervals import interval_of, interval_text
 
 VERDICT_MARKS = {"pass": "pass", "warn": "**WARNING**", "fail": "**FAILED**", "skipped": "skipped"}
+MARKDOWN_SPECIAL = str.maketrans({char: "\\" + char for char in "\\`*_[]<>|#"})
+
+
+def markdown_text(value: object) -> str:
+    """Text from a check (which may quote a library's message) as literal Markdown: one line, nothing
+    in it read as emphasis, a link, HTML or a table's column break."""
+    return " ".join(str(value).split()).translate(MARKDOWN_SPECIAL)
+
+
+def _doubt_lines(report: dict[str, Any]) -> list[str]:
+    """The footnote under the results table: each doubted number and the check that doubts it."""
+    notes = footnotes(doubts_of(report))
+    if not notes:
+        return []
+    return ["", markdown_text(LEGEND), "", *(f"- {markdown_text(note)}" for note in notes)]
 
 
 def _autoattack_lines(row: dict[str, Any]) -> list[str]:
@@ -52,12 +68,15 @@ def render_markdown(report: dict[str, Any]) -> str:
         "| attack | accuracy | 95% interval | correct / total | settings | time (s) |",
         "|---|---:|---:|---:|---|---:|",
     ]
+    doubts = doubts_of(report)
     for row in report["results"]:
-        lines.append(f"| {row['attack']} | {100 * row['accuracy']:.2f}% | {interval_text(interval_of(row))} "
+        accuracy = marked(f"{100 * row['accuracy']:.2f}%", doubts.get(row["attack"], []))
+        lines.append(f"| {row['attack']} | {markdown_text(accuracy)} | {interval_text(interval_of(row))} "
                      f"| {row['correct']} / {row['total']} "
                      f"| {row['description']} | {row['seconds']:.1f} |")
     lines += ["", f"95% interval: Wilson score interval over the n = {protocol['n']} test images (test-set sampling "
                   "only; another training seed moves the numbers too, see docs/evaluation.md)."]
+    lines += _doubt_lines(report)
     if "transfer" in report:
         source = report["transfer"]
         lines += ["", f"Transfer attacks are crafted on `{source['source']}` ({source['source_arch']}, sha256 "
@@ -67,7 +86,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             lines += _autoattack_lines(row)
     lines += ["", "## Sanity checks", "", "| check | verdict | detail |", "|---|---|---|"]
     for check in report.get("checks", []):
-        lines.append(f"| {check['name']} | {VERDICT_MARKS[check['verdict']]} | {check['detail']} |")
+        lines.append(f"| {check['name']} | {VERDICT_MARKS[check['verdict']]} | {markdown_text(check['detail'])} |")
     lines += ["", "## Consistency of the adversarial inputs", "",
               "| attack | max perturbation | eps | outside [0, 1] by | verdict |", "|---|---:|---:|---:|---|"]
     for row in report.get("consistency", []):

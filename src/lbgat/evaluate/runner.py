@@ -268,7 +268,8 @@ def _check_inputs(request: EvalRequest, plan_: Plan, dataset: Dataset, device: t
     steps, step_size = (reference.steps, reference.step_size) if reference else (20, plan_.step_size)
     return CheckInputs(dataset.test.images[:count].to(device).float().div_(255),
                        dataset.test.labels[:count].to(device), torch.arange(count, device=device),
-                       plan_.eps, step_size, plan_.norm, request.seed, reference_steps=steps)
+                       plan_.eps, step_size, plan_.norm, request.seed, reference_steps=steps,
+                       reference_attack=reference.name if reference else None)
 
 
 def strength_reference(attacks: list[AttackSpec]) -> AttackSpec | None:

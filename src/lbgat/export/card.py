@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..checkpoint import ModelSpec
+from ..evaluate.doubts import LEGEND, doubts_of, footnotes, marked
+from ..evaluate.report import markdown_text
 from ..exported import CONFIG, WEIGHTS
 from ..methods.plugin import plugin_summaries
 from ..models import get_model_entry
@@ -175,13 +177,18 @@ def _evaluation_lines(evaluation: Evaluation) -> list[str]:
         "| attack | accuracy | correct / total | setting |",
         "|---|---:|---:|---|",
     ]
+    doubts = doubts_of(report)
     for row in report["results"]:
         accuracy = f"{100 * row['correct'] / row['total']:.2f}%" if row["total"] else "n/a"
+        accuracy = markdown_text(marked(accuracy, doubts.get(row["attack"], [])))
         setting = str(row.get("description", ""))
         if isinstance(row.get("autoattack"), dict):
             settings = row["autoattack"]
             setting += f"; version {settings.get('version')}: {', '.join(map(str, settings.get('attacks') or []))}"
         lines.append(f"| {_cell(row['attack'])} | {accuracy} | {row['correct']} / {row['total']} | {_cell(setting)} |")
+    notes = footnotes(doubts)
+    if notes:
+        lines += ["", markdown_text(LEGEND), "", *(f"- {markdown_text(note)}" for note in notes)]
     checks = report.get("checks", [])
     if checks:
         passed = sum(check.get("verdict") == "pass" for check in checks)

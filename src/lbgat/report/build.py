@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import LbgatError
+from ..evaluate.doubts import LEGEND, doubts_of, mark_text
 from ..evaluate.intervals import interval_of
 from ..files import strict_json, write_text_atomic
 from ..methods import get_method
@@ -41,6 +42,7 @@ from .summary import (
     attack_title,
     common_robust_attack,
     data_text,
+    doubt_notes,
     eps_text,
     strongest,
     table_attacks,
@@ -133,6 +135,7 @@ def build_report(inputs: list[Path], out: Path, options: ReportOptions = ReportO
 
     attacks = table_attacks(runs)
     headers = attack_headers(runs, attacks)
+    rows = [table_row(run, attacks) for run in runs]
     paired = paired_comparisons(runs, groups, attacks, headers)
     context = {
         "title": options.title or _title(runs),
@@ -140,10 +143,12 @@ def build_report(inputs: list[Path], out: Path, options: ReportOptions = ReportO
         "inputs": [str(path) for path in inputs],
         "attacks": attacks,
         "headers": headers,
-        "rows": [table_row(run, attacks) for run in runs],
+        "rows": rows,
         "seed_rows": seed_rows(runs, groups, attacks),
         "paired": paired,
         "n_text": _n_text(runs),
+        "doubt_legend": LEGEND,
+        "doubt_notes": doubt_notes(rows, headers),
         "figures": figures,
         "notes": notes,
         "paper_points": paper_rows,
@@ -197,8 +202,7 @@ def _tradeoff(runs: list[Run], with_paper: bool, notes: list[str], groups: list[
         if row is None:
             notes.append(f"{run.label}: no robust accuracy in its evaluation, so it is not in the trade-off figure")
             continue
-        points.append(ScatterPoint(run.label, 100 * run.evaluation.accuracy("clean"), 100 * row["accuracy"],
-                                   run_color(index)))
+        points.append(_point(run, row, index))
         by_run[index] = points[-1]
         described.append(f"{data_text(run.evaluation)}; {attack_title(row)}: {attack_settings(row)}")
     if not points:
@@ -241,8 +245,30 @@ def _tradeoff(runs: list[Run], with_paper: bool, notes: list[str], groups: list[
            "seeds in each direction, and each seed's own point drawn faintly in the same colour"
            if replicated else "one point per run (one seed each")
     caption = (f"Clean versus robust accuracy, {how}; up and to the right is better). "
-               f"Protocol: {protocol}; model in eval mode.{caption_paper}")
+               f"Protocol: {protocol}; model in eval mode.{_doubt_caption([*points, *faint])}{caption_paper}")
     return _figure("tradeoff", "Trade-off: clean vs robust accuracy", caption, plot), plot, paper_rows, metric
+
+
+def _point(run: Run, row: dict[str, Any], index: int) -> ScatterPoint:
+    """A run's point, with the marks of the checks that doubt its robust number and the stronger attack's number."""
+    assert run.evaluation is not None
+    doubts = doubts_of(run.evaluation.data).get(row["attack"], [])
+    strong = next((doubt for doubt in doubts if doubt.strong_accuracy is not None), None)
+    return ScatterPoint(run.label, 100 * run.evaluation.accuracy("clean"), 100 * row["accuracy"], run_color(index),
+                        doubt=mark_text(doubts), strong=100 * strong.strong_accuracy if strong else None,
+                        strong_name=(strong.strong_attack or "") if strong else "")
+
+
+def _doubt_caption(points: list[ScatterPoint]) -> str:
+    doubted = [point for point in points if point.doubt]
+    if not doubted:
+        return ""
+    text = (" A red ring marks a robust number that a sanity check of its evaluation doubts ("
+            + "; ".join(f"{point.label}: {point.doubt}" for point in doubted) + ")")
+    if any(point.strong is not None for point in doubted):
+        text += ("; a dashed red whisker goes down to the accuracy under a stronger attack (PGD with 100 or more "
+                 "steps and 5 restarts), measured on the first examples the checks run on")
+    return text + "."
 
 
 def _curves(run: Run, slug: str, index: int) -> tuple[FigureFile, Drawn]:

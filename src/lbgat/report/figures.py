@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
@@ -20,6 +21,7 @@ DPI = 150
 RUN_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf",
               "#bcbd22", "#7f7f7f")
 PAPER_COLOR = "#555555"
+DOUBT_COLOR = "#b00020"  # a number a sanity check doubts: its ring, whisker and note
 # Figures carry no creation date, so that the same inputs give the same files.
 SVG_METADATA = {"Date": None}
 PNG_METADATA = {"Software": None}
@@ -62,6 +64,9 @@ class ScatterPoint:
     color: str
     clean_sd: float | None = None  # percent: a mean over seeds, with its standard deviation over seeds
     robust_sd: float | None = None
+    doubt: str = ""  # the marks of the sanity checks that doubt the robust number ("" when none)
+    strong: float | None = None  # percent: the stronger attack's number, when the strength check measured one
+    strong_name: str = ""  # e.g. "PGD-100×5"
 
 
 def tradeoff_scatter(points: list[ScatterPoint], *, x_label: str, y_label: str, title: str,
@@ -71,7 +76,7 @@ def tradeoff_scatter(points: list[ScatterPoint], *, x_label: str, y_label: str, 
     figure = new_figure(7.0, 5.0)
     ax = figure.add_axes((0.11, 0.12, 0.86, 0.80))  # the legend goes below, outside the axes
     xs = [p.clean for p in [*points, *paper, *faint]]
-    ys = [p.robust for p in [*points, *paper, *faint]]
+    ys = [p.robust for p in [*points, *paper, *faint]] + [p.strong for p in points if p.strong is not None]
     ax.set_xlim(*_padded_limits(xs, 0.28))
     ax.set_ylim(*_padded_limits(ys, 0.22))
     handles = []
@@ -91,35 +96,73 @@ def tradeoff_scatter(points: list[ScatterPoint], *, x_label: str, y_label: str, 
                    zorder=3)
         handles.append(Line2D([], [], marker="o", linestyle="none", markerfacecolor=point.color,
                               markeredgecolor="black", label=point.label))
+    whiskers = _draw_doubts(ax, points, handles)
     ax.set_xlabel(x_label)
     ax.set_ylabel(y_label)
     ax.set_title(title, fontsize=10)
     ax.grid(True, linewidth=0.4, alpha=0.5)
-    # Runs first (they are what the report is about), then the paper's points in the space left.
     if faint:
         handles.append(Line2D([], [], marker="o", linestyle="none", color="#888888", alpha=0.35,
                               label="one seed (faint); mean ± sd over seeds (bars)"))
+    # Runs first (they are what the report is about), then the notes at the whiskers' ends, then the paper's
+    # points in the space left.
     placed = place_labels(ax, [(p.clean, p.robust) for p in points], [p.label for p in points], fontsize=8.5,
                           colors=[p.color for p in points],
-                          avoid=[(p.clean, p.robust) for p in [*paper, *faint]])
+                          avoid=[(p.clean, p.robust) for p in [*paper, *faint]]
+                          + [(p.clean, p.strong) for p in whiskers])
+    whisker_placed = place_labels(ax, [(p.clean, p.strong) for p in whiskers],
+                                  [f"{p.strong_name}: {p.strong:.2f}%" for p in whiskers], fontsize=7.5,
+                                  colors=[DOUBT_COLOR] * len(whiskers),
+                                  avoid=[(p.clean, p.robust) for p in [*points, *paper, *faint]],
+                                  keep_clear=placed) if whiskers else []
+    placed_so_far = [*placed, *whisker_placed]
     paper_placed = place_labels(ax, [(p.clean, p.robust) for p in paper], [p.label for p in paper], fontsize=6.5,
                                 colors=[PAPER_COLOR] * len(paper),
-                                avoid=[(p.clean, p.robust) for p in points], keep_clear=placed) if paper else []
+                                avoid=[(p.clean, p.robust) for p in points], keep_clear=placed_so_far) if paper else []
     ax.legend(handles=handles, loc="upper center", ncol=min(3, len(handles)), fontsize=8, frameon=False,
               bbox_to_anchor=(0.5, -0.11))
     notes = [f"run {label.text!r} has no free place for its label (see the legend)"
              for label in placed if label.annotation is None]
+    notes += [f"the stronger attack's number {label.text!r} has no free place for its label (see the table)"
+              for label in whisker_placed if label.annotation is None]
     unlabelled = [label.text for label in paper_placed if label.annotation is None]
     if unlabelled:
         notes.append(f"{len(unlabelled)} of the paper's points are unlabelled for lack of room: "
                      + "; ".join(unlabelled))
     data = {"runs": [{"label": p.label, "clean": p.clean, "robust": p.robust}
-                     | ({"clean_sd": p.clean_sd, "robust_sd": p.robust_sd} if faint else {}) for p in points],
+                     | ({"clean_sd": p.clean_sd, "robust_sd": p.robust_sd} if faint else {})
+                     | ({"doubt": p.doubt, "strong": p.strong, "strong_name": p.strong_name} if p.doubt else {})
+                     for p in points],
             "paper": [{"label": p.label, "clean": p.clean, "robust": p.robust} for p in paper],
             "x_label": x_label, "y_label": y_label}
     if faint:
         data["seeds"] = [{"label": p.label, "clean": p.clean, "robust": p.robust} for p in faint]
     return Drawn(figure, data, notes)
+
+
+def _draw_doubts(ax: Axes, points: list[ScatterPoint], handles: list[Line2D]) -> list[ScatterPoint]:
+    """A red ring around each point whose robust number a sanity check doubts, and a dashed whisker from it to
+    the stronger attack's number where one was measured; returns the points with whiskers."""
+    doubted = [point for point in points if point.doubt]
+    for point in doubted:
+        ax.scatter([point.clean], [point.robust], s=170, facecolors="none", edgecolors=DOUBT_COLOR, linewidths=1.6,
+                   zorder=4)
+    whiskers = [point for point in doubted if point.strong is not None]
+    for point in whiskers:
+        ax.plot([point.clean, point.clean], [point.robust, point.strong], linestyle="--", linewidth=1.3,
+                color=DOUBT_COLOR, zorder=2)
+        ax.plot([point.clean], [point.strong], marker="_", markersize=14, markeredgewidth=2.0, color=DOUBT_COLOR,
+                linestyle="none", zorder=3)
+    if doubted:
+        handles.append(Line2D([], [], marker="o", markersize=10, linestyle="none", markerfacecolor="none",
+                              markeredgecolor=DOUBT_COLOR, markeredgewidth=1.6,
+                              label="⚠ doubted by a sanity check (see the table)"))
+    if whiskers:
+        names = sorted({point.strong_name for point in whiskers})
+        handles.append(Line2D([], [], marker="_", markersize=10, markeredgewidth=2.0, linestyle="--",
+                              color=DOUBT_COLOR, label=f"down to the stronger attack: {', '.join(names)} "
+                                                       "(check subset)"))
+    return whiskers
 
 
 def _padded_limits(values: list[float], fraction: float, *, minimum_span: float = 10.0,

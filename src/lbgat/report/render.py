@@ -11,13 +11,16 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
+from ..evaluate.report import markdown_text
+
 
 def _environment(autoescape: bool) -> Environment:
     environment = Environment(loader=PackageLoader("lbgat.report", "templates"), undefined=StrictUndefined,
-                              autoescape=select_autoescape(["html"]) if autoescape else False,
+                              autoescape=select_autoescape(["html", "html.j2"]) if autoescape else False,
                               trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
     environment.filters["cell"] = markdown_cell
     environment.filters["data_uri"] = png_data_uri
+    environment.filters["md"] = markdown_text
     return environment
 
 

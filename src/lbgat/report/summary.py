@@ -3,9 +3,10 @@ them, the protocol in words, and the rows of the table of runs."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from ..evaluate.doubts import Doubt, doubts_of, mark_text
 from ..evaluate.intervals import accuracy_text, interval_of
 from ..methods.plugin import plugin_summaries
 from .collect import GREEK, Evaluation, Run
@@ -132,6 +133,9 @@ class TableRow:
     accuracies: dict[str, str]  # attack name -> "87.50% [84.3, 90.1]" (with its 95% interval)
     protocol: str
     checkpoint: str
+    # attack name -> the sanity checks that doubt its number (lbgat.evaluate.doubts), and their marks
+    doubts: dict[str, list[Doubt]] = field(default_factory=dict)
+    marks: dict[str, str] = field(default_factory=dict)
 
 
 def table_attacks(runs: list[Run]) -> list[str]:
@@ -160,7 +164,9 @@ def table_row(run: Run, attacks: list[str]) -> TableRow:
     accuracies: dict[str, str] = {}
     protocol = "not evaluated"
     checkpoint = "–"
+    doubts: dict[str, list[Doubt]] = {}
     if run.evaluation is not None:
+        doubts = {name: found for name, found in doubts_of(run.evaluation.data).items() if name in attacks and found}
         for name in attacks:
             value, row = run.evaluation.accuracy(name), run.evaluation.attack(name)
             accuracies[name] = "–" if value is None or row is None else accuracy_text(value, interval_of(row))
@@ -168,4 +174,11 @@ def table_row(run: Run, attacks: list[str]) -> TableRow:
         sha = run.evaluation.checkpoint.get("sha256")
         checkpoint = f"{sha[:12]}" if sha else "–"
     return TableRow(run.label, "+".join([run.method_name, *run.plugins]), hyperparameter_text(run), models,
-                    run.dataset, epochs, accuracies, protocol, checkpoint)
+                    run.dataset, epochs, accuracies, protocol, checkpoint, doubts,
+                    {name: mark_text(found) for name, found in doubts.items()})
+
+
+def doubt_notes(rows: list[TableRow], headers: dict[str, str]) -> list[str]:
+    """The footnote of the table of runs: each doubted number, the check that doubts it and what it found."""
+    return [f"{row.label}, {headers.get(name, name)}: {doubt.note}" for row in rows
+            for name, found in row.doubts.items() for doubt in found]

@@ -34,6 +34,7 @@ from ..structured import to_mapping
 from ..world import World, device_for, process_group, resolve_device, world_from_environment
 from . import parallel
 from .accounting import EpochTotals, LogInterval, Position
+from .collapse_probe import CollapseProbe, collapse_warning
 from .errors import CheckpointWriteError, TrainingDiverged, TrainingStopped
 from .gpu import cudnn_autotune
 from .preflight import check_disk_space
@@ -78,6 +79,7 @@ class Trainer:
         self.keep_last_as_previous = True
         self.metrics_path = run_dir / "metrics.jsonl"
         self.stop_requested: int | None = None  # the stop signal received (SIGTERM/SIGINT), if any
+        self.collapse_probe = CollapseProbe(parts) if self.world.is_main else None
 
     # ----------------------------------------------------------------- state
     def _meta(self, kind: str) -> dict[str, Any]:
@@ -342,6 +344,8 @@ class Trainer:
             "event": "epoch", "epoch": epoch + 1, "global_step": self.position.global_step, "lr": lr,
             "train": self.epoch_totals.means(), "train_seconds": round(self.epoch_totals.seconds, 3),
             "val": val_metrics,
+            # At every epoch, so a run that collapses is flagged at the epoch it happens (validation may be rarer).
+            "collapse": self.collapse_probe.measure(self.parts.method.student) if self.collapse_probe else None,
         }
         improved = val_metrics is not None and (
             self.best is None or val_metrics["robust_acc"] > self.best["robust_acc"])
@@ -355,12 +359,17 @@ class Trainer:
         if config.save_every and (epoch + 1) % config.save_every == 0:
             self._save(self.run_dir / f"epoch-{epoch + 1:04d}.pt", "epoch", with_optimizer=False)
         self.log(record)
+        warning = collapse_warning(record["collapse"])
         if self.progress:
             summary = ", ".join(f"{name} {value:.4f}" for name, value in record["train"].items())
             if val_metrics is not None:
                 summary += (f" | held-out clean {100 * val_metrics['clean_acc']:.2f}%"
                             f" PGD-{config.val.steps} {100 * val_metrics['robust_acc']:.2f}%")
+            if warning:
+                summary += f" | WARNING: {warning}"
             tqdm.write(f"epoch {epoch + 1}/{epochs}: {summary}", file=sys.stderr)
+        elif warning and self.world.is_main:  # a collapse is said even without progress output
+            print(f"warning: epoch {epoch + 1}/{epochs}: {warning}", file=sys.stderr)
 
     def _result(self, *, finished: bool, note: str | None = None) -> TrainResult:
         return TrainResult(self.run_dir, self.run_dir / LAST, self._best_path(), self.position, finished,
