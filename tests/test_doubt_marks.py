@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -130,7 +131,8 @@ def test_the_printed_compare_table_marks_the_number(run: Path, capsys: pytest.Ca
     table = comparison_table(CompareResult([outcome], report=None))  # type: ignore[arg-type]
     assert table is not None
     line = next(line for line in table.splitlines() if line.startswith("natural "))
-    assert f"{accuracy_text(report, 'pgd5')} {MARK}" in line
+    # the number, its 95% interval, then the mark
+    assert re.search(re.escape(accuracy_text(report, "pgd5")) + r" \[[0-9.]+, [0-9.]+\] " + re.escape(MARK), line), line
     assert "natural, PGD-5: " + MARK in table and "WARNING" in table
 
 
@@ -166,10 +168,13 @@ def test_the_report_pages_and_the_figure_mark_the_number(run: Path, tmp_path: Pa
     result = build_report([run], tmp_path / "report")
     report = json.loads((run / "eval-last" / "report.json").read_text())
     markdown = result.markdown.read_text()
-    assert f"| {accuracy_text(report, 'pgd5')} {MARK} |" in markdown
+    interval = r" \[[0-9.]+, [0-9.]+\]"  # each accuracy's 95% interval stands between the number and its mark
+    assert re.search(r"\| " + re.escape(accuracy_text(report, "pgd5")) + interval + " " + re.escape(MARK) + r" \|",
+                     markdown)
     assert "natural, PGD-5: " + MARK in markdown
     html = result.html.read_text()
-    assert f'{accuracy_text(report, "pgd5")} <span class="doubt"' in html and f">{MARK}</span>" in html
+    assert re.search(re.escape(accuracy_text(report, "pgd5")) + interval + ' <span class="doubt"', html)
+    assert f">{MARK}</span>" in html
     summary = json.loads(result.json.read_text())
     assert summary["runs"][0]["marks"] == {"pgd5": MARK}
     point = summary["figures"][0]["data"]["runs"][0]

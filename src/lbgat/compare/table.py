@@ -18,7 +18,9 @@ SEED_LEGEND = "mean ± sd: over seeds (sample standard deviation)"
 
 
 def _cell(row: dict[str, Any], key: str) -> tuple[str, str]:
-    return f"{100 * row[key]:.2f}%", interval_text(row.get(f"{key}_ci95"))
+    """The accuracy, then its interval followed by the marks of the sanity checks that doubt it (if any)."""
+    marks = "; ".join(record["mark"] for record in (row.get("doubts") or {}).get(key, []))
+    return f"{100 * row[key]:.2f}%", " ".join(part for part in (interval_text(row.get(f"{key}_ci95")), marks) if part)
 
 
 def _mean_rows(rows: list[dict[str, Any]]) -> list[tuple[str, str, tuple[str, str], tuple[str, str], float]]:
