@@ -1,4 +1,4 @@
-"""The setting of the stored official MART, AWP, ISEAT and RPAT steps (tests/data/official_plugins.pt),
+"""The setting of the stored official MART, AWP, ISEAT and RPAT steps (tests/data/official_plugins*.pt.xz),
 built with lbgat only (issue 15 item 7).
 
 The same weights, batch and attack start were given to the official code (tools/official_compare, see
@@ -30,7 +30,7 @@ MODEL, NUM_CLASSES, BATCH_SIZE, SEED = "wrn-10-1", 10, 8, 1
 # AT_AWP/utils.py's cifar10_mean / cifar10_std: AT_AWP normalises inside its training script, lbgat inside
 # the model (create_model(mean=..., std=...)); the arithmetic, (x - mean) / std in float32, is the same.
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)
-STORED = Path(__file__).parent / "data" / "official_plugins.pt.xz"
+STORED = Path(__file__).parent / "data" / "official_plugins.pt.xz"  # the first machine's (official_machines.py)
 
 
 @dataclass(frozen=True)

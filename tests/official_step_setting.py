@@ -1,4 +1,5 @@
-"""The setting of the stored official training steps (tests/data/official_steps.json), built with lbgat only.
+"""The setting of the stored official training steps (tests/data/official_steps*.json, one per machine),
+built with lbgat only.
 
 The same weights, batch and attack start were given to the official code (LBGAT ``lbgat_loss`` and
 TRADES ``trades_loss``, see docs/reproduction.md) to produce the stored hashes; tests/test_official_steps.py

@@ -2,12 +2,14 @@
 (issue 15 item 7). See README.md in this folder.
 
     python tools/official_compare/run_comparison.py --mart DIR --awp DIR --iseat DIR --rpat DIR \
-        --deps /tmp/offdeps --out tests/data/official_plugins.pt.xz
+        --deps /tmp/offdeps
 
 Each DIR is a git repository of the official code (bare or not); the commit (default: the one the spec
 names) is extracted into a temporary folder and imported from there. Each scenario runs in its own Python
-process (the repositories reuse module names such as ``utils``). ``--compare`` prints, per scenario and
-group of tensors, the largest difference between the stored official step and lbgat's step.
+process (the repositories reuse module names such as ``utils``). The outputs are stored for this machine
+(default ``tests/data/official_plugins.<machine key>.pt.xz``, tests/official_machines.py) and entered in
+tests/data/official_machines.json. ``--compare`` prints, per scenario and group of tensors, the largest
+difference between the stored official step of this machine and lbgat's step.
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ def write_atomically(path: Path, data: bytes) -> None:
 
 
 def store(parts: dict[str, dict[str, Any]], sources: dict[str, dict[str, str]], out: Path) -> None:
+    from official_machines import this_machine
     from official_plugin_setting import BATCH_SIZE, MODEL, SCENARIOS, encode
 
     stored = {
@@ -78,8 +81,7 @@ def store(parts: dict[str, dict[str, Any]], sources: dict[str, dict[str, str]], 
                 "term/* (the loss and its terms), grad/* (each parameter's gradient), after/* (each parameter "
                 "and buffer after the step and any weight-perturbation restore); checked by "
                 "tests/test_official_plugins.py",
-        "produced": {"torch": str(torch.__version__), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                     "machine": platform.machine(), "threads": 1, "python": platform.python_version()},
+        "produced": {**this_machine(), "threads": 1, "python": platform.python_version()},
         "setting": f"{MODEL} with tests/test_models.py deterministic_state weights; {BATCH_SIZE} images "
                    "deterministic_inputs, labels arange % 10; lbgat's start draw given to the official code "
                    "(tests/official_plugin_setting.py)",
@@ -126,6 +128,8 @@ def main() -> None:
     sys.path[:0] = [str(HERE), str(ROOT / "src"), str(ROOT / "tests")]
     from official_steps import STEPS
 
+    from official_machines import DATA, machine_key, stored_for_this_machine, this_machine
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for family, (option, _, _) in REPOSITORIES.items():
         parser.add_argument(f"--{option}", type=Path, help=f"git repository of the official {family} code")
@@ -133,7 +137,8 @@ def main() -> None:
     parser.add_argument("--deps", action="append", default=[], help="folder with the official code's imports "
                         "(advertorch for RPAT), added to the child's PYTHONPATH; repeatable")
     parser.add_argument("--scenario", action="append", choices=sorted(STEPS), help="default: all")
-    parser.add_argument("--out", type=Path, default=ROOT / "tests" / "data" / "official_plugins.pt.xz")
+    parser.add_argument("--out", type=Path, help="default: tests/data/official_plugins.<this machine>.pt.xz "
+                        "(entered in tests/data/official_machines.json); with --compare: this machine's stored file")
     parser.add_argument("--compare", action="store_true", help="only compare lbgat with the stored file")
     parser.add_argument("--parts", type=Path, help="keep each official step's exact tensors in this folder "
                         "(and, with --compare, compare against them instead of the stored file)")
@@ -148,8 +153,15 @@ def main() -> None:
         return
     scenarios = options.scenario or list(STEPS)
     if options.compare:
+        if options.out is None and options.parts is None:
+            options.out, machine = stored_for_this_machine("plugins")
+            if options.out is None:
+                parser.error(machine)
+            print(f"stored official outputs of {machine}: {options.out}")
         compare(scenarios, options.out, options.parts)
         return
+    if options.out is None:
+        options.out = DATA / f"official_plugins.{machine_key(this_machine())}.pt.xz"
     from harness import checkout
 
     sources, trees = {}, {}
@@ -183,6 +195,10 @@ def run_all(scenarios: list[str], trees: dict[str, Path], sources: dict[str, dic
             print(f"{name}: official step recorded ({len(parts[name]['tensors'])} tensors)")
     store(parts, sources, options.out)
     print(f"stored {options.out} ({options.out.stat().st_size} bytes)")
+    from official_machines import DATA, register, this_machine
+
+    if options.out.parent.resolve() == DATA.resolve():
+        register("plugins", options.out, this_machine())
 
 
 if __name__ == "__main__":
