@@ -4,8 +4,10 @@
   randomness, softmax outputs, zero gradients, dynamic defence; and, when AutoAttack ran, the
   number of classes and "Square beats the white-box attacks".
 - eps = 0 gives the clean accuracy.
-- On a subset: PGD-100 with 5 restarts scores <= the report's PGD-K (else the attack has a bug) and
-  >= PGD-K - max(2 points, 2 binomial standard errors) (else PGD-K is unreliable for this model).
+- On a subset: PGD-100 with 5 restarts, counted per example together with the report's PGD-K (the worst
+  case over the six), scores >= PGD-K - max(2 points, 2 binomial standard errors) (else PGD-K is unreliable
+  for this model); its best restart alone does not score above PGD-K by more than that (else the attack has
+  a bug).
   PGD-K is the report's strongest PGD attack with its own steps and step size (PGD-20 when the
   report has none); with K > 100 the stronger attack takes K steps.
 - Logits do not depend on the batch an example is in (the model really is in eval mode).
@@ -143,24 +145,35 @@ def _strong_steps(inputs: CheckInputs) -> int:
 
 
 def strength_check(model: nn.Module, inputs: CheckInputs) -> CheckResult:
-    """PGD-100 (or longer) with 5 restarts against the report's PGD attack on the check subset."""
+    """PGD-100 (or longer) with 5 restarts against the report's PGD attack on the check subset.
+
+    The stronger attack's accuracy is the worst case per example over the report's own PGD-K and the five
+    restarts (as AutoAttack counts an ensemble), so it can never exceed PGD-K's: a longer attack from other
+    random starts may miss a point PGD-K found (a 1-point "rise" on 100 examples is that, not a bug). A bug is
+    a longer attack that is clearly weaker on its own: even its best restart scores above PGD-K by more than
+    the allowed gap."""
     name = strength_check_name(inputs)
     reference, strong_steps = f"PGD-{inputs.reference_steps}", _strong_steps(inputs)
     count = len(inputs.y)
-    weak = int(_robust_under_pgd(model, inputs, inputs.reference_steps, Stream.EVAL_ATTACK_START).sum())
-    robust = torch.ones(count, dtype=torch.bool, device=inputs.y.device)
+    robust = _robust_under_pgd(model, inputs, inputs.reference_steps, Stream.EVAL_ATTACK_START)
+    weak = int(robust.sum())
+    best_restart = count
     for restart in range(STRENGTH_RESTARTS):
-        robust &= _robust_under_pgd(model, inputs, strong_steps, Stream.CHECK_RESTARTS + restart)
+        survived = _robust_under_pgd(model, inputs, strong_steps, Stream.CHECK_RESTARTS + restart)
+        best_restart = min(best_restart, int(survived.sum()))
+        robust = robust & survived
     strong = int(robust.sum())
-    weak_accuracy, strong_accuracy = weak / count, strong / count
+    weak_accuracy, strong_accuracy, restart_accuracy = weak / count, strong / count, best_restart / count
     standard_error = math.sqrt(weak_accuracy * (1 - weak_accuracy) / count)
     allowance = max(0.02, 2 * standard_error)
     measured = {"n": count, "tested_attack": inputs.reference_attack, "tested_steps": inputs.reference_steps,
                 "tested_accuracy": weak_accuracy, "strong_steps": strong_steps, "restarts": STRENGTH_RESTARTS,
-                "strong_accuracy": strong_accuracy, "allowed_gap": allowance}
+                "strong_accuracy": strong_accuracy, "best_restart_accuracy": restart_accuracy,
+                "allowed_gap": allowance}
     figures = (f"on {count} examples: {reference} {100 * weak_accuracy:.2f}%, PGD-{strong_steps}x{STRENGTH_RESTARTS} "
-               f"{100 * strong_accuracy:.2f}% (allowed gap {100 * allowance:.2f} points)")
-    if strong > weak:
+               f"{100 * strong_accuracy:.2f}% (worst case with {reference}; its best restart alone "
+               f"{100 * restart_accuracy:.2f}%; allowed gap {100 * allowance:.2f} points)")
+    if restart_accuracy > weak_accuracy + allowance:
         return CheckResult(name, "fail", f"the stronger attack scored HIGHER, so the attack has a bug: {figures}",
                            "strength", measured)
     if strong_accuracy < weak_accuracy - allowance:
