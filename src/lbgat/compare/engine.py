@@ -152,7 +152,8 @@ def _config(plan: ComparePlan, entry: CompareEntry, seed: int | None = None) -> 
     recipe = shared_recipe(plan.recipe, entry.method)
     overrides = [*plan.overrides, *entry.overrides]
     config = build_config(recipe, flags, overrides)
-    said_by_user = plan.val_size is not None or any(item.startswith("data.val_size=") for item in overrides)
+    said_by_user = plan.val_size is not None or any(item.split("=", 1)[0].strip() == "data.val_size"
+                                                    for item in overrides)
     if config.data.val_size == 0 and not said_by_user:
         # A comparison is judged by its held-out robust accuracy per epoch (robust overfitting), so it holds
         # a small slice out even where the recipe (a paper recipe) trains on everything.
