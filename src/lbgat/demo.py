@@ -19,6 +19,7 @@ from .config import load_yaml
 from .demo_files import clear_demo_outputs, quick_folder
 from .evaluate.intervals import interval_of
 from .files import strict_json, write_text_atomic
+from .markdown import fenced
 from .recipes import find_recipe
 
 RECIPE = "cpu/mnist-5k-demo"
@@ -88,7 +89,7 @@ def run_demo(out: Path, *, quick: bool = False, fresh: bool = False, progress: b
               f"robust = PGD-{robust['steps']}: L-inf eps = {robust['eps']:g}, {robust['steps']} steps of "
               f"{robust['step_size']:g}, uniform random start, final iterate, model in eval mode")
     table = render_table(results, header)
-    write_text_atomic(out / "summary.md", "```\n" + table + "\n```\n")
+    write_text_atomic(out / "summary.md", fenced(table) + "\n")
     write_text_atomic(out / "summary.json", strict_json({"protocol": protocol, "rows": results}, indent=2) + "\n")
     print()
     print(table)

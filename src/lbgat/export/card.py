@@ -1,5 +1,10 @@
 """The model card (README.md) of an export: the model, how it was trained, how it was evaluated and its
-numbers, where it came from, and how to load it."""
+numbers, where it came from, and how to load it.
+
+Everything the card quotes from the checkpoint, its settings, its evaluations or the command line (a setting
+such as a teacher's path, a folder name, an attack's description) goes through :mod:`lbgat.markdown`: the card
+is read on model hubs that render it, and such text must not add a heading, a column, a link or HTML.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +15,8 @@ from typing import Any
 
 from ..checkpoint import ModelSpec
 from ..evaluate.doubts import LEGEND, doubts_of, footnotes, marked
-from ..evaluate.report import markdown_text
 from ..exported import CONFIG, WEIGHTS
+from ..markdown import code, fenced, join, text
 from ..methods.plugin import plugin_summaries
 from ..models import get_model_entry
 from ..models.official import KeyLayout
@@ -34,13 +39,9 @@ class CardInputs:
     exported_with: dict[str, Any]  # lbgat.provenance.code_version() of the exporting code
 
 
-def _cell(value: object) -> str:
-    """A Markdown table cell: pipes escaped, one line."""
-    return " ".join(str(value).split()).replace("|", "\\|")
-
-
 def _table(rows: list[tuple[str, object]]) -> list[str]:
-    return ["| | |", "|---|---|", *(f"| {_cell(name)} | {_cell(value)} |" for name, value in rows)]
+    """A two-column table; a value is escaped unless it is already :class:`lbgat.markdown.Markdown`."""
+    return ["| | |", "|---|---|", *(f"| {text(name)} | {join(value)} |" for name, value in rows)]
 
 
 def _number(value: object) -> str:
@@ -71,7 +72,9 @@ def _model_section(inputs: CardInputs) -> list[str]:
     else:
         normalisation = (f"(x - mean) / std inside lbgat's model, mean {spec.mean}, std {spec.std}; the weights do "
                          "not include it, so code outside lbgat must normalise its inputs first")
-    official = "; ".join(f"{cls.project}: `{cls.constructor}`" for cls in layout.classes) or "none"
+    official = join(*[piece for index, cls in enumerate(layout.classes)
+                      for piece in ("; " if index else "", f"{cls.project}: ", code(cls.constructor, in_table=True))]
+                    ) or "none"
     rows: list[tuple[str, object]] = [
         ("architecture", f"{spec.arch}: {description}"),
         ("classes", spec.num_classes),
@@ -111,12 +114,12 @@ def _attack(attack: dict[str, Any]) -> str:
     start_text = {"normal": f"normal start (std {_number(attack.get('start_std'))})", "uniform": "uniform start",
                   "none": "no random start"}.get(str(start), f"start {start}")
     steps = attack.get("steps")
-    text = (f"L∞ PGD, {str(attack.get('objective', '?')).upper()} objective, eps {_number(attack.get('eps'))}, "
-            f"{steps} step{'' if steps == 1 else 's'} of {_number(attack.get('step_size'))}, {start_text}, "
-            f"BatchNorm in {attack.get('bn_mode')} mode while crafting")
+    described = (f"L∞ PGD, {str(attack.get('objective', '?')).upper()} objective, eps {_number(attack.get('eps'))}, "
+                 f"{steps} step{'' if steps == 1 else 's'} of {_number(attack.get('step_size'))}, {start_text}, "
+                 f"BatchNorm in {attack.get('bn_mode')} mode while crafting")
     if attack.get("eps_warmup_epochs"):
-        text += f"; eps ramped up over the first {attack['eps_warmup_epochs']} epochs"
-    return text
+        described += f"; eps ramped up over the first {attack['eps_warmup_epochs']} epochs"
+    return described
 
 
 def _training_section(inputs: CardInputs) -> list[str]:
@@ -133,9 +136,10 @@ def _training_section(inputs: CardInputs) -> list[str]:
         progress += "; training did not finish"
     # The data's content hash, not where it was read from (a path of the training machine).
     train_hash = (dataset.get("fingerprint") or {}).get("train")
-    data_text = str(dataset.get("name")) + (f" (training split sha256 `{str(train_hash)[:16]}…`)" if train_hash else "")
+    data_text = join(str(dataset.get("name")), *([" (training split sha256 ", code(str(train_hash)[:16], in_table=True),
+                                                 "…)"] if train_hash else []))
     if config.get("data", {}).get("train_size"):
-        data_text += f", a subset of {config['data']['train_size']} training images"
+        data_text = join(data_text, f", a subset of {config['data']['train_size']} training images")
     rows: list[tuple[str, object]] = [
         ("dataset", data_text),
         ("method", f"{name} ({_parameters(params)})"),
@@ -151,8 +155,8 @@ def _training_section(inputs: CardInputs) -> list[str]:
         ("augmentation", f"random crop with padding {config.get('data', {}).get('crop_padding')}, "
                          f"horizontal flip {'on' if config.get('data', {}).get('flip') else 'off'}"),
         ("seed, arithmetic", f"seed {config.get('seed')}, {config.get('precision', 'fp32')}"),
-        ("checkpoint", f"{inputs.checkpoint_name} ({meta.get('kind', 'kind not recorded')}), sha256 "
-                       f"`{inputs.checkpoint_sha256}`"),
+        ("checkpoint", join(f"{inputs.checkpoint_name} ({meta.get('kind', 'kind not recorded')}), sha256 ",
+                            code(inputs.checkpoint_sha256, in_table=True))),
     ]
     best = meta.get("best")
     if meta.get("kind") == "best" and isinstance(best, dict):
@@ -167,12 +171,13 @@ def _evaluation_lines(evaluation: Evaluation) -> list[str]:
     eps = protocol.get("eps")
     eps_text = f"{eps!r}" + (f" (= {255 * eps:.2f}/255)" if isinstance(eps, float) else "")
     lines = [
-        f"### {evaluation.folder.name}{preset}",
+        f"### {text(f'{evaluation.folder.name}{preset}')}",
         "",
-        f"`lbgat eval` on {protocol.get('dataset')}, {protocol.get('examples', 'the test split')} "
-        f"(n = {protocol.get('n')}); {protocol.get('norm')} eps = {eps_text}; "
-        f"model in {protocol.get('bn_mode', 'eval')} mode, {protocol.get('dtype', 'fp32')}; seed "
-        f"{protocol.get('seed')}; {_code(report.get('code_version'))}; {report.get('started', '')}.",
+        "`lbgat eval` on " + text(
+            f"{protocol.get('dataset')}, {protocol.get('examples', 'the test split')} "
+            f"(n = {protocol.get('n')}); {protocol.get('norm')} eps = {eps_text}; "
+            f"model in {protocol.get('bn_mode', 'eval')} mode, {protocol.get('dtype', 'fp32')}; seed "
+            f"{protocol.get('seed')}; {_code(report.get('code_version'))}; {report.get('started', '')}."),
         "",
         "| attack | accuracy | correct / total | setting |",
         "|---|---:|---:|---|",
@@ -180,22 +185,23 @@ def _evaluation_lines(evaluation: Evaluation) -> list[str]:
     doubts = doubts_of(report)
     for row in report["results"]:
         accuracy = f"{100 * row['correct'] / row['total']:.2f}%" if row["total"] else "n/a"
-        accuracy = markdown_text(marked(accuracy, doubts.get(row["attack"], [])))
+        accuracy = text(marked(accuracy, doubts.get(row["attack"], [])))
         setting = str(row.get("description", ""))
         if isinstance(row.get("autoattack"), dict):
             settings = row["autoattack"]
             setting += f"; version {settings.get('version')}: {', '.join(map(str, settings.get('attacks') or []))}"
-        lines.append(f"| {_cell(row['attack'])} | {accuracy} | {row['correct']} / {row['total']} | {_cell(setting)} |")
+        lines.append(f"| {text(row['attack'])} | {accuracy} | {text(row['correct'])} / {text(row['total'])} "
+                     f"| {text(setting)} |")
     notes = footnotes(doubts)
     if notes:
-        lines += ["", markdown_text(LEGEND), "", *(f"- {markdown_text(note)}" for note in notes)]
+        lines += ["", text(LEGEND), "", *(f"- {text(note)}" for note in notes)]
     checks = report.get("checks", [])
     if checks:
         passed = sum(check.get("verdict") == "pass" for check in checks)
         flagged = [f"{check.get('name')}: {check.get('verdict')}" for check in checks
                    if check.get("verdict") in ("warn", "fail")]
-        lines += ["", f"Sanity checks: {passed} of {len(checks)} passed"
-                  + (f"; flagged: {'; '.join(flagged)}" if flagged else "") + "."]
+        lines += ["", text(f"Sanity checks: {passed} of {len(checks)} passed"
+                           + (f"; flagged: {'; '.join(flagged)}" if flagged else "") + ".")]
     return lines
 
 
@@ -203,14 +209,14 @@ def _evaluation_section(inputs: CardInputs) -> list[str]:
     lines = ["## Evaluation", ""]
     if not inputs.evaluations:
         folder = shlex.quote(inputs.folder_name)
-        lines += ["Not evaluated: no `lbgat eval` report of this checkpoint (matched by sha256) was found beside it. "
-                  "Evaluate the exported folder (clean, FGSM, PGD-20 and CW-20 at the dataset's threat model; "
-                  "add --data-root where the data lives elsewhere):", "", "```", f"lbgat eval {folder}"]
+        commands = [f"lbgat eval {folder}"]
         if inputs.spec.in_channels == 3:
-            lines += [f"lbgat eval {folder} --protocol lbgat        # LBGAT/TRADES: eps 0.031, PGD-20, CW-20, "
-                      "AutoAttack", f"lbgat eval {folder} --protocol robustbench  # eps 8/255, AutoAttack, "
-                      "10,000 points"]
-        return [*lines, "```"]
+            commands += [f"lbgat eval {folder} --protocol lbgat        # LBGAT/TRADES: eps 0.031, PGD-20, CW-20, "
+                         "AutoAttack", f"lbgat eval {folder} --protocol robustbench  # eps 8/255, AutoAttack, "
+                         "10,000 points"]
+        return [*lines, "Not evaluated: no `lbgat eval` report of this checkpoint (matched by sha256) was found "
+                "beside it. Evaluate the exported folder (clean, FGSM, PGD-20 and CW-20 at the dataset's threat "
+                "model; add --data-root where the data lives elsewhere):", "", fenced("\n".join(commands))]
     lines.append("Reports of `lbgat eval` on this exact checkpoint (matched by sha256), found beside it:")
     for evaluation in inputs.evaluations:
         lines += ["", *_evaluation_lines(evaluation)]
@@ -221,25 +227,26 @@ def _loading_section(inputs: CardInputs) -> list[str]:
     folder = json.dumps(inputs.folder_name)
     weights = json.dumps(f"{inputs.folder_name}/{WEIGHTS}")
     spec = inputs.spec
+    # The folder name is the user's: in a code block nothing is read as Markdown, and fenced() picks a fence
+    # that no backticks in the name can close.
     lines = ["## Loading", "", "With lbgat (architecture, classes and normalisation come from the file; strict; "
-             "no code in the file runs):", "", "```python", "import lbgat", "",
-             f"model = lbgat.load_model({folder})  # eval mode; inputs in [0, 1], "
-             f"shape (N, {spec.in_channels}, {spec.image_size}, {spec.image_size})", "```"]
+             "no code in the file runs):", "",
+             fenced(f"import lbgat\n\nmodel = lbgat.load_model({folder})  # eval mode; inputs in [0, 1], "
+                    f"shape (N, {spec.in_channels}, {spec.image_size}, {spec.image_size})", "python")]
     if not inputs.layout.classes:
-        return [*lines, "", f"No other code base defines {spec.arch}; the file is in lbgat's own key layout, "
+        return [*lines, "", f"No other code base defines {text(spec.arch)}; the file is in lbgat's own key layout, "
                             "readable with `safetensors.torch.load_file`."]
     normalise = ""
     if spec.mean is not None:
         normalise = (f"\n# the official class does not normalise: feed it (x - mean) / std with mean {spec.mean}, "
                      f"std {spec.std}")
     for cls in inputs.layout.classes:
-        lines += ["", f"In {cls.project} code, with plain PyTorch and safetensors:", "", "```python",
-                  "from safetensors.torch import load_file", cls.imports, "",
-                  f"model = {cls.constructor}",
-                  f"model.load_state_dict(load_file({weights}), strict=True)",
-                  f"model.eval(){normalise}", "```"]
+        lines += ["", f"In {text(cls.project)} code, with plain PyTorch and safetensors:", "",
+                  fenced(f"from safetensors.torch import load_file\n{cls.imports}\n\nmodel = {cls.constructor}\n"
+                         f"model.load_state_dict(load_file({weights}), strict=True)\nmodel.eval(){normalise}",
+                         "python")]
     if inputs.layout.limitation:
-        lines += ["", f"Note: {inputs.layout.limitation}."]
+        lines += ["", f"Note: {text(inputs.layout.limitation)}."]
     return lines
 
 
@@ -248,17 +255,17 @@ def render_card(inputs: CardInputs) -> str:
     method = meta.get("config", {}).get("method", {}).get("name")
     dataset = meta.get("dataset", {}).get("name")
     lines = [
-        f"# {spec.arch} trained with {method} on {dataset}",
+        f"# {text(f'{spec.arch} trained with {method} on {dataset}')}",
         "",
-        f"Exported by `lbgat export` from `{inputs.checkpoint_name}` (sha256 `{inputs.checkpoint_sha256}`). "
-        f"Trained with {_code(meta.get('code_version'))}; exported with {_code(inputs.exported_with)}.",
+        f"Exported by `lbgat export` from {code(inputs.checkpoint_name)} (sha256 {code(inputs.checkpoint_sha256)}). "
+        f"Trained with {text(_code(meta.get('code_version')))}; exported with {text(_code(inputs.exported_with))}.",
         "",
         *_model_section(inputs), "",
         *_training_section(inputs), "",
         *_evaluation_section(inputs), "",
         *_loading_section(inputs), "",
         "## Files", "",
-        f"- `{WEIGHTS}`: the weights (sha256 `{inputs.weights_sha256}`); its metadata header holds the "
+        f"- `{WEIGHTS}`: the weights (sha256 {code(inputs.weights_sha256)}); its metadata header holds the "
         "architecture, classes, input shape, normalisation, key layout, lbgat version and the source "
         "checkpoint's sha256",
         f"- `{CONFIG}`: the run's resolved settings (paths in it are those of the training machine)",

@@ -22,6 +22,9 @@ RUN_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", 
               "#bcbd22", "#7f7f7f")
 PAPER_COLOR = "#555555"
 DOUBT_COLOR = "#b00020"  # a number a sanity check doubts: its ring, whisker and note
+# Labels, titles and legends show the user's text (folder names, settings, class names): matplotlib would
+# read text between two "$" as math, and a "$" of theirs could fail the report. None of lbgat's text is math.
+PLAIN = {"parse_math": False}
 # Figures carry no creation date, so that the same inputs give the same files.
 SVG_METADATA = {"Date": None}
 PNG_METADATA = {"Software": None}
@@ -50,6 +53,12 @@ def new_figure(width: float, height: float) -> Figure:
     figure = Figure(figsize=(width, height), dpi=DPI)
     FigureCanvasAgg(figure)
     return figure
+
+
+def plain_legend(owner: Axes | Figure, **kwargs: Any) -> None:
+    """``owner.legend(**kwargs)``, its entries shown as written (see PLAIN)."""
+    for text in owner.legend(**kwargs).get_texts():
+        text.set_parse_math(False)
 
 
 def run_color(index: int) -> str:
@@ -97,9 +106,9 @@ def tradeoff_scatter(points: list[ScatterPoint], *, x_label: str, y_label: str, 
         handles.append(Line2D([], [], marker="o", linestyle="none", markerfacecolor=point.color,
                               markeredgecolor="black", label=point.label))
     whiskers = _draw_doubts(ax, points, handles)
-    ax.set_xlabel(x_label)
-    ax.set_ylabel(y_label)
-    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(x_label, **PLAIN)
+    ax.set_ylabel(y_label, **PLAIN)
+    ax.set_title(title, fontsize=10, **PLAIN)
     ax.grid(True, linewidth=0.4, alpha=0.5)
     if faint:
         handles.append(Line2D([], [], marker="o", linestyle="none", color="#888888", alpha=0.35,
@@ -119,8 +128,8 @@ def tradeoff_scatter(points: list[ScatterPoint], *, x_label: str, y_label: str, 
     paper_placed = place_labels(ax, [(p.clean, p.robust) for p in paper], [p.label for p in paper], fontsize=6.5,
                                 colors=[PAPER_COLOR] * len(paper),
                                 avoid=[(p.clean, p.robust) for p in points], keep_clear=placed_so_far) if paper else []
-    ax.legend(handles=handles, loc="upper center", ncol=min(3, len(handles)), fontsize=8, frameon=False,
-              bbox_to_anchor=(0.5, -0.11))
+    plain_legend(ax, handles=handles, loc="upper center", ncol=min(3, len(handles)), fontsize=8, frameon=False,
+                 bbox_to_anchor=(0.5, -0.11))
     notes = [f"run {label.text!r} has no free place for its label (see the legend)"
              for label in placed if label.annotation is None]
     notes += [f"the stronger attack's number {label.text!r} has no free place for its label (see the table)"
@@ -220,17 +229,17 @@ def training_curves(label: str, epochs: list[dict[str, Any]], *, robust_name: st
         loss_ax.set_yscale("log")
     loss_ax.set_xlabel("epoch")
     loss_ax.set_ylabel("training loss (epoch mean)" + (", log scale" if loss_ax.get_yscale() == "log" else ""))
-    loss_ax.set_title(f"{label}: loss terms", fontsize=10)
-    loss_ax.legend(fontsize=7, frameon=False)
+    loss_ax.set_title(f"{label}: loss terms", fontsize=10, **PLAIN)
+    plain_legend(loss_ax, fontsize=7, frameon=False)
     axes = [loss_ax]
     if has_val:
         acc_ax.plot(numbers, clean, "-", marker="o", markersize=3, color=color, label="held-out clean")
         acc_ax.plot(numbers, robust, "--", marker="s", markersize=3, color=color, label=f"held-out {robust_name}")
         acc_ax.set_ylim(0, 100)
-        acc_ax.legend(fontsize=7, frameon=False)
+        plain_legend(acc_ax, fontsize=7, frameon=False)
         acc_ax.set_xlabel("epoch")
         acc_ax.set_ylabel("held-out accuracy (%)")
-        acc_ax.set_title(f"{label}: held-out accuracy", fontsize=10)
+        acc_ax.set_title(f"{label}: held-out accuracy", fontsize=10, **PLAIN)
         axes.append(acc_ax)
     for ax in axes:
         ax.grid(True, linewidth=0.4, alpha=0.5)
@@ -275,12 +284,12 @@ def transfer_bars(bars: list[TransferBar], *, title: str) -> Drawn:
         ax.bar_label(drawn, labels=[f"{value:.1f}" for value in values], fontsize=7, padding=2)
     crowded = sum(len(bar.label) for bar in bars) * 6.5 > 0.8 * figure.get_figwidth() * 72  # 8 pt text
     ax.set_xticks(positions, [bar.label for bar in bars], fontsize=8, rotation=20 if crowded else 0,
-                  ha="right" if crowded else "center")
+                  ha="right" if crowded else "center", **PLAIN)
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 109)
-    ax.set_title(title, fontsize=10)
+    ax.set_title(title, fontsize=10, **PLAIN)
     ax.grid(True, axis="y", linewidth=0.4, alpha=0.5)
-    ax.legend(loc="upper center", ncol=3, fontsize=8, frameon=False, bbox_to_anchor=(0.5, -0.09))
+    plain_legend(ax, loc="upper center", ncol=3, fontsize=8, frameon=False, bbox_to_anchor=(0.5, -0.09))
     data = {"runs": [bar.__dict__ for bar in bars]}
     return Drawn(figure, data)
 
@@ -301,7 +310,7 @@ def embedding_plot(label: str, coordinates: np.ndarray, labels: np.ndarray, adve
             mask = chosen & (labels == index)
             ax.scatter(coordinates[mask, 0], coordinates[mask, 1], s=8, color=colors[index],
                        marker="x" if is_adversarial else "o", linewidths=0.8, alpha=0.85)
-        ax.set_title(f"{label}: logits of {title}", fontsize=10)
+        ax.set_title(f"{label}: logits of {title}", fontsize=10, **PLAIN)
         ax.set_xlabel("t-SNE dimension 1 (arbitrary units)")
         ax.set_ylabel("t-SNE dimension 2 (arbitrary units)")
         ax.set_xlim(min(x_limits), max(x_limits))
@@ -310,7 +319,7 @@ def embedding_plot(label: str, coordinates: np.ndarray, labels: np.ndarray, adve
                for index, name in enumerate(class_names)]
     handles += [Line2D([], [], marker="o", linestyle="none", color="black", label="clean"),
                 Line2D([], [], marker="x", linestyle="none", color="black", label="adversarial")]
-    figure.legend(handles=handles, loc="lower center", ncol=min(len(handles), 7), fontsize=7.5, frameon=False,
-                  bbox_to_anchor=(0.5, 0.0))
+    plain_legend(figure, handles=handles, loc="lower center", ncol=min(len(handles), 7), fontsize=7.5,
+                 frameon=False, bbox_to_anchor=(0.5, 0.0))
     data = {"points": int(len(labels)), "classes": class_names}
     return Drawn(figure, data)

@@ -78,7 +78,7 @@ def _first_free_position(ax: Axes, renderer, point: tuple[float, float], text: s
                 if distance > DISTANCES[0] else None
             annotation = ax.annotate(text, point, xytext=(dx * distance, dy * distance), textcoords="offset points",
                                      ha=horizontal, va=vertical, fontsize=fontsize, color=color,
-                                     arrowprops=arrow, annotation_clip=False)
+                                     arrowprops=arrow, annotation_clip=False, parse_math=False)
             box = text_box(annotation, renderer)
             inside = (box.x0 >= axes_box.x0 and box.x1 <= axes_box.x1 and box.y0 >= axes_box.y0
                       and box.y1 <= axes_box.y1)

@@ -2,31 +2,33 @@
 
 The HTML is self-contained: every figure is embedded as a PNG data URI and the style sheet is inline,
 so the file opens from disk, offline, and can be mailed on its own.
+
+Both pages escape every value by default, because titles, folder names, settings and evaluation files are
+the user's or another person's text: the HTML through Jinja2's autoescaping, the Markdown through
+:func:`lbgat.markdown.finalize`. In the Markdown, ``code`` and ``code_cell`` write a value as an inline code
+span instead, and ``link_text`` as the text of a link or image.
 """
 
 from __future__ import annotations
 
 import base64
+from functools import partial
 from typing import Any
 
-from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from jinja2 import Environment, PackageLoader, StrictUndefined
 
-from ..evaluate.report import markdown_text
+from .. import markdown
 
 
-def _environment(autoescape: bool) -> Environment:
+def _environment(html: bool) -> Environment:
     environment = Environment(loader=PackageLoader("lbgat.report", "templates"), undefined=StrictUndefined,
-                              autoescape=select_autoescape(["html", "html.j2"]) if autoescape else False,
+                              autoescape=html, finalize=None if html else markdown.finalize,
                               trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
-    environment.filters["cell"] = markdown_cell
     environment.filters["data_uri"] = png_data_uri
-    environment.filters["md"] = markdown_text
+    environment.filters["code"] = markdown.code
+    environment.filters["code_cell"] = partial(markdown.code, in_table=True)
+    environment.filters["link_text"] = partial(markdown.text, brackets=True)
     return environment
-
-
-def markdown_cell(value: Any) -> str:
-    """A value as one Markdown table cell: pipes escaped, line breaks folded."""
-    return str(value).replace("|", "\\|").replace("\n", " ")
 
 
 def png_data_uri(data: bytes) -> str:
@@ -34,8 +36,8 @@ def png_data_uri(data: bytes) -> str:
 
 
 def render_markdown(context: dict[str, Any]) -> str:
-    return _environment(False).get_template("report.md.j2").render(**context)
+    return _environment(html=False).get_template("report.md.j2").render(**context)
 
 
 def render_html(context: dict[str, Any]) -> str:
-    return _environment(True).get_template("report.html.j2").render(**context)
+    return _environment(html=True).get_template("report.html.j2").render(**context)
