@@ -17,6 +17,7 @@ from typing import Any
 from ..config import load_yaml
 from ..errors import ConfigError
 from ..train.run_dir import LAST
+from .validate import check_evaluation
 
 EVAL_REPORT = "report.json"
 PREFERRED_EVAL = "eval-last"  # what `lbgat eval RUN/last.pt` writes by default
@@ -194,6 +195,7 @@ def read_evaluation(folder: Path) -> Evaluation:
         raise ConfigError(f"cannot read the evaluation {path}: {error}") from None
     if not isinstance(data, dict) or not isinstance(data.get("results"), list):
         raise ConfigError(f"{path} is not a report.json written by `lbgat eval` (no results)")
+    check_evaluation(path, data)
     return Evaluation(folder, data)
 
 
