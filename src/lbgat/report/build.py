@@ -18,7 +18,7 @@ from ..files import strict_json, write_text_atomic
 from ..methods import get_method
 from ..version import __version__
 from .collect import Run, collect
-from .embedding import EmbeddingSettings, logit_embedding
+from .embedding import EmbeddingSettings, logit_embedding, sample_text
 from .figures import (
     DPI,
     Drawn,
@@ -347,9 +347,10 @@ def _embedding(run: Run, slug: str, settings: EmbeddingSettings) -> tuple[Figure
     plot.data["settings"] = embedding.settings
     recorded = embedding.settings
     tsne = recorded["tsne"]
-    caption = (f"t-SNE of the logits of {run.label} on {recorded['per_class']} {recorded['dataset']} test images "
-               f"of each of {len(recorded['classes'])} classes sampled with seed {recorded['seed']} "
-               f"({', '.join(recorded['classes'])}; circles, left) and on their adversarial versions (crosses, "
+    shown = [name for name in recorded["classes"] if recorded["per_class_used"].get(name)]
+    caption = (f"t-SNE of the logits of {run.label} on {recorded['dataset']} "
+               f"{sample_text(recorded['per_class_used'], recorded['per_class_asked'])}, sampled with seed "
+               f"{recorded['seed']} ({', '.join(shown)}; circles, left) and on their adversarial versions (crosses, "
                f"right: {recorded['attack']}), as in LBGAT Figs. 3-4. Clean and adversarial logits are embedded "
                f"together, so the panels share coordinates: scikit-learn TSNE, perplexity {tsne['perplexity']:g}, "
                f"PCA initialisation, learning rate auto, {tsne['max_iter']} iterations, random_state "

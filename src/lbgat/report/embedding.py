@@ -71,6 +71,24 @@ def checkpoint_of(run: Run) -> Path:
     raise ConfigError(f"--tsne needs the checkpoint of {run.label!r}, and none was found")
 
 
+def sample_text(used: dict[str, int], asked: int) -> str:
+    """The images the embedding was fitted on, in the caption's words, from the numbers actually sampled:
+    ``50 mnist test images of each of 5 classes`` with what fell short of ``--tsne-per-class`` said."""
+    counts = [count for count in used.values() if count]
+    if not counts:
+        return "no test images"
+    low, high = min(counts), max(counts)
+    amount = str(low) if low == high else f"{low} to {high}"
+    text = f"{amount} test images of each of {len(counts)} classes"
+    short = [f"{name} ({count})" for name, count in used.items() if count < asked]
+    if len(short) == len(used):
+        text += f" (all the test split holds; {asked} were asked)"
+    elif short:
+        text += (f" ({asked} asked per class; the test split holds fewer of class{'es' if len(short) > 1 else ''} "
+                 f"{', '.join(short)}: all of those were used)")
+    return text
+
+
 def _attack_spec(run: Run, eps_default: float, step_default: float, steps_default: int) -> AttackSpec:
     rows = [row for row in (run.evaluation.results if run.evaluation else []) if attack_kind(row) in ("pgd", "cw")]
     if rows:
@@ -106,6 +124,8 @@ def logit_embedding(run: Run, settings: EmbeddingSettings) -> Embedding:
         order = torch.randperm(len(members), generator=generator)[: settings.per_class]
         chosen.append(members[order].sort().values)
     index = torch.cat(chosen)
+    # What was used, which is less than asked where a class holds fewer test images: the caption says this.
+    used = {dataset.classes[cls]: len(members) for cls, members in zip(classes.tolist(), chosen, strict=True)}
     profile = threat_profile(dataset.image_shape[0])
     spec = _attack_spec(run, profile.eps, profile.eval_step_size, profile.eval_steps)
     clean_logits, adversarial_logits = [], []
@@ -131,7 +151,8 @@ def logit_embedding(run: Run, settings: EmbeddingSettings) -> Embedding:
     attack_row = {"attack": spec.name, "kind": spec.kind, "steps": spec.steps}
     recorded = {
         "checkpoint": str(checkpoint), "dataset": dataset.name, "split": "test",
-        "classes": [dataset.classes[cls] for cls in classes.tolist()], "per_class": settings.per_class,
+        "classes": [dataset.classes[cls] for cls in classes.tolist()], "per_class_asked": settings.per_class,
+        "per_class_used": used,
         "points": points, "seed": settings.seed, "attack": spec.describe(),
         "tsne": {"perplexity": perplexity, "init": "pca", "learning_rate": "auto", "max_iter": 1000,
                  "metric": "euclidean", "random_state": settings.seed, "input": "raw logits (no softmax)",
