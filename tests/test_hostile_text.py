@@ -10,6 +10,7 @@ report.md and an export's model card show it as literal Markdown."""
 from __future__ import annotations
 
 import copy
+import html
 import json
 import shutil
 import subprocess
@@ -152,8 +153,8 @@ def test_report_md_shows_every_hostile_field_as_text(report: Path) -> None:
 
 
 def test_report_html_shows_every_hostile_field_as_text(report: Path) -> None:
-    html = (report / "report.html").read_text()
-    assert_literal_html(html, REPORT_TAGS, title=hostile("TITLE"))
+    page = (report / "report.html").read_text()
+    assert_literal_html(page, REPORT_TAGS, title=hostile("TITLE"))
     summary = json.loads((report / "report.json").read_text())
     assert summary["title"] == hostile("TITLE")  # the data keeps the text as it was given
     assert len(summary["runs"]) == 4 and summary["seeds"] and summary["paired"]["comparisons"]
@@ -235,9 +236,8 @@ def test_the_hostile_report_runs_no_script_in_headless_chromium(report: Path, tm
     """The page, with a probe first in <head> that records any alert/confirm/prompt, error and handler: no
     script but the probe, no event handler, no <svg>, no alert, no error, no console message; the title
     is the hostile text as text (its script would have set it to PWNED)."""
-    html = (report / "report.html").read_text()
     page = report / "probe.html"
-    page.write_text(html.replace("<head>", "<head>" + PROBE, 1))
+    page.write_text((report / "report.html").read_text().replace("<head>", "<head>" + PROBE, 1))
     try:
         completed = subprocess.run(
             ["chromium", "--headless", "--disable-gpu", "--no-sandbox", "--enable-logging=stderr", "--v=0",
@@ -250,8 +250,7 @@ def test_the_hostile_report_runs_no_script_in_headless_chromium(report: Path, tm
     assert not console, console
     marker = '<pre id="lbgat-probe">'
     assert marker in completed.stdout, completed.stdout[-2000:]
-    found = json.loads(completed.stdout.split(marker, 1)[1].split("</pre>", 1)[0].replace("&lt;", "<")
-                       .replace("&gt;", ">").replace("&quot;", '"').replace("&amp;", "&"))
+    found = json.loads(html.unescape(completed.stdout.split(marker, 1)[1].split("</pre>", 1)[0]))
     assert found["alerts"] == [] and found["errors"] == []
     assert found["scripts"] == 1 and found["handlers"] == 0 and found["svgs"] == 0
     assert " ".join(found["title"].split()) == " ".join(hostile("TITLE").split())  # not "PWNED"
