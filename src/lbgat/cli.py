@@ -224,8 +224,10 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
                     "Run again with the same command, it reuses finished runs and evaluations and resumes a "
                     "stopped run.")
     parser.add_argument("--methods", required=True,
-                        help="comma-separated methods, each with its own settings as NAME:KEY=VALUE, e.g. "
-                             "natural,pgd-at,trades:alpha=6,lbgat-trades:alpha=0")
+                        help="comma-separated methods, each with its own settings as NAME:KEY=VALUE (each key "
+                             "once), e.g. natural,pgd-at,trades:alpha=6,lbgat-trades:alpha=0; plug-ins as "
+                             "NAME+PLUGIN, e.g. trades+rpat+awp, or as NAME:plugins=[rpat,awp] (a comma inside "
+                             "[...] does not start a new method), their settings as trades+rpat:rpat.lam=2")
     parser.add_argument("--config", help="the shared recipe: a YAML file or a shipped recipe name (`lbgat recipes`)")
     parser.add_argument("--out", type=_folder, required=True, help="folder for the runs and the report")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
