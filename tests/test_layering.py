@@ -42,7 +42,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     # provenance, recipe lookup, pickle allow-lists, the version string, the declaration of a setting).
     ("foundation", frozenset({
         "rng", "errors", "world", "precision", "arithmetic", "files", "structured", "yaml_loader",
-        "provenance", "pickle_safety", "recipes", "version", "settings",
+        "provenance", "pickle_safety", "recipes", "version", "settings", "locks",
     })),
 )
 RANK = {name: rank for rank, (_, names) in enumerate(LAYERS) for name in names}
