@@ -11,6 +11,10 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +22,7 @@ import pytest
 
 import lbgat.files
 from lbgat.cli import main
+from lbgat.locks import LOCK_FILE
 
 TRAIN = ["train", "--method", "trades", "--model", "tiny-cnn", "--batch-size", "8", "--no-progress"]
 EVAL = ["--num-examples", "16", "--batch-size", "8", "--check-n", "0", "--no-progress"]
@@ -166,3 +171,33 @@ def test_a_full_disk_under_any_write_names_the_file_in_one_error(tmp_path: Path,
     with pytest.raises(OSError) as raised:
         lbgat.files.append_line(tmp_path / "metrics.jsonl", "{}")
     assert raised.value.filename == str(tmp_path / "metrics.jsonl")
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 16 kB tmpfs: room for a lock file and a few small files, not for a figure or a model."""
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    if shutil.which("mount") is None or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs",
+                                                        str(folder)], capture_output=True).returncode != 0:
+        pytest.skip("needs to mount a tmpfs (root)")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+@pytest.mark.parametrize("command", ["eval", "report", "export"])
+def test_a_real_full_file_system_is_one_line_from_a_real_process(run: Path, tiny_disk: Path, command: str) -> None:
+    out = tiny_disk / "out"
+    argv = {"eval": ["eval", str(run / "last.pt"), *EVAL, "--attacks", "clean,pgd5", "--n", "200", "--out", str(out)],
+            "report": ["report", str(run), "--out", str(out)],
+            "export": ["export", str(run / "last.pt"), "--out", str(out)]}[command]
+    before = digests(run)
+    result = subprocess.run([sys.executable, "-m", "lbgat", *argv], capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"lbgat {command}: error: could not write {out}") and NO_SPACE in line, line
+    assert digests(run) == before
+    assert not [path for path in tiny_disk.rglob("*") if path.name.endswith((".tmp", LOCK_FILE))]

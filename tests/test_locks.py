@@ -185,12 +185,16 @@ def test_no_lock_is_taken_through_a_link(tmp_path: Path) -> None:
     assert list(victim.iterdir()) == []
 
 
-def test_export_lock_beside_a_long_name_fits_the_file_system(tmp_path: Path) -> None:
+def test_export_lock_beside_a_long_name_or_the_current_folder(tmp_path: Path, monkeypatch) -> None:
     target = tmp_path / ("x" * 250)
     with sibling_lock(target, "export folder"):
         (lock,) = [path for path in tmp_path.iterdir()]
         assert lock.name.endswith(LOCK_FILE) and len(lock.name) <= 255
     assert list(tmp_path.iterdir()) == []
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    with sibling_lock(Path("."), "export folder"):  # `lbgat export CKPT --out .`: beside it, not inside it
+        assert (tmp_path / f".here{LOCK_FILE}").is_file() and list((tmp_path / "here").iterdir()) == []
 
 
 def test_a_stale_lock_file_is_not_a_stranger_anywhere(tmp_path: Path) -> None:

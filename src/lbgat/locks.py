@@ -63,6 +63,7 @@ def folder_lock(folder: Path, what: str, *, enabled: bool = True, through_link: 
 def sibling_lock(target: Path, what: str) -> Iterator[None]:
     """Hold a lock on ``target`` kept beside it (``.NAME.lbgat.lock`` in its parent): for a folder that must
     appear whole, with nothing of lbgat's inside it before it is complete (an export)."""
+    target = Path(os.path.abspath(target))  # "." and "out/.." have a name only once made absolute
     name = f".{target.name}{LOCK_FILE}"
     if len(os.fsencode(name)) > 255:  # a name near the file system's limit: a short, still unique, one
         name = f".{hashlib.sha256(os.fsencode(target.name)).hexdigest()[:32]}{LOCK_FILE}"
