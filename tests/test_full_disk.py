@@ -32,12 +32,12 @@ NO_SPACE = os.strerror(errno.ENOSPC)
 class FullFile:
     """A file on a full disk: every write fails, and so does closing it after a failed write."""
 
-    def __init__(self, file: Any) -> None:
-        self.file, self.failed = file, False
+    def __init__(self, file: Any, code: int = errno.ENOSPC) -> None:
+        self.file, self.failed, self.code = file, False, code
 
     def write(self, data: bytes) -> int:
         self.failed = True
-        raise OSError(errno.ENOSPC, NO_SPACE)
+        raise OSError(self.code, os.strerror(self.code))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.file, name)
@@ -48,11 +48,12 @@ class FullFile:
     def __exit__(self, *exc: object) -> None:
         self.file.close()
         if self.failed:
-            raise OSError(errno.ENOSPC, NO_SPACE)
+            raise OSError(self.code, os.strerror(self.code))
 
 
-def fill_disk_after(monkeypatch: pytest.MonkeyPatch, files: int) -> list[Any]:
-    """From now on, the disk has room for ``files`` more files written by lbgat, then none."""
+def fill_disk_after(monkeypatch: pytest.MonkeyPatch, files: int, code: int = errno.ENOSPC) -> list[Any]:
+    """From now on, the disk has room for ``files`` more files written by lbgat, then none (or, with another
+    ``code``, writes fail for that reason)."""
     real_fdopen = os.fdopen
     opened: list[Any] = []
 
@@ -61,7 +62,7 @@ def fill_disk_after(monkeypatch: pytest.MonkeyPatch, files: int) -> list[Any]:
         if not set(mode) & set("wa+"):
             return file
         opened.append(file)
-        return file if len(opened) <= files else FullFile(file)
+        return file if len(opened) <= files else FullFile(file, code)
 
     monkeypatch.setattr(lbgat.files.os, "fdopen", fdopen)
     return opened
@@ -158,6 +159,14 @@ def test_export_on_a_full_disk_is_one_line_and_leaves_nothing(run: Path, tmp_pat
     assert line.endswith(f"nothing was exported (the files written into {out} were removed again) and the "
                          "checkpoint is unchanged: free some space, then export again")
     assert list(tmp_path.iterdir()) == []  # no export folder, no temporary file, no lock file
+
+
+def test_other_write_errors_are_one_line_without_the_advice_to_free_space(run: Path, tmp_path: Path, monkeypatch,
+                                                                           capsys) -> None:
+    out = tmp_path / "eval"
+    fill_disk_after(monkeypatch, 0, errno.EIO)
+    assert main(["eval", str(run / "last.pt"), *EVAL, "--out", str(out)]) == 2
+    assert one_line(capsys) == f"lbgat eval: error: cannot use {out / 'report.json'}: {os.strerror(errno.EIO)}"
 
 
 def test_a_full_disk_under_any_write_names_the_file_in_one_error(tmp_path: Path, monkeypatch) -> None:

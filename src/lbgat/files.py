@@ -151,14 +151,21 @@ def _about(error: OSError, path: Path) -> OSError:
     return OSError(error.errno, error.strerror or str(error), str(path))
 
 
+def out_of_space(error: OSError) -> bool:
+    """A full disk or an exhausted quota: what freeing some space mends."""
+    return error.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
 @contextmanager
 def failed_writes(folder: Path, consequence: str) -> Iterator[None]:
-    """An OSError about a file in ``folder`` (a full disk, a quota) becomes one line: the file, the reason and
-    ``consequence``, which says what is intact and what to do. Errors about other files pass unchanged."""
+    """A full disk or quota while writing a file in ``folder`` becomes one line: the file, the reason and
+    ``consequence``, which says what is intact and what to do. Other errors pass unchanged (an OSError that
+    names its file is still one line at the command line, without the advice to free space)."""
     try:
         yield
     except OSError as error:
-        if not isinstance(error.filename, str | bytes) or not _inside(Path(os.fsdecode(error.filename)), folder):
+        if (not out_of_space(error) or not isinstance(error.filename, str | bytes)
+                or not _inside(Path(os.fsdecode(error.filename)), folder)):
             raise
         raise WriteError(f"could not write {error.filename}: {error.strerror or error}; {consequence}") from None
 

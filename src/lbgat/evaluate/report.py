@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from ..errors import WriteError
-from ..files import strict_json, write_text_atomic
+from ..files import out_of_space, strict_json, write_text_atomic
 from .doubts import LEGEND, doubts_of, footnotes, marked
 from .intervals import interval_of, interval_text
 
@@ -131,6 +131,8 @@ def write_report(report: dict[str, Any], out: Path, *, per_sample: dict[str, tor
         try:
             write_text_atomic(out / name, text)
         except OSError as error:  # a full disk: say exactly which files of the folder are this evaluation's
+            if not out_of_space(error):
+                raise
             raise WriteError(f"could not write {out / name}: {error.strerror or error}; "
                              + _what_is_intact(out, written, [other for other in texts if other not in written])
                              ) from None
