@@ -43,7 +43,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     # escaping).
     ("foundation", frozenset({
         "rng", "errors", "world", "precision", "arithmetic", "files", "structured", "yaml_loader",
-        "provenance", "pickle_safety", "recipes", "version", "settings", "markdown",
+        "provenance", "pickle_safety", "recipes", "version", "settings", "markdown", "locks",
     })),
 )
 RANK = {name: rank for rank, (_, names) in enumerate(LAYERS) for name in names}

@@ -18,7 +18,7 @@ from .evaluate.runner import PROTOCOLS
 from .evaluate.specs import ATTACK_FORMS, DEFAULT_ATTACKS
 from .files import describe_os_error
 from .precision import PRECISIONS
-from .settings import add_setting_flags, flag_values
+from .settings import add_setting_flags, finite_float, flag_values
 
 if TYPE_CHECKING:
     from .report import EmbeddingSettings
@@ -92,10 +92,10 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--num-examples", "--n", dest="n", type=int,
                         help="evaluate the first N test examples (default all)")
     parser.add_argument("--norm", choices=NORMS, help="threat model (default Linf)")
-    parser.add_argument("--eps", type=float, help="radius (default: the dataset's, 0.031 on CIFAR; 0.5 for L2)")
-    parser.add_argument("--step-size", type=float, help="PGD/CW step size (default 0.003 on CIFAR; 0.1 for L2)")
+    parser.add_argument("--eps", type=finite_float, help="radius (default: the dataset's, 0.031 on CIFAR; 0.5 for L2)")
+    parser.add_argument("--step-size", type=finite_float, help="PGD/CW step size (default 0.003 on CIFAR; 0.1 for L2)")
     parser.add_argument("--steps", type=int, help="override the number of steps of every pgd<K>/cw<K>")
-    parser.add_argument("--cw-kappa", type=float, default=50.0, help="CW margin confidence (default 50)")
+    parser.add_argument("--cw-kappa", type=finite_float, default=50.0, help="CW margin confidence (default 50)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random starts and of AutoAttack (default 0)")
     parser.add_argument("--batch-size", type=int, default=200, help="evaluation batch size (default 200)")
     parser.add_argument("--aa-version", choices=AA_VERSIONS,
@@ -224,8 +224,10 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
                     "Run again with the same command, it reuses finished runs and evaluations and resumes a "
                     "stopped run.")
     parser.add_argument("--methods", required=True,
-                        help="comma-separated methods, each with its own settings as NAME:KEY=VALUE, e.g. "
-                             "natural,pgd-at,trades:alpha=6,lbgat-trades:alpha=0")
+                        help="comma-separated methods, each with its own settings as NAME:KEY=VALUE (each key "
+                             "once), e.g. natural,pgd-at,trades:alpha=6,lbgat-trades:alpha=0; plug-ins as "
+                             "NAME+PLUGIN, e.g. trades+rpat+awp, or as NAME:plugins=[rpat,awp] (a comma inside "
+                             "[...] does not start a new method), their settings as trades+rpat:rpat.lam=2")
     parser.add_argument("--config", help="the shared recipe: a YAML file or a shipped recipe name (`lbgat recipes`)")
     parser.add_argument("--out", type=_folder, required=True, help="folder for the runs and the report")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -244,8 +246,8 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
                              "PGD-20 on CIFAR, PGD-40 on MNIST)")
     parser.add_argument("--protocol", choices=list(PROTOCOLS), help="an evaluation preset of `lbgat eval`")
     parser.add_argument("--num-examples", "--n", dest="n", type=int, help="evaluate on the first N test examples")
-    parser.add_argument("--eps", type=float, help="evaluation radius (default: the dataset's threat model)")
-    parser.add_argument("--step-size", type=float, help="evaluation PGD/CW step (default: the dataset's)")
+    parser.add_argument("--eps", type=finite_float, help="evaluation radius (default: the dataset's threat model)")
+    parser.add_argument("--step-size", type=finite_float, help="evaluation PGD/CW step (default: the dataset's)")
     parser.add_argument("--check-n", type=int, default=100,
                         help="examples for the evaluation's PGD-100x5 strength check (default 100; 0 skips it)")
     parser.add_argument("--paper", action="store_true", help="add the LBGAT paper's points to the trade-off figure")
@@ -315,7 +317,7 @@ def _add_tsne_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tsne-per-class", type=int, default=DEFAULT_PER_CLASS,
                         help=f"test images per class for --tsne (default {DEFAULT_PER_CLASS})")
     parser.add_argument("--tsne-seed", type=int, default=0, help="seed of the sampling and of t-SNE (default 0)")
-    parser.add_argument("--tsne-perplexity", type=float, default=DEFAULT_PERPLEXITY,
+    parser.add_argument("--tsne-perplexity", type=finite_float, default=DEFAULT_PERPLEXITY,
                         help=f"t-SNE perplexity (default {DEFAULT_PERPLEXITY:g})")
 
 

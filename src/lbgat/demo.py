@@ -19,6 +19,7 @@ from .config import load_yaml
 from .demo_files import clear_demo_outputs, quick_folder
 from .evaluate.intervals import interval_of
 from .files import strict_json, write_text_atomic
+from .locks import folder_lock
 from .markdown import fenced
 from .recipes import find_recipe
 
@@ -58,9 +59,16 @@ QUICK_EVAL_N = 64
 
 def run_demo(out: Path, *, quick: bool = False, fresh: bool = False, progress: bool = True,
              seed: int | None = None) -> list[dict[str, Any]]:
-    recipe = load_yaml(find_recipe(RECIPE))
     if quick:
         out = quick_folder(out)
+    # One demo per folder, from --fresh's deletions to its summary (the comparison takes the same lock again);
+    # --fresh deletes nothing through a link, so it takes no lock through one either.
+    with folder_lock(out, "demo folder", through_link=not fresh):
+        return _run_demo(out, quick, fresh, progress, seed)
+
+
+def _run_demo(out: Path, quick: bool, fresh: bool, progress: bool, seed: int | None) -> list[dict[str, Any]]:
+    recipe = load_yaml(find_recipe(RECIPE))
     if fresh:
         clear_demo_outputs(out, [row.folder for row in ROWS])
     # The demo is a comparison (`lbgat compare`) of four methods with its own run folder names; re-running it

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ConfigError
+from .locks import LOCK_FILE
 from .report.outputs import FIGURE_PATTERN, FIGURES, REPORT_FILES
 
 
@@ -26,8 +27,10 @@ class Layout:
     folders: dict[str, Layout] = field(default_factory=dict)
 
     def holds_file(self, name: str) -> bool:
-        # A temporary file of lbgat's own (".NAME.<random>.tmp", left by a killed write) counts as its file.
-        return bool(re.fullmatch(self.files, name) or re.fullmatch(rf"\.({self.files})(\.[a-z0-9_]+)?\.tmp", name))
+        # A temporary file of lbgat's own (".NAME.<random>.tmp", left by a killed write) counts as its file, and so
+        # does a lock file left by a killed writer.
+        return bool(re.fullmatch(self.files, name) or re.fullmatch(rf"\.({self.files})(\.[a-z0-9_]+)?\.tmp", name)
+                    or name == LOCK_FILE)
 
 
 REPORT = Layout(r"report\.json|report\.md|per_sample\.json|aa_state(\.rank\d+-of-\d+)?\.pt")
@@ -58,6 +61,7 @@ def clear_demo_outputs(out: Path, run_folders: Iterable[str]) -> None:
     folders: list[Path] = []
     foreign: list[Path] = []
     _survey(out, layout, files, folders, foreign)
+    files = [path for path in files if path != out / LOCK_FILE]  # the lock the demo holds while it clears
     if foreign:
         shown = ", ".join(str(path.relative_to(out)) for path in foreign[:3])
         more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""

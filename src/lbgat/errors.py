@@ -29,3 +29,11 @@ class CheckpointError(LbgatError):
 
 class UnsafeCheckpointError(CheckpointError):
     """A file that holds pickled code or objects, refused before anything in it could run."""
+
+
+class WriteError(LbgatError):
+    """A file could not be written (a full disk, a quota); the message says what is intact and what to do."""
+
+
+class FolderBusyError(LbgatError):
+    """Another process is writing the folder a command would write (its lock is held)."""

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from .errors import ConfigError
+from .errors import ConfigError, WriteError
 
 
 @contextmanager
@@ -42,8 +42,12 @@ def atomic_file(path: Path, *, keep_previous: Path | None = None) -> Iterator[IO
         if keep_previous is not None and os.path.lexists(path):
             os.replace(path, keep_previous)
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         Path(temporary).unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.filename is None:
+            # A failed write or flush (a full disk) names no file, and closing the file repeats it as a second,
+            # chained error: one error, about the file being written, says it all.
+            raise _about(error, path) from None
         raise
     _fsync_directory(path.parent)
 
@@ -62,10 +66,15 @@ def append_line(path: Path, line: str) -> None:
     unfinished by a killed process is terminated first, not overwritten: it stays in the file as one
     invalid line, which readers skip."""
     descriptor = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)
-    with os.fdopen(descriptor, "r+b") as file:
-        size = file.seek(0, os.SEEK_END)
-        unfinished = size > 0 and os.pread(descriptor, 1, size - 1) != b"\n"
-        file.write((b"\n" if unfinished else b"") + line.rstrip("\n").encode("utf-8") + b"\n")
+    try:
+        with os.fdopen(descriptor, "r+b") as file:
+            size = file.seek(0, os.SEEK_END)
+            unfinished = size > 0 and os.pread(descriptor, 1, size - 1) != b"\n"
+            file.write((b"\n" if unfinished else b"") + line.rstrip("\n").encode("utf-8") + b"\n")
+    except OSError as error:
+        if error.filename is None:
+            raise _about(error, path) from None
+        raise
 
 
 def finite_or_none(value: Any) -> Any:
@@ -135,3 +144,32 @@ def describe_os_error(error: OSError) -> str:
     """One line for an OSError about a path: ``cannot use PATH: File name too long``."""
     names = " -> ".join(str(name) for name in (error.filename, error.filename2) if name is not None)
     return f"cannot use {names}: {error.strerror or error}"
+
+
+def _about(error: OSError, path: Path) -> OSError:
+    """``error`` naming the file it is about (an OSError of the same kind: OSError picks it by errno)."""
+    return OSError(error.errno, error.strerror or str(error), str(path))
+
+
+def out_of_space(error: OSError) -> bool:
+    """A full disk or an exhausted quota: what freeing some space mends."""
+    return error.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+@contextmanager
+def failed_writes(folder: Path, consequence: str) -> Iterator[None]:
+    """A full disk or quota while writing a file in ``folder`` becomes one line: the file, the reason and
+    ``consequence``, which says what is intact and what to do. Other errors pass unchanged (an OSError that
+    names its file is still one line at the command line, without the advice to free space)."""
+    try:
+        yield
+    except OSError as error:
+        if (not out_of_space(error) or not isinstance(error.filename, str | bytes)
+                or not _inside(Path(os.fsdecode(error.filename)), folder)):
+            raise
+        raise WriteError(f"could not write {error.filename}: {error.strerror or error}; {consequence}") from None
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    path, folder = path.absolute(), folder.absolute()
+    return path == folder or folder in path.parents

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Callable, Iterator
@@ -86,6 +87,19 @@ def _dest(item: Declared) -> str:
     return item.setting.dest or item.setting.flag.lstrip("-").replace("-", "_")
 
 
+def finite_float(text: str) -> float:
+    """argparse ``type=`` of every float flag: NaN and infinities mean nothing for a radius, a step, a
+    margin or a perplexity (and compare false with every bound a later range check would apply), so
+    they are refused as the flag is read, as a setting's value is (lbgat.structured)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
 def add_setting_flags(parser: argparse.ArgumentParser, config_cls: type) -> None:
     """One flag per declared setting with a flag: booleans switch on, lists repeat, numbers are typed."""
     for item in declared_settings(config_cls):
@@ -100,8 +114,10 @@ def add_setting_flags(parser: argparse.ArgumentParser, config_cls: type) -> None
             options["action"] = "append"
         elif declared.flag_type is not None:
             options["type"] = declared.flag_type
-        elif kind in (int, float):
-            options["type"] = kind
+        elif kind is float:
+            options["type"] = finite_float
+        elif kind is int:
+            options["type"] = int
         for name in ("metavar", "choices", "help"):
             if getattr(declared, name) is not None:
                 options[name] = getattr(declared, name)

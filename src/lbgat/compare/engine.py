@@ -28,6 +28,7 @@ from ..evaluate import EvalRequest, evaluate_checkpoint
 from ..evaluate.intervals import interval_of
 from ..evaluate.runner import check_request
 from ..files import check_writable
+from ..locks import LOCK_FILE, folder_lock
 from ..report import ReportOptions, ReportResult, build_report
 from ..report.collect import Evaluation
 from ..report.summary import attack_title, strongest
@@ -103,6 +104,12 @@ class CompareResult:
 
 def run_compare(plan: ComparePlan, *, progress: bool = True) -> CompareResult:
     check_writable(plan.out, "comparison folder")
+    # One comparison per folder; the training and evaluation it runs lock their own folders inside it.
+    with folder_lock(plan.out, "comparison folder"):
+        return _run_compare(plan, progress)
+
+
+def _run_compare(plan: ComparePlan, progress: bool) -> CompareResult:
     if plan.seeds is not None and any(override.split("=", 1)[0].strip() == "seed" for override in plan.overrides):
         raise ConfigError("--seeds sets each run's seed: leave --set seed=... out")
     seeds: tuple[int | None, ...] = plan.seeds if plan.seeds else (None,)
@@ -172,6 +179,14 @@ def shared_recipe(recipe: dict[str, Any] | None, method: str) -> dict[str, Any] 
 
 def _train(config, run_dir: Path, state: CompareState, folder: str, progress: bool,
            say: Callable[[str], None]) -> tuple[Path, str]:
+    # Held from before a stopped run's files are cleared to the end of its training (which takes it again);
+    # never through a link: a run folder of the comparison is its own.
+    with folder_lock(run_dir, "run directory", through_link=False):
+        return _train_run(config, run_dir, state, folder, progress, say)
+
+
+def _train_run(config, run_dir: Path, state: CompareState, folder: str, progress: bool,
+               say: Callable[[str], None]) -> tuple[Path, str]:
     record = state.entry(folder)
     has_checkpoint = (run_dir / LAST).exists() or (run_dir / PREVIOUS).exists()
     if not has_checkpoint and record.get("run_started"):
@@ -204,7 +219,8 @@ def _clear_unstarted_run(run_dir: Path, say: Callable[[str], None]) -> None:
     those) are removed so that it starts again; anything else in the folder makes the trainer refuse."""
     removable = [run_dir / name for name in RUN_FILES if (run_dir / name).is_file()
                  and not (run_dir / name).is_symlink()]
-    others = [path for path in run_dir.iterdir() if path not in removable] if run_dir.is_dir() else []
+    others = ([path for path in run_dir.iterdir() if path not in removable and path.name != LOCK_FILE]
+              if run_dir.is_dir() else [])
     if others or not removable:
         return
     for path in removable:

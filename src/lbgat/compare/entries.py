@@ -2,7 +2,10 @@
 
 ``--methods natural,pgd-at,trades:alpha=6,lbgat-trades:alpha=0`` is four entries; ``NAME:KEY=VALUE[:KEY=VALUE]``
 sets ``method.KEY`` for that entry only (on top of the shared recipe and ``--set``): a plug-in is
-``trades:plugins=[rpat]``, its setting ``trades:plugins=[rpat]:rpat.lam=2``.
+``trades:plugins=[rpat]``, its setting ``trades:plugins=[rpat]:rpat.lam=2``. Commas and colons inside ``[...]``
+belong to the value, so ``trades:plugins=[rpat,awp]`` is one entry with two plug-ins; ``trades+rpat+awp`` (the
+name the report gives such a run) is the same entry. A key set twice in one entry is refused: only one value
+could be trained.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from dataclasses import dataclass
 
 from ..errors import ConfigError
 from ..methods import list_methods
+from ..methods.plugin import plugin_names
 
 GREEK = {"alpha": "α", "beta": "β", "gamma": "γ", "lam": "λ"}
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
@@ -47,18 +51,22 @@ def parse_methods(text: str) -> list[CompareEntry]:
     """``"natural,trades:alpha=6"`` -> entries; unknown methods and malformed settings are one-line errors."""
     known = {method.name for method in list_methods()}
     entries: list[CompareEntry] = []
-    for part in (piece.strip() for piece in text.split(",")):
+    for part in (piece.strip() for piece in _split(text, ",", text)):
         if not part:
             continue
-        name, *settings = part.split(":")
+        head, *settings = _split(part, ":", part)
+        name, *plugins = head.split("+")
         if name not in known:
             raise ConfigError(f"--methods: unknown method {name!r}; known: {', '.join(sorted(known))}")
-        params: list[tuple[str, str]] = []
+        params: list[tuple[str, str]] = [("plugins", f"[{','.join(_plugins(plugins, part))}]")] if plugins else []
         for setting in settings:
             key, equals, value = setting.partition("=")
             if not equals or not _KEY.fullmatch(key) or not value:
                 raise ConfigError(f"--methods: {part!r}: write a method's own setting as NAME:KEY=VALUE "
                                   f"(e.g. trades:alpha=6), got {setting!r}")
+            if any(key == earlier for earlier, _ in params):
+                how = " (once as NAME+PLUGIN)" if key == "plugins" and plugins else ""
+                raise ConfigError(f"--methods: {part!r} sets {key} twice{how}; give each setting once")
             params.append((key, value))
         entries.append(CompareEntry(name, tuple(params)))
     if not entries:
@@ -68,3 +76,34 @@ def parse_methods(text: str) -> list[CompareEntry]:
     if repeated:
         raise ConfigError(f"--methods lists {repeated[0]} twice")
     return entries
+
+
+def _split(text: str, separator: str, whole: str) -> list[str]:
+    """``text`` split at ``separator`` outside brackets: ``[rpat,awp]`` is one value, not two methods."""
+    parts: list[str] = []
+    depth, start = 0, 0
+    for index, char in enumerate(text):
+        if char == "[":
+            depth += 1
+        elif char == "]":
+            depth -= 1
+            if depth < 0:
+                break
+        elif char == separator and depth == 0:
+            parts.append(text[start:index])
+            start = index + 1
+    if depth != 0:
+        raise ConfigError(f"--methods: {whole!r} has an unmatched bracket; write a list of plug-ins as "
+                          "NAME:plugins=[rpat,awp]")
+    return [*parts, text[start:]]
+
+
+def _plugins(names: list[str], part: str) -> list[str]:
+    """The plug-ins of ``NAME+PLUGIN+PLUGIN``, each known, none twice."""
+    known = plugin_names()
+    for position, plugin in enumerate(names):
+        if plugin not in known:
+            raise ConfigError(f"--methods: {part!r}: unknown plug-in {plugin!r}; known: {', '.join(sorted(known))}")
+        if plugin in names[:position]:
+            raise ConfigError(f"--methods: {part!r} names the plug-in {plugin} twice")
+    return names

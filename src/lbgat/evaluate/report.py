@@ -7,7 +7,8 @@ from typing import Any
 
 import torch
 
-from ..files import strict_json, write_text_atomic
+from ..errors import WriteError
+from ..files import out_of_space, strict_json, write_text_atomic
 from ..markdown import code, text
 from .doubts import LEGEND, doubts_of, footnotes, marked
 from .intervals import interval_of, interval_text
@@ -120,8 +121,24 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 def write_report(report: dict[str, Any], out: Path, *, per_sample: dict[str, torch.Tensor],
                  indices: torch.Tensor) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "report.json", strict_json(report, indent=2) + "\n")
-    write_text_atomic(out / "report.md", render_markdown(report))
     flags = {"indices": indices.tolist(), "correct": {name: flags.int().tolist() for name, flags in per_sample.items()}}
-    write_text_atomic(out / "per_sample.json", strict_json(flags) + "\n")
+    texts = {"report.json": strict_json(report, indent=2) + "\n", "report.md": render_markdown(report),
+             "per_sample.json": strict_json(flags) + "\n"}
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[str] = []
+    for name, content in texts.items():
+        try:
+            write_text_atomic(out / name, content)
+        except OSError as error:  # a full disk: say exactly which files of the folder are this evaluation's
+            if not out_of_space(error):
+                raise
+            raise WriteError(f"could not write {out / name}: {error.strerror or error}; "
+                             + _what_is_intact(out, written, [other for other in texts if other not in written])
+                             ) from None
+        written.append(name)
+
+
+def _what_is_intact(out: Path, written: list[str], missing: list[str]) -> str:
+    saved = (f"{out} holds this evaluation's {', '.join(written)} but not its {', '.join(missing)}" if written
+             else f"nothing of this evaluation was saved (an earlier report in {out} is as it was)")
+    return f"{saved}; the checkpoint is unchanged: free some space, then run the evaluation again"

@@ -24,7 +24,8 @@ from ..config import threat_profile
 from ..data import Dataset, load_dataset
 from ..data.loader import DeviceLoader
 from ..errors import ConfigError, LbgatError
-from ..files import check_writable
+from ..files import check_writable, failed_writes
+from ..locks import folder_lock
 from ..methods.plugin import plugin_summaries
 from ..precision import DTYPES, PRECISIONS, Precision
 from ..provenance import code_version, environment
@@ -278,6 +279,10 @@ def strength_reference(attacks: list[AttackSpec]) -> AttackSpec | None:
     return max(pgd_attacks, key=lambda spec: spec.steps) if pgd_attacks else None
 
 
+_NOT_SAVED = ("the checkpoint is unchanged, and this evaluation's results were not saved: free some space, then run "
+              "the evaluation again")
+
+
 def evaluate_checkpoint(request: EvalRequest, *, progress: bool = True) -> tuple[dict[str, Any], Path]:
     """Run the request; returns the report and the folder it was written to (on the main process)."""
     check_request(request)
@@ -285,7 +290,9 @@ def evaluate_checkpoint(request: EvalRequest, *, progress: bool = True) -> tuple
     check_writable(out, "report folder")  # before any work, so no evaluation is lost to an unwritable folder
     world = world_from_environment()
     device = device_for(world, resolve_device(request.device))
-    with float32_mode(request.tf32), process_group(world, device, GATHER_TIMEOUT):
+    # One writer per report folder: rank 0 writes the report of a sharded evaluation.
+    with (folder_lock(out, "report folder", enabled=world.is_main), failed_writes(out, _NOT_SAVED),
+          float32_mode(request.tf32), process_group(world, device, GATHER_TIMEOUT)):
         loaded, dataset, source = _load_models(request, device)
         plan_ = plan(request, dataset)
         out.mkdir(parents=True, exist_ok=True)

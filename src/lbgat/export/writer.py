@@ -21,7 +21,8 @@ from ..checkpoint import check_checkpoint_path, load_checkpoint, load_state_stri
 from ..config import TrainConfig, config_to_yaml
 from ..errors import CheckpointError, ConfigError
 from ..exported import CARD, CONFIG, WEIGHTS, export_metadata, is_export
-from ..files import check_writable, write_bytes_atomic
+from ..files import check_writable, failed_writes, write_bytes_atomic
+from ..locks import sibling_lock
 from ..models.official import KeyLayout, key_layout
 from ..provenance import code_version
 from ..structured import from_mapping
@@ -113,6 +114,18 @@ def _write_files(out: Path, files: dict[str, bytes]) -> None:
 def export_checkpoint(source: Path, out: Path) -> ExportResult:
     """Write ``out``/model.safetensors, README.md and config.yaml from the checkpoint ``source`` (a file, or a
     run folder meaning its last.pt)."""
+    resolve_checkpoint(source)
+    check_out(out)  # before the lock, which creates --out's parent; again under it, where it cannot change
+    # The lock is kept beside --out: the export folder holds nothing but the export.
+    with sibling_lock(out, "export folder"), failed_writes(out, _NOT_EXPORTED.format(out=out)):
+        return _export(source, out)
+
+
+_NOT_EXPORTED = ("nothing was exported (the files written into {out} were removed again) and the checkpoint is "
+                 "unchanged: free some space, then export again")
+
+
+def _export(source: Path, out: Path) -> ExportResult:
     from safetensors.torch import save
 
     checkpoint_path = resolve_checkpoint(source)

@@ -14,7 +14,8 @@ import numpy as np
 from ..errors import LbgatError
 from ..evaluate.doubts import LEGEND, doubts_of, mark_text
 from ..evaluate.intervals import interval_of
-from ..files import strict_json, write_text_atomic
+from ..files import check_writable, failed_writes, strict_json, write_text_atomic
+from ..locks import folder_lock
 from ..methods import get_method
 from ..version import __version__
 from .collect import Run, collect
@@ -89,6 +90,14 @@ class ReportResult:
 
 def build_report(inputs: list[Path], out: Path, options: ReportOptions = ReportOptions(),
                  *, progress: bool = False) -> ReportResult:
+    consequence = (f"the runs and evaluations it reads are unchanged, but the report in {out} is incomplete: free "
+                   "some space, then run the same command again")
+    check_writable(out, "report folder")  # before the lock creates the folder
+    with folder_lock(out, "report folder", through_link=False), failed_writes(out, consequence):
+        return _build_report(inputs, out, options, progress)
+
+
+def _build_report(inputs: list[Path], out: Path, options: ReportOptions, progress: bool) -> ReportResult:
     runs = collect(inputs)
     groups = seed_groups(runs)  # runs that differ only in their seed, summarised over seeds
     prepare_out(out)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..files import check_writable, write_bytes_atomic
+from ..locks import LOCK_FILE
 
 REPORT_FILES = ("report.md", "report.html", "report.json")
 FIGURES = "figures"
@@ -30,7 +31,7 @@ def _foreign(out: Path) -> list[str]:
             foreign += [f"{FIGURES}/{item.name}" for item in sorted(entry.iterdir())
                         if item.is_symlink() or not item.is_file()
                         or not (FIGURE_FILE.fullmatch(item.name) or TEMPORARY.fullmatch(item.name))]
-        elif not (entry.is_file() and (entry.name in REPORT_FILES or TEMPORARY.fullmatch(entry.name))):
+        elif not (entry.is_file() and (entry.name in (*REPORT_FILES, LOCK_FILE) or TEMPORARY.fullmatch(entry.name))):
             foreign.append(entry.name)
     return foreign
 

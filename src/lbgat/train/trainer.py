@@ -29,6 +29,7 @@ from ..errors import CheckpointError, ConfigError
 from ..evaluate.specs import AttackSpec
 from ..evaluate.suite import run_suite
 from ..files import append_line, check_writable, strict_json
+from ..locks import folder_lock
 from ..provenance import code_version
 from ..structured import to_mapping
 from ..world import World, device_for, process_group, resolve_device, world_from_environment
@@ -418,6 +419,14 @@ def _train(config: TrainConfig, resume: bool, progress: bool, argv: list[str] | 
     resolved = resolve(config, image_shape)
     run_dir = Path(resolved.out)
     check_writable(run_dir, "run directory")
+    # One writer per run directory (rank 0 of a torchrun job writes for all), taken before the checks of
+    # what the folder holds so that two runs started at once cannot both pass them.
+    with folder_lock(run_dir, "run directory", enabled=world.is_main):
+        return _train_in(run_dir, config, resolved, resume, progress, argv, dataset, world)
+
+
+def _train_in(run_dir: Path, config: TrainConfig, resolved: TrainConfig, resume: bool, progress: bool,
+              argv: list[str] | None, dataset: Dataset | None, world: World) -> TrainResult:
     checkpoint = check_run_dir(run_dir, resume)
     if dataset is None:
         dataset = load_data(config)
