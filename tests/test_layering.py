@@ -39,10 +39,11 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     ("attacks/models/data", frozenset({"attacks", "models", "data"})),
     # The foundation: errors, randomness, the process's place and device, and leaf helpers that import
     # nothing of lbgat but errors and each other (file writing, precision, arithmetic modes, typed mappings, YAML,
-    # provenance, recipe lookup, pickle allow-lists, the version string, the declaration of a setting).
+    # provenance, recipe lookup, pickle allow-lists, the version string, the declaration of a setting, the record of
+    # what lbgat wrote in an output folder).
     ("foundation", frozenset({
         "rng", "errors", "world", "precision", "arithmetic", "files", "structured", "yaml_loader",
-        "provenance", "pickle_safety", "recipes", "version", "settings",
+        "provenance", "pickle_safety", "recipes", "version", "settings", "ownership",
     })),
 )
 RANK = {name: rank for rank, (_, names) in enumerate(LAYERS) for name in names}

@@ -7,10 +7,14 @@ from typing import Any
 
 import torch
 
-from ..files import strict_json, write_text_atomic
+from ..files import strict_json
+from ..ownership import check_owned, write_owned
 from .doubts import LEGEND, doubts_of, footnotes, marked
 from .intervals import interval_of, interval_text
 
+REPORT_FILES = ("report.json", "report.md", "per_sample.json")
+WRITER = "lbgat eval"  # the command named in the folder's record (lbgat.ownership)
+WHAT = "evaluation folder"
 VERDICT_MARKS = {"pass": "pass", "warn": "**WARNING**", "fail": "**FAILED**", "skipped": "skipped"}
 MARKDOWN_SPECIAL = str.maketrans({char: "\\" + char for char in "\\`*_[]<>|#"})
 
@@ -119,10 +123,15 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def check_out(out: Path) -> None:
+    """Before any work: a report file already in ``out`` is one an earlier ``lbgat eval`` wrote there, unchanged
+    (anything else is refused, so an evaluation never replaces a file it did not write)."""
+    check_owned(out, REPORT_FILES, WRITER, WHAT)
+
+
 def write_report(report: dict[str, Any], out: Path, *, per_sample: dict[str, torch.Tensor],
                  indices: torch.Tensor) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "report.json", strict_json(report, indent=2) + "\n")
-    write_text_atomic(out / "report.md", render_markdown(report))
     flags = {"indices": indices.tolist(), "correct": {name: flags.int().tolist() for name, flags in per_sample.items()}}
-    write_text_atomic(out / "per_sample.json", strict_json(flags) + "\n")
+    texts = {"report.json": strict_json(report, indent=2) + "\n", "report.md": render_markdown(report),
+             "per_sample.json": strict_json(flags) + "\n"}
+    write_owned(out, WRITER, {name: text.encode("utf-8") for name, text in texts.items()}, what=WHAT)

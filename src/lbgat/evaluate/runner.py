@@ -33,7 +33,7 @@ from .autoattack import AA_PACKAGE, AA_SOURCE, AAResult, AASettings, run_autoatt
 from .checks import CheckInputs, run_checks
 from .distributed import GATHER_TIMEOUT, gather, shard_indices
 from .intervals import wilson_interval
-from .report import write_report
+from .report import check_out, write_report
 from .specs import DEFAULT_ATTACKS, AttackSpec, parse_attacks
 from .suite import box_violation, perturbation_size, run_suite
 
@@ -283,6 +283,7 @@ def evaluate_checkpoint(request: EvalRequest, *, progress: bool = True) -> tuple
     check_request(request)
     out = request.out or default_out(Path(request.checkpoint))
     check_writable(out, "report folder")  # before any work, so no evaluation is lost to an unwritable folder
+    check_out(out)  # and none to a file in the way that lbgat may not replace
     world = world_from_environment()
     device = device_for(world, resolve_device(request.device))
     with float32_mode(request.tf32), process_group(world, device, GATHER_TIMEOUT):
