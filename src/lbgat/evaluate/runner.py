@@ -8,6 +8,7 @@ per-example outcomes, checks their consistency and writes the report.
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -24,6 +25,7 @@ from ..config import threat_profile
 from ..data import Dataset, load_dataset
 from ..data.loader import DeviceLoader
 from ..errors import ConfigError, LbgatError
+from ..exported import is_export
 from ..files import check_writable
 from ..methods.plugin import plugin_summaries
 from ..precision import DTYPES, PRECISIONS, Precision
@@ -155,6 +157,14 @@ def plan(request: EvalRequest, dataset: Dataset) -> Plan:
 
 
 def default_out(checkpoint: Path) -> Path:
+    """``eval-<name>`` beside the checkpoint file or export folder; never inside an export folder."""
+    if checkpoint.name in ("", ".", ".."):  # "lbgat eval ." inside an export: name it after the folder
+        checkpoint = Path(os.path.abspath(checkpoint))
+    if checkpoint.is_dir():
+        return checkpoint.parent / f"eval-{checkpoint.name or 'model'}"
+    if is_export(checkpoint.parent):  # a file kept in an export folder: the report goes beside the folder
+        folder = Path(os.path.abspath(checkpoint.parent))
+        return folder.parent / f"eval-{folder.name}-{checkpoint.stem}"
     return checkpoint.parent / f"eval-{checkpoint.stem}"
 
 
