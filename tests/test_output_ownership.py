@@ -337,6 +337,25 @@ def test_an_export_into_an_empty_folder_keeps_its_mode(run: Path, tmp_path: Path
     assert sorted(path.name for path in tmp_path.iterdir()) == ["empty"]
 
 
+def test_an_export_into_the_current_folder_stays_in_it(run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """item 8: `cd EMPTY && lbgat export RUN --out .` fills the folder the shell is in (a rename would replace it
+    under the shell); an --out that is a link is refused, as the rename would replace the link."""
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    inode = os.stat(".").st_ino
+    assert main(["export", str(run), "--out", "."]) == 0
+    assert os.stat(".").st_ino == inode and sorted(os.listdir(".")) == ["README.md", "config.yaml",
+                                                                        "model.safetensors"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["here"]
+    (tmp_path / "target").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "target")
+    assert main(["export", str(run), "--out", str(tmp_path / "link")]) == 2
+    one_line(capsys, "is a symbolic link")
+    assert not any((tmp_path / "target").iterdir())
+
+
 # ------------------------------------------------------------------------------- items 10 and 13: reading
 
 

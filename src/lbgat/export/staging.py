@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..exported import FILES, UNFINISHED
+from ..exported import CARD, CONFIG, FILES, UNFINISHED, WEIGHTS
 from ..files import sync_folder, write_bytes_atomic
 
 SUFFIX = ".lbgat-export"
@@ -48,13 +48,33 @@ def publish(staging: Path, out: Path) -> None:
     os.chmod(staging, mode)  # mkdtemp made it private
     (staging / UNFINISHED).unlink()
     try:
-        os.rename(staging, target)  # replaces an empty folder, never a file, a link or a folder with contents
+        if _current_folder(target):
+            _move_files(staging, target)
+        else:
+            os.rename(staging, target)  # replaces an empty folder, never a file, a link or a folder with contents
     except OSError as error:
         if error.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
             raise ConfigError(f"--out {out} was created or filled by something else while the export ran; "
                               "nothing was written there (choose a new or empty folder)") from None
         raise
     sync_folder(target.parent)
+
+
+def _current_folder(target: Path) -> bool:
+    try:
+        return target.is_dir() and os.path.samefile(target, os.getcwd())
+    except OSError:
+        return False
+
+
+def _move_files(staging: Path, target: Path) -> None:
+    """Into the current folder (``--out .``), which a rename would replace under the user's shell: file by
+    file, the weights last, so that before them the folder is no export at all; ``link`` never replaces a
+    file that appeared meanwhile."""
+    for name in (CONFIG, CARD, WEIGHTS):
+        os.link(staging / name, target / name)
+        (staging / name).unlink()
+    staging.rmdir()
 
 
 def remove_leftovers(out: Path) -> None:

@@ -58,14 +58,17 @@ def resolve_checkpoint(source: Path) -> Path:
 
 def check_out(out: Path) -> None:
     """``out`` is missing or an empty folder, and can be written: an export never replaces files."""
-    if out.exists() or out.is_symlink():
+    if out.is_symlink():  # the finished export takes --out's place by a rename, which a link would not survive
+        raise ConfigError(f"--out {out} is a symbolic link; give the folder it points to, or a new folder")
+    if out.exists():
         if not out.is_dir():
             raise ConfigError(f"--out {out} exists and is not a folder; choose a new or empty folder")
         try:
             occupied = next(out.iterdir(), None) is not None
         except OSError as error:
             raise ConfigError(f"cannot read the export folder {out}: {error.strerror or error}") from None
-        if occupied and (out / WEIGHTS).exists() and not all((out / name).is_file() for name in FILES):
+        names = {entry.name for entry in out.iterdir()} if occupied else set()
+        if names and names < set(FILES):  # a part of an export: left by one stopped part way
             raise ConfigError(f"--out {out} holds an incomplete export (left by an export stopped part way); "
                               "nothing was written: remove it yourself, or choose a new or empty folder")
         if occupied:
