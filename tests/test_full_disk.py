@@ -23,6 +23,7 @@ import pytest
 import lbgat.files
 from lbgat.cli import main
 from lbgat.locks import LOCK_FILE
+from lbgat.ownership import MANIFEST
 
 TRAIN = ["train", "--method", "trades", "--model", "tiny-cnn", "--batch-size", "8", "--no-progress"]
 EVAL = ["--num-examples", "16", "--batch-size", "8", "--check-n", "0", "--no-progress"]
@@ -101,7 +102,7 @@ def test_the_simulated_disk_fails_as_a_real_one_does(tmp_path: Path, monkeypatch
 @pytest.mark.parametrize(("room", "intact"), [
     (0, "nothing of this evaluation was saved (an earlier report in {out} is as it was); the checkpoint is "
         "unchanged: free some space, then run the evaluation again"),
-    (1, "{out} holds this evaluation's report.json but not its report.md, per_sample.json; the checkpoint is "
+    (2, "{out} holds this evaluation's report.json but not its report.md, per_sample.json; the checkpoint is "
         "unchanged"),
 ])
 def test_eval_on_a_full_disk_is_one_line_saying_what_is_saved(run: Path, tmp_path: Path, monkeypatch, capsys,
@@ -110,13 +111,14 @@ def test_eval_on_a_full_disk_is_one_line_saying_what_is_saved(run: Path, tmp_pat
     before = digests(run)
     fill_disk_after(monkeypatch, room)
     assert main(["eval", str(run / "last.pt"), *EVAL, "--out", str(out)]) == 2
-    failed = "report.json" if room == 0 else "report.md"
+    # The folder's record of what lbgat wrote (lbgat.ownership) is written first, then the three files.
+    failed = MANIFEST if room == 0 else "report.md"
     line = one_line(capsys)
     assert line.startswith(f"lbgat eval: error: could not write {out / failed}: {NO_SPACE}; "
                            + intact.format(out=out)), line
     assert digests(run) == before
     # No temporary file; a folder the evaluation created and could write nothing into is removed again.
-    assert sorted(path.name for path in out.iterdir()) == ["report.json"] if room else not out.exists()
+    assert sorted(path.name for path in out.iterdir()) == [MANIFEST, "report.json"] if room else not out.exists()
 
 
 def test_eval_whose_autoattack_state_cannot_be_saved_is_one_line(run: Path, tmp_path: Path, monkeypatch,
@@ -155,9 +157,10 @@ def test_export_on_a_full_disk_is_one_line_and_leaves_nothing(run: Path, tmp_pat
     fill_disk_after(monkeypatch, 1)
     assert main(["export", str(run / "last.pt"), "--out", str(out)]) == 2
     line = one_line(capsys)
-    assert line.startswith(f"lbgat export: error: could not write {out}/") and NO_SPACE in line, line
-    assert line.endswith(f"nothing was exported (the files written into {out} were removed again) and the "
-                         "checkpoint is unchanged: free some space, then export again")
+    # The export is written into a hidden sibling of --out and renamed when complete (lbgat.export.staging).
+    assert line.startswith(f"lbgat export: error: could not write {tmp_path}/.export.") and NO_SPACE in line, line
+    assert line.endswith(f"nothing was exported ({out} was not created or changed, and the partial export beside "
+                         "it was removed again) and the checkpoint is unchanged: free some space, then export again")
     assert list(tmp_path.iterdir()) == []  # no export folder, no temporary file, no lock file
 
 
@@ -166,7 +169,7 @@ def test_other_write_errors_are_one_line_without_the_advice_to_free_space(run: P
     out = tmp_path / "eval"
     fill_disk_after(monkeypatch, 0, errno.EIO)
     assert main(["eval", str(run / "last.pt"), *EVAL, "--out", str(out)]) == 2
-    assert one_line(capsys) == f"lbgat eval: error: cannot use {out / 'report.json'}: {os.strerror(errno.EIO)}"
+    assert one_line(capsys) == f"lbgat eval: error: cannot use {out / MANIFEST}: {os.strerror(errno.EIO)}"
 
 
 def test_a_full_disk_under_any_write_names_the_file_in_one_error(tmp_path: Path, monkeypatch) -> None:
@@ -207,6 +210,7 @@ def test_a_real_full_file_system_is_one_line_from_a_real_process(run: Path, tiny
                             env=dict(os.environ, PYTHONWARNINGS="ignore"))
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     (line,) = result.stderr.strip().splitlines()
-    assert line.startswith(f"lbgat {command}: error: could not write {out}") and NO_SPACE in line, line
+    written = tiny_disk if command == "export" else out  # an export is written beside --out, then renamed
+    assert line.startswith(f"lbgat {command}: error: could not write {written}") and NO_SPACE in line, line
     assert digests(run) == before
     assert not [path for path in tiny_disk.rglob("*") if path.name.endswith((".tmp", LOCK_FILE))]

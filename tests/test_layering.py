@@ -40,10 +40,10 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     # The foundation: errors, randomness, the process's place and device, and leaf helpers that import
     # nothing of lbgat but errors and each other (file writing, precision, arithmetic modes, typed mappings, YAML,
     # provenance, recipe lookup, pickle allow-lists, the version string, the declaration of a setting, Markdown
-    # escaping).
+    # escaping, the record of what lbgat wrote in an output folder, the lock of a folder being written).
     ("foundation", frozenset({
         "rng", "errors", "world", "precision", "arithmetic", "files", "structured", "yaml_loader",
-        "provenance", "pickle_safety", "recipes", "version", "settings", "markdown", "locks",
+        "provenance", "pickle_safety", "recipes", "version", "settings", "markdown", "locks", "ownership",
     })),
 )
 RANK = {name: rank for rank, (_, names) in enumerate(LAYERS) for name in names}

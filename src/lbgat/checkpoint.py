@@ -264,6 +264,11 @@ def load_for_eval(path: str | Path, *, arch: str | None = None, num_classes: int
     path = Path(path)
     if path.is_dir():
         return _load_export_for_eval(path, arch, num_classes, device)
+    from .exported import carries_export_metadata, weights_not_folder
+
+    check_checkpoint_path(path)  # a FIFO or a folder is named as such before anything opens it
+    if carries_export_metadata(path):  # torch.load reads safetensors too, as a plain state dict
+        raise weights_not_folder(path)
     payload = read_tensors_file(path)
     if isinstance(payload, dict) and "lbgat_checkpoint" in payload:
         checkpoint = _checkpoint_from_payload(payload, path)

@@ -7,6 +7,10 @@ Layout::
     DIR/README.md           the model card
     DIR/config.yaml         the resolved settings of the run that trained it
 
+An export becomes visible whole or not at all: ``lbgat export`` writes it into a hidden sibling folder,
+``.DIR.<random>.lbgat-export``, holding :data:`UNFINISHED` until every file is written, then renames it to
+DIR. A folder lacking one of the three files, or still marked unfinished, is refused by every reader.
+
 safetensors holds raw tensors and a JSON header, so reading it runs no code. The header's
 metadata (strings only) holds the architecture, classes, input shape, normalisation, key layout,
 lbgat version and the source checkpoint's sha256 as plain keys, and the training record (config,
@@ -16,6 +20,8 @@ dataset, position, code version) as JSON under ``lbgat_meta``.
 from __future__ import annotations
 
 import json
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +36,9 @@ from .errors import CheckpointError
 WEIGHTS = "model.safetensors"
 CARD = "README.md"
 CONFIG = "config.yaml"
+FILES = (WEIGHTS, CARD, CONFIG)
+UNFINISHED = ".lbgat-export-unfinished"  # in a folder an export is still writing (or was killed writing)
+HEADER_LIMIT = 100 << 20  # safetensors' own limit on the size of its JSON header
 FORMAT = "lbgat-export"
 FORMAT_VERSION = "1"
 # The metadata keys every export has (besides lbgat_meta and the "format": "pt" safetensors convention).
@@ -65,6 +74,45 @@ def export_metadata(spec: ModelSpec, layout_name: str, meta: dict[str, Any], *, 
         "method": str(meta.get("config", {}).get("method", {}).get("name")),
         "lbgat_meta": json.dumps(record, allow_nan=False),
     }
+
+
+def check_finished(folder: Path) -> None:
+    """Refuse the hidden folder of an export still being written, or killed while it was."""
+    if (folder / UNFINISHED).exists() or (folder / UNFINISHED).is_symlink():
+        raise CheckpointError(f"{folder} is an export that was never finished (its writer stopped part way); "
+                              "export the checkpoint again")
+
+
+def check_complete(folder: Path) -> None:
+    """Refuse an export missing one of its files (left by an older lbgat, which wrote them one by one, killed
+    part way)."""
+    missing = [name for name in FILES if not (folder / name).is_file()]
+    if missing:
+        raise CheckpointError(f"{folder} is an incomplete lbgat export: it has no {' or '.join(missing)} (an export "
+                              "stopped part way?); export the checkpoint again")
+
+
+def carries_export_metadata(path: Path) -> bool:
+    """Whether ``path`` is a safetensors file whose header says lbgat exported it (its header alone is read)."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not block the reader
+        with os.fdopen(descriptor, "rb") as file:
+            if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+                return False
+            size = int.from_bytes(file.read(8), "little")
+            if not 2 <= size <= HEADER_LIMIT:
+                return False
+            header = json.loads(file.read(size).decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return False
+    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    return isinstance(metadata, dict) and "lbgat_export" in metadata
+
+
+def weights_not_folder(path: Path) -> CheckpointError:
+    """The one line for an export's weights file given where its folder belongs."""
+    return CheckpointError(f"{path} is the weights file of an lbgat export: give its folder, {path.parent}, "
+                           "which holds what rebuilds the model (the architecture is read from it, no --model)")
 
 
 @dataclass
@@ -133,6 +181,7 @@ def load_export(folder: Path) -> LoadedExport:
     """The model of an export folder, its weights checked against the layout strictly (every key, every shape)."""
     if not is_export(folder):
         raise not_an_export(folder)
+    check_finished(folder)
     from .models.official import key_layout
 
     weights = folder / WEIGHTS
@@ -152,4 +201,5 @@ def load_export(folder: Path) -> LoadedExport:
         raise CheckpointError(f"{weights} does not fit a {spec.arch}: {problem}")
     checkpoint_checks.check_finite(tensors.items(), weights)
     load_state_strict(model, layout.from_official(tensors), weights)
+    check_complete(folder)  # after the weights, whose own faults say more
     return LoadedExport(model.eval(), spec, weights, meta)

@@ -140,6 +140,11 @@ def _fsync_directory(directory: Path) -> None:
         os.close(descriptor)
 
 
+def sync_folder(directory: Path) -> None:
+    """fsync ``directory`` (so a rename in it survives a crash), where the system allows it."""
+    _fsync_directory(directory)
+
+
 def describe_os_error(error: OSError) -> str:
     """One line for an OSError about a path: ``cannot use PATH: File name too long``."""
     names = " -> ".join(str(name) for name in (error.filename, error.filename2) if name is not None)

@@ -36,17 +36,16 @@ from ..train import train
 from ..train.run_dir import LAST, PREVIOUS, RUN_FILES
 from ..train.setup import validate
 from .entries import CompareEntry
+from .folders import EVAL_FOLDER, REPORT_FOLDER, check_out_folders
 from .marks import footnote, row_doubts
 from .seeds import check_layout, seed_folder
 from .state import CompareState
 from .table import fixed_width_table
 
-EVAL_FOLDER = "eval-last"
 # Held-out training images a comparison validates on each epoch when its recipe holds none out: enough for the
 # robust-overfitting curve (a binomial standard error of at most 2.2 points), cheap next to an epoch's training.
 COMPARE_VAL_SIZE = 500
 CHANGED_SETTINGS = "--resume with settings that differ from the run:"  # the trainer's refusal
-REPORT_FOLDER = "report"
 
 
 @dataclass(frozen=True)
@@ -120,6 +119,7 @@ def _run_compare(plan: ComparePlan, progress: bool) -> CompareResult:
         validate(config)
     check_request(plan.evaluation.request(plan.out / "last.pt", plan.out / EVAL_FOLDER))
     check_layout(plan.out, [entry.run_folder for entry in plan.entries], seeded=plan.seeds is not None)
+    check_out_folders(plan.out, [seed_folder(entry.run_folder, seed) for entry, seed in jobs])
     plan.out.mkdir(parents=True, exist_ok=True)
     state = CompareState.load(plan.out)
     total = len(jobs)

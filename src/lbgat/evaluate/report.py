@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..errors import WriteError
-from ..files import out_of_space, strict_json, write_text_atomic
+from ..files import out_of_space, strict_json
 from ..markdown import code, text
+from ..ownership import check_owned, file_sha256, write_owned
 from .doubts import LEGEND, doubts_of, footnotes, marked
 from .intervals import interval_of, interval_text
 
+REPORT_FILES = ("report.json", "report.md", "per_sample.json")
+WRITER = "lbgat eval"  # the command named in the folder's record (lbgat.ownership)
+WHAT = "evaluation folder"
 VERDICT_MARKS = {"pass": "pass", "warn": "**WARNING**", "fail": "**FAILED**", "skipped": "skipped"}
 
 
@@ -119,23 +124,28 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def check_out(out: Path) -> None:
+    """Before any work: a report file already in ``out`` is one an earlier ``lbgat eval`` wrote there, unchanged
+    (anything else is refused, so an evaluation never replaces a file it did not write)."""
+    check_owned(out, REPORT_FILES, WRITER, WHAT)
+
+
 def write_report(report: dict[str, Any], out: Path, *, per_sample: dict[str, torch.Tensor],
                  indices: torch.Tensor) -> None:
     flags = {"indices": indices.tolist(), "correct": {name: flags.int().tolist() for name, flags in per_sample.items()}}
     texts = {"report.json": strict_json(report, indent=2) + "\n", "report.md": render_markdown(report),
              "per_sample.json": strict_json(flags) + "\n"}
-    out.mkdir(parents=True, exist_ok=True)
-    written: list[str] = []
-    for name, content in texts.items():
-        try:
-            write_text_atomic(out / name, content)
-        except OSError as error:  # a full disk: say exactly which files of the folder are this evaluation's
-            if not out_of_space(error):
-                raise
-            raise WriteError(f"could not write {out / name}: {error.strerror or error}; "
-                             + _what_is_intact(out, written, [other for other in texts if other not in written])
-                             ) from None
-        written.append(name)
+    payload = {name: content.encode("utf-8") for name, content in texts.items()}
+    try:
+        write_owned(out, WRITER, payload, what=WHAT)
+    except OSError as error:  # a full disk: say exactly which files of the folder are this evaluation's
+        if not out_of_space(error):
+            raise
+        written = [name for name, data in payload.items()
+                   if file_sha256(out / name) == hashlib.sha256(data).hexdigest()]
+        failed = error.filename if isinstance(error.filename, str) else out
+        raise WriteError(f"could not write {failed}: {error.strerror or error}; "
+                         + _what_is_intact(out, written, [name for name in texts if name not in written])) from None
 
 
 def _what_is_intact(out: Path, written: list[str], missing: list[str]) -> str:

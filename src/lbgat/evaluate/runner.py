@@ -8,6 +8,7 @@ per-example outcomes, checks their consistency and writes the report.
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -24,6 +25,7 @@ from ..config import threat_profile
 from ..data import Dataset, load_dataset
 from ..data.loader import DeviceLoader
 from ..errors import ConfigError, LbgatError
+from ..exported import is_export
 from ..files import check_writable, failed_writes
 from ..locks import folder_lock
 from ..methods.plugin import plugin_summaries
@@ -34,7 +36,7 @@ from .autoattack import AA_PACKAGE, AA_SOURCE, AAResult, AASettings, run_autoatt
 from .checks import CheckInputs, run_checks
 from .distributed import GATHER_TIMEOUT, gather, shard_indices
 from .intervals import wilson_interval
-from .report import write_report
+from .report import check_out, write_report
 from .specs import DEFAULT_ATTACKS, AttackSpec, parse_attacks
 from .suite import box_violation, perturbation_size, run_suite
 
@@ -156,6 +158,14 @@ def plan(request: EvalRequest, dataset: Dataset) -> Plan:
 
 
 def default_out(checkpoint: Path) -> Path:
+    """``eval-<name>`` beside the checkpoint file or export folder; never inside an export folder."""
+    if checkpoint.name in ("", ".", ".."):  # "lbgat eval ." inside an export: name it after the folder
+        checkpoint = Path(os.path.abspath(checkpoint))
+    if checkpoint.is_dir():
+        return checkpoint.parent / f"eval-{checkpoint.name or 'model'}"
+    if is_export(checkpoint.parent):  # a file kept in an export folder: the report goes beside the folder
+        folder = Path(os.path.abspath(checkpoint.parent))
+        return folder.parent / f"eval-{folder.name}-{checkpoint.stem}"
     return checkpoint.parent / f"eval-{checkpoint.stem}"
 
 
@@ -288,6 +298,7 @@ def evaluate_checkpoint(request: EvalRequest, *, progress: bool = True) -> tuple
     check_request(request)
     out = request.out or default_out(Path(request.checkpoint))
     check_writable(out, "report folder")  # before any work, so no evaluation is lost to an unwritable folder
+    check_out(out)  # and none to a file in the way that lbgat may not replace
     world = world_from_environment()
     device = device_for(world, resolve_device(request.device))
     # One writer per report folder: rank 0 writes the report of a sharded evaluation.

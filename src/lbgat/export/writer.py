@@ -2,13 +2,15 @@
 
 Everything is checked before anything is written: the input is an lbgat checkpoint with finite
 weights that fit its architecture, and ``--out`` is missing or an empty folder that can be written.
-The files are written through :func:`lbgat.files.atomic_file`; if one fails, the ones this export
-wrote are removed again (and ``--out`` with them when the export created it).
+The export becomes visible whole or not at all: its files are written into a hidden sibling folder
+(:mod:`lbgat.export.staging`), which is renamed to ``--out`` once complete. If anything fails, the
+sibling is removed and ``--out`` is as it was.
 """
 
 from __future__ import annotations
 
 import hashlib
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ from .. import checkpoint_checks, pickle_safety
 from ..checkpoint import check_checkpoint_path, load_checkpoint, load_state_strict, sha256_of
 from ..config import TrainConfig, config_to_yaml
 from ..errors import CheckpointError, ConfigError
-from ..exported import CARD, CONFIG, WEIGHTS, export_metadata, is_export
+from ..exported import CARD, CONFIG, FILES, WEIGHTS, export_metadata, is_export
 from ..files import check_writable, failed_writes, write_bytes_atomic
 from ..locks import sibling_lock
 from ..models.official import KeyLayout, key_layout
@@ -30,6 +32,7 @@ from ..train.run_dir import LAST
 from ..version import __version__
 from .card import CardInputs, render_card
 from .evaluations import FoundEvaluations, find_evaluations
+from .staging import publish, remove_leftovers, staging_folder
 
 _NOT_A_CHECKPOINT = "export takes a checkpoint written by `lbgat train`: a run's last.pt, best.pt or epoch-N.pt"
 
@@ -56,13 +59,19 @@ def resolve_checkpoint(source: Path) -> Path:
 
 def check_out(out: Path) -> None:
     """``out`` is missing or an empty folder, and can be written: an export never replaces files."""
-    if out.exists() or out.is_symlink():
+    if out.is_symlink():  # the finished export takes --out's place by a rename, which a link would not survive
+        raise ConfigError(f"--out {out} is a symbolic link; give the folder it points to, or a new folder")
+    if out.exists():
         if not out.is_dir():
             raise ConfigError(f"--out {out} exists and is not a folder; choose a new or empty folder")
         try:
             occupied = next(out.iterdir(), None) is not None
         except OSError as error:
             raise ConfigError(f"cannot read the export folder {out}: {error.strerror or error}") from None
+        names = {entry.name for entry in out.iterdir()} if occupied else set()
+        if names and names < set(FILES):  # a part of an export: left by one stopped part way
+            raise ConfigError(f"--out {out} holds an incomplete export (left by an export stopped part way); "
+                              "nothing was written: remove it yourself, or choose a new or empty folder")
         if occupied:
             raise ConfigError(f"--out {out} exists and is not empty; choose a new or empty folder "
                               "(an export never replaces files)")
@@ -93,21 +102,14 @@ def _config_yaml(config: dict[str, Any]) -> str:
 
 
 def _write_files(out: Path, files: dict[str, bytes]) -> None:
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
+    remove_leftovers(out)
+    staging = staging_folder(out)
     try:
         for name, data in files.items():
-            write_bytes_atomic(out / name, data)
-            written.append(out / name)
+            write_bytes_atomic(staging / name, data)
+        publish(staging, out)
     except BaseException:
-        for path in written:  # only files this export created: --out was empty
-            path.unlink(missing_ok=True)
-        if created:
-            try:
-                out.rmdir()
-            except OSError:
-                pass
+        shutil.rmtree(staging, ignore_errors=True)  # a folder this export created, holding only its own files
         raise
 
 
@@ -116,13 +118,14 @@ def export_checkpoint(source: Path, out: Path) -> ExportResult:
     run folder meaning its last.pt)."""
     resolve_checkpoint(source)
     check_out(out)  # before the lock, which creates --out's parent; again under it, where it cannot change
-    # The lock is kept beside --out: the export folder holds nothing but the export.
-    with sibling_lock(out, "export folder"), failed_writes(out, _NOT_EXPORTED.format(out=out)):
+    # The lock is kept beside --out: the export folder holds nothing but the export. The files are written into
+    # a hidden sibling of --out (export.staging), so a full disk names a file there.
+    with sibling_lock(out, "export folder"), failed_writes(out.parent, _NOT_EXPORTED.format(out=out)):
         return _export(source, out)
 
 
-_NOT_EXPORTED = ("nothing was exported (the files written into {out} were removed again) and the checkpoint is "
-                 "unchanged: free some space, then export again")
+_NOT_EXPORTED = ("nothing was exported ({out} was not created or changed, and the partial export beside it was "
+                 "removed again) and the checkpoint is unchanged: free some space, then export again")
 
 
 def _export(source: Path, out: Path) -> ExportResult:

@@ -14,7 +14,7 @@ import numpy as np
 from ..errors import LbgatError
 from ..evaluate.doubts import LEGEND, doubts_of, mark_text
 from ..evaluate.intervals import interval_of
-from ..files import check_writable, failed_writes, strict_json, write_text_atomic
+from ..files import check_writable, failed_writes, strict_json
 from ..locks import folder_lock
 from ..methods import get_method
 from ..version import __version__
@@ -31,7 +31,7 @@ from .figures import (
     training_curves,
     transfer_bars,
 )
-from .outputs import prepare_out, write_figure_files
+from .outputs import prepare_out, write_figure_files, write_report_files
 from .paired import paired_comparisons
 from .paper import METRIC_TITLES, PAPER_PROTOCOL, SOURCE, paper_metric, points_for
 from .render import render_html, render_markdown
@@ -166,9 +166,8 @@ def _build_report(inputs: list[Path], out: Path, options: ReportOptions, progres
         "paper_protocol": PAPER_PROTOCOL,
     }
     markdown, html, summary = out / "report.md", out / "report.html", out / "report.json"
-    write_text_atomic(markdown, render_markdown(context))
-    write_text_atomic(html, render_html(context))
-    write_text_atomic(summary, strict_json(_summary(runs, context, figures), indent=2) + "\n")
+    write_report_files(out, {markdown.name: render_markdown(context), html.name: render_html(context),
+                             summary.name: strict_json(_summary(runs, context, figures), indent=2) + "\n"})
     return ReportResult(out, markdown, html, summary, runs, figures, drawn, notes)
 
 

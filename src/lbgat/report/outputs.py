@@ -1,9 +1,9 @@
 """The report folder: what it holds, and writing into it without touching anything else.
 
-``--out`` may be a new folder, an empty one, or an earlier report (only ``report.md``, ``report.html``,
-``report.json`` and ``figures/*.png|svg``, plus lbgat's own temporary files). Anything else in it refuses
-the whole report before any work; a figure an earlier report wrote and this one does not is removed, so
-the folder always matches its report.
+``--out`` may be a new folder, an empty one, or an earlier report: every file in it must be one that
+``lbgat report`` wrote and that is still as it wrote it (its record, :mod:`lbgat.ownership`), apart from
+lbgat's own temporary files, which are left alone. Anything else refuses the whole report before any work;
+a figure an earlier report wrote and this one does not is removed, so the folder always matches its report.
 """
 
 from __future__ import annotations
@@ -12,49 +12,55 @@ import re
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..files import check_writable, write_bytes_atomic
+from ..files import check_writable
 from ..locks import LOCK_FILE
+from ..ownership import MANIFEST, not_owned, owned_names, read_manifest, refusal, write_owned
 
 REPORT_FILES = ("report.md", "report.html", "report.json")
 FIGURES = "figures"
 FIGURE_PATTERN = r"[a-z0-9][a-z0-9.-]*\.(png|svg)"  # the names build.py gives figures (id + extension)
-FIGURE_FILE = re.compile(FIGURE_PATTERN)
 TEMPORARY = re.compile(r"\..+\.[a-z0-9_]+\.tmp")  # left by a killed atomic write
+WRITER = "lbgat report"  # the command named in the folder's record
+WHAT = "report folder"
 
 
-def _foreign(out: Path) -> list[str]:
-    foreign: list[str] = []
+def _temporary(entry: Path) -> bool:
+    return bool(TEMPORARY.fullmatch(entry.name)) and entry.is_file() and not entry.is_symlink()
+
+
+def _entries(out: Path) -> list[str]:
+    """Every name in ``out`` a report must answer for (figures/ looked into unless it is a link)."""
+    names: list[str] = []
     for entry in sorted(out.iterdir()):
-        if entry.is_symlink():
-            foreign.append(entry.name)
-        elif entry.is_dir() and entry.name == FIGURES:
-            foreign += [f"{FIGURES}/{item.name}" for item in sorted(entry.iterdir())
-                        if item.is_symlink() or not item.is_file()
-                        or not (FIGURE_FILE.fullmatch(item.name) or TEMPORARY.fullmatch(item.name))]
-        elif not (entry.is_file() and (entry.name in (*REPORT_FILES, LOCK_FILE) or TEMPORARY.fullmatch(entry.name))):
-            foreign.append(entry.name)
-    return foreign
+        if entry.name in (MANIFEST, LOCK_FILE) or _temporary(entry):  # lbgat's own bookkeeping
+            continue
+        if entry.name == FIGURES and entry.is_dir() and not entry.is_symlink():
+            names += [f"{FIGURES}/{item.name}" for item in sorted(entry.iterdir())
+                      if not _temporary(item)]
+        else:
+            names.append(entry.name)
+    return names
 
 
 def prepare_out(out: Path) -> None:
-    """Check ``out`` before any work: writable, and holding nothing but an earlier report."""
-    check_writable(out, "report folder")
+    """Check ``out`` before any work (writing nothing): writable, and holding nothing but an earlier report."""
+    check_writable(out, WHAT)
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise ConfigError(f"the report folder {out} is not a folder")
     if out.exists():
-        foreign = _foreign(out)
+        read_manifest(out)  # a record that is not lbgat's refuses the folder
+        foreign = not_owned(out, _entries(out), WRITER)
         if foreign:
-            shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
-            raise ConfigError(f"the report folder {out} holds {shown}, which a report does not write; nothing was "
-                              "written (choose an empty or new --out)")
-    (out / FIGURES).mkdir(parents=True, exist_ok=True)
+            raise refusal(out, foreign, WHAT)
 
 
 def write_figure_files(out: Path, files: dict[str, bytes]) -> None:
     """Write ``files`` (names under figures/) and remove the figures of an earlier report not among them."""
-    folder = out / FIGURES
-    for name, data in files.items():
-        write_bytes_atomic(folder / name, data)
-    for entry in folder.iterdir():
-        if FIGURE_FILE.fullmatch(entry.name) and entry.name not in files and entry.is_file():
-            entry.unlink()
+    named = {f"{FIGURES}/{name}": data for name, data in files.items()}
+    earlier = [name for name in owned_names(out, WRITER) if name.startswith(f"{FIGURES}/")] if out.is_dir() else []
+    write_owned(out, WRITER, named, what=WHAT, remove=earlier)
+
+
+def write_report_files(out: Path, files: dict[str, str]) -> None:
+    """Write report.md, report.html and report.json (each replacing only the earlier report's own)."""
+    write_owned(out, WRITER, {name: text.encode("utf-8") for name, text in files.items()}, what=WHAT)
