@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -72,3 +73,11 @@ def test_finite_values_still_read_as_before() -> None:
     with pytest.raises(argparse.ArgumentTypeError, match="'eight' is not a number"):
         finite_float("eight")
     assert build_parser().parse_args(["eval", "x.pt", "--cw-kappa", "0"]).cw_kappa == 0.0
+
+
+def test_a_newline_in_a_name_keeps_the_error_on_one_line(tmp_path: Path, capsys) -> None:
+    """Issue 21: one line on stderr, whatever the user named their folders (a newline or an escape sequence)."""
+    folder = tmp_path / "a\nlbgat eval: error: forged\x1b[31m"
+    assert main(["eval", str(folder / "last.pt")]) != 0
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "\x1b" not in lines[0] and "a\\nlbgat eval" in lines[0], lines
