@@ -93,11 +93,3 @@ def text_box(annotation: Annotation, renderer) -> Bbox:
     """The box of the label's text alone (an Annotation's own extent includes its leader line)."""
     annotation.update_positions(renderer)
     return Text.get_window_extent(annotation, renderer)
-
-
-def boxes_overlap(ax: Axes, annotations: list[Annotation]) -> bool:
-    """Whether any two of the drawn labels overlap (for tests and checks)."""
-    canvas = ax.figure.canvas if isinstance(ax.figure.canvas, FigureCanvasAgg) else FigureCanvasAgg(ax.figure)
-    renderer = canvas.get_renderer()
-    boxes = [text_box(annotation, renderer) for annotation in annotations]
-    return any(boxes[i].overlaps(boxes[j]) for i in range(len(boxes)) for j in range(i + 1, len(boxes)))

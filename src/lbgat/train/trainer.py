@@ -109,13 +109,12 @@ class Trainer:
             return
         # No CUDA generator states: every random draw of training comes from the counter-based hash of
         # lbgat.rng, so there is nothing on the GPU to restore (checkpoints that hold them still load).
-        rng = {"torch_cpu": torch.get_rng_state()}
         state = {key: value.detach().cpu() for key, value in self.parts.method.state_dict().items()}
         optimizer = self.parts.optimizer.state_dict() if with_optimizer else None
         meta = self._meta(kind)
         try:
-            save_checkpoint(path, meta, {**state, **{f"rng.{k}": v for k, v in _flatten_rng(rng).items()}},
-                            optimizer, keep_previous=keep_previous)
+            save_checkpoint(path, meta, {**state, "rng.torch_cpu": torch.get_rng_state()}, optimizer,
+                            keep_previous=keep_previous)
         except OSError as error:  # a full disk, a quota, a folder gone: the write left nothing behind
             raise CheckpointWriteError(path, error, self.run_dir) from None
 
@@ -379,13 +378,6 @@ class Trainer:
     def _best_path(self) -> Path | None:
         path = self.run_dir / BEST
         return path if path.exists() else None
-
-
-def _flatten_rng(rng: dict[str, Any]) -> dict[str, torch.Tensor]:
-    flat: dict[str, torch.Tensor] = {"torch_cpu": rng["torch_cpu"]}
-    for index, state in enumerate(rng.get("torch_cuda", [])):
-        flat[f"torch_cuda_{index}"] = state
-    return flat
 
 
 def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
