@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from lbgat.checkpoint import load_checkpoint  # noqa: E402
+from lbgat.checkpoints.checkpoint import load_checkpoint  # noqa: E402
 from lbgat.methods import get_method  # noqa: E402
 from train_step import DEFAULT_DATA  # noqa: E402
 

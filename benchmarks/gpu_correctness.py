@@ -36,16 +36,16 @@ from torch import nn
 
 SOURCE = Path(__file__).resolve().parents[1] / "src"
 sys.path.insert(0, str(SOURCE))  # this checkout's lbgat, installed or not
-from lbgat.arithmetic import describe_arithmetic, float32_mode  # noqa: E402
 from lbgat.attacks import pgd  # noqa: E402
 from lbgat.attacks.half import scaled_input_gradients, under_fp16_autocast  # noqa: E402
-from lbgat.checkpoint import ModelSpec, load_checkpoint  # noqa: E402
+from lbgat.checkpoints.checkpoint import ModelSpec, load_checkpoint  # noqa: E402
 from lbgat.data import load_dataset  # noqa: E402
 from lbgat.data.loader import Batch  # noqa: E402
 from lbgat.methods import TrainAttack, create_method  # noqa: E402
 from lbgat.methods.teachers import FrozenEnsemble  # noqa: E402
-from lbgat.precision import DTYPES, Precision  # noqa: E402
-from lbgat.rng import ExampleRNG  # noqa: E402
+from lbgat.runtime.arithmetic import describe_arithmetic, float32_mode  # noqa: E402
+from lbgat.runtime.precision import DTYPES, Precision  # noqa: E402
+from lbgat.runtime.rng import ExampleRNG  # noqa: E402
 
 EPS, STEP = 0.3, 0.01  # the MNIST threat model of the TRADES evaluation (PGD-20 by default here)
 LR = 0.01  # natural SGD of the small-cnn: about 90 % test accuracy after 100 steps of 128

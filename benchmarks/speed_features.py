@@ -30,11 +30,11 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compile_attack import EagerForward  # noqa: E402
-from lbgat.arithmetic import float32_mode  # noqa: E402
 from lbgat.attacks.input_only import FrozenWeights  # noqa: E402
 from lbgat.data.loader import Batch  # noqa: E402
 from lbgat.methods import Method, TrainAttack, create_method  # noqa: E402
-from lbgat.precision import Precision  # noqa: E402
+from lbgat.runtime.arithmetic import float32_mode  # noqa: E402
+from lbgat.runtime.precision import Precision  # noqa: E402
 from train_step import EPS, STEP_SIZE, add_step_arguments, step_setup, synchronize  # noqa: E402
 
 FEATURES = ("channels_last", "bf16", "fp16", "compile", "tf32")

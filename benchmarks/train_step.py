@@ -39,7 +39,7 @@ from lbgat.methods import TrainAttack, create_method
 from lbgat.methods.base import add_weighted
 from lbgat.methods.trades import kl_batchmean
 from lbgat.models import create_model
-from lbgat.rng import Stream
+from lbgat.runtime.rng import Stream
 
 EPS, STEP_SIZE, STEPS = 0.031, 0.007, 10
 SHARED_MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-mini"

@@ -23,7 +23,7 @@ from torch import nn
 from lbgat.data.loader import Batch
 from lbgat.methods import TrainAttack
 from lbgat.models import create_model
-from lbgat.rng import Stream
+from lbgat.runtime.rng import Stream
 from test_models import deterministic_inputs, deterministic_state
 
 MODEL, NUM_CLASSES, BATCH_SIZE, SEED = "wrn-10-1", 10, 8, 1

@@ -16,7 +16,7 @@ from torch import nn
 from lbgat.data.loader import Batch
 from lbgat.methods import Method, TrainAttack, create_method
 from lbgat.models import create_model
-from lbgat.rng import Stream
+from lbgat.runtime.rng import Stream
 from test_models import deterministic_inputs, deterministic_state
 
 STUDENT, TEACHER = "wrn-16-2", "resnet18-lbgat"  # official WideResNet(depth=16, widen_factor=2), ResNet18_cifar()

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lbgat.attacks import cw_margin_sum, fgsm, model_mode, pgd
-from lbgat.rng import ExampleRNG
+from lbgat.runtime.rng import ExampleRNG
 from references import official_attack
 
 TOLERANCE = 1e-6

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lbgat.checkpoint import load_checkpoint, read_tensors_file, save_checkpoint
+from lbgat.checkpoints.checkpoint import load_checkpoint, read_tensors_file, save_checkpoint
 from lbgat.cli import main
 from lbgat.config import build_config, load_yaml, parse_override
 from lbgat.errors import CheckpointError, ConfigError, UnsafeCheckpointError

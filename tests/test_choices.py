@@ -17,7 +17,7 @@ from lbgat.errors import ConfigError
 from lbgat.evaluate.autoattack import AA_VERSIONS, AASettings
 from lbgat.evaluate.runner import PROTOCOLS, EvalRequest, check_request, requested_attacks
 from lbgat.evaluate.specs import ATTACK_FORMS, ATTACK_NAMES, DEFAULT_ATTACKS, STEPLESS, parse_attacks
-from lbgat.precision import DTYPES, PRECISIONS
+from lbgat.runtime.precision import DTYPES, PRECISIONS
 from lbgat.train.setup import validate
 
 

@@ -13,7 +13,7 @@ import torch
 
 import lbgat
 from data_fixtures import cifar10_mini_root
-from lbgat.checkpoint import load_checkpoint
+from lbgat.checkpoints.checkpoint import load_checkpoint
 from lbgat.cli import main
 
 SMALL = ["--model", "wrn-10-1", "--teacher", "wrn-10-1", "--batch-size", "16", "--no-progress"]

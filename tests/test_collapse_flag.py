@@ -16,7 +16,7 @@ from lbgat.cli import main
 from lbgat.evaluate.checks import CheckInputs, collapse_check
 from lbgat.evaluate.collapse import COLLAPSE_SHARE, MIN_EXAMPLES, prediction_share
 from lbgat.evaluate.doubts import doubts_of, mark_text
-from lbgat.evaluate.report import render_markdown
+from lbgat.evaluate.report_files import render_markdown
 from lbgat.models import registry
 from lbgat.models.normalize import InputNormalization
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from data_fixtures import write_cifar10
-from lbgat.checkpoint import load_checkpoint, save_checkpoint
+from lbgat.checkpoints.checkpoint import load_checkpoint, save_checkpoint
 from lbgat.cli import main
 from lbgat.data import load_dataset
 

@@ -32,7 +32,7 @@ from lbgat.data import (
     list_datasets,
     load_dataset,
 )
-from lbgat.data.safe_pickle import safe_unpickle
+from lbgat.data.dataset_unpickler import safe_unpickle
 from lbgat.errors import ConfigError, DataError
 
 # --- safe_unpickle ------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from data_fixtures import write_cifar10
-from lbgat.checkpoint import load_checkpoint
+from lbgat.checkpoints.checkpoint import load_checkpoint
 from lbgat.cli import main
 from lbgat.errors import CheckpointError
 
@@ -204,8 +204,8 @@ def test_the_probe_finds_exactly_the_parameters_no_loss_reaches() -> None:
 
 def test_uneven_shares_are_weighted_to_the_global_mean() -> None:
     from lbgat.data.loader import Batch
+    from lbgat.runtime.world import World
     from lbgat.train.parallel import share_weight
-    from lbgat.world import World
 
     world = World(0, 2)
     big = Batch(torch.zeros(16, 1), torch.zeros(16), torch.arange(16), 0, 0, global_size=31)

@@ -19,7 +19,7 @@ from lbgat.cli import main
 from lbgat.compare import CompareEntry, CompareResult, Outcome, comparison_table
 from lbgat.evaluate.checks import CheckInputs, strength_check
 from lbgat.evaluate.doubts import doubts_of, mark_text
-from lbgat.evaluate.report import render_markdown
+from lbgat.evaluate.report_files import render_markdown
 from lbgat.report import build_report
 
 # A strength warning as `lbgat eval` writes it now (id and measured numbers) ...

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import lbgat
-from lbgat.checkpoint import read_tensors_file
+from lbgat.checkpoints.checkpoint import read_tensors_file
 from lbgat.cli import main
 from lbgat.data import load_dataset
 from lbgat.evaluate import suite as suite_module
@@ -250,7 +250,7 @@ def official_wrn34_10_state(num_classes: int) -> dict[str, torch.Tensor]:
 
 
 def test_official_wideresnet_state_dict_loads_strictly(tmp_path: Path) -> None:
-    from lbgat.checkpoint import CheckpointError, load_for_eval
+    from lbgat.checkpoints.checkpoint import CheckpointError, load_for_eval
 
     state = official_wrn34_10_state(100)
     path = tmp_path / "model_cifar_wrn.pt"

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from data_fixtures import cifar10_mini_root
-from lbgat.checkpoint import load_checkpoint
+from lbgat.checkpoints.checkpoint import load_checkpoint
 from lbgat.cli import main
 from lbgat.config import build_config
 from lbgat.errors import ConfigError

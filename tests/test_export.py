@@ -15,11 +15,11 @@ from torch import nn
 
 import lbgat
 from data_fixtures import cifar10_mini_root
-from lbgat.checkpoint import sha256_of
+from lbgat.checkpoints.checkpoint import sha256_of
+from lbgat.checkpoints.export_folder import REQUIRED_KEYS
 from lbgat.cli import main
 from lbgat.config import build_config, load_yaml
 from lbgat.errors import CheckpointError
-from lbgat.exported import REQUIRED_KEYS
 from test_cli import run_cli
 
 TINY_RUN = ["train", "--method", "trades", "--model", "tiny-cnn", "--batch-size", "8", "--no-progress",
@@ -271,7 +271,7 @@ def test_a_normalising_model_keeps_its_normalisation_in_the_header_and_the_card(
                                                                                tmp_path: Path) -> None:
     """issue 16 item 4: the mean/std that lbgat applies inside the model is not in the weights: the header
     records it, load_model puts it back, and the card tells users of other code to apply it themselves."""
-    from lbgat.checkpoint import load_checkpoint, save_checkpoint
+    from lbgat.checkpoints.checkpoint import load_checkpoint, save_checkpoint
 
     checkpoint = load_checkpoint(tiny_run / "last.pt")
     meta = {**checkpoint.meta, "student": {**checkpoint.meta["student"], "mean": [0.1307], "std": [0.3081]}}

@@ -19,7 +19,7 @@ import torch
 from lbgat.cli import main
 from lbgat.demo import ROWS
 from lbgat.demo_files import clear_demo_outputs, quick_folder
-from lbgat.files import append_line, atomic_file, check_writable, strict_json, write_text_atomic
+from lbgat.storage.files import append_line, atomic_file, check_writable, strict_json, write_text_atomic
 from test_cli import run_cli
 
 TRAIN = ["train", "--method", "trades", "--model", "tiny-cnn", "--batch-size", "8", "--no-progress"]
@@ -389,7 +389,7 @@ def test_a_checkpoint_that_cannot_be_written_stops_with_one_line_and_resumes(tmp
     assert f"the previous checkpoint {run / 'last.pt'} is intact" in error and f"--resume --out {run}" in error
     assert {path.name for path in run.iterdir()} == {"config.yaml", "last.pt", "last.prev.pt", "metrics.jsonl",
                                                      "provenance.json", "split.json"}
-    from lbgat.checkpoint import load_checkpoint
+    from lbgat.checkpoints.checkpoint import load_checkpoint
     assert load_checkpoint(run / "last.pt").meta["position"]["global_step"] == 4
     assert load_checkpoint(run / "last.prev.pt").meta["position"]["global_step"] == 2
 

@@ -20,10 +20,10 @@ from typing import Any
 
 import pytest
 
-import lbgat.files
+import lbgat.storage.files
 from lbgat.cli import main
-from lbgat.locks import LOCK_FILE
-from lbgat.ownership import MANIFEST
+from lbgat.storage.locks import LOCK_FILE
+from lbgat.storage.ownership import MANIFEST
 
 TRAIN = ["train", "--method", "trades", "--model", "tiny-cnn", "--batch-size", "8", "--no-progress"]
 EVAL = ["--num-examples", "16", "--batch-size", "8", "--check-n", "0", "--no-progress"]
@@ -65,7 +65,7 @@ def fill_disk_after(monkeypatch: pytest.MonkeyPatch, files: int, code: int = err
         opened.append(file)
         return file if len(opened) <= files else FullFile(file, code)
 
-    monkeypatch.setattr(lbgat.files.os, "fdopen", fdopen)
+    monkeypatch.setattr(lbgat.storage.files.os, "fdopen", fdopen)
     return opened
 
 
@@ -111,7 +111,7 @@ def test_eval_on_a_full_disk_is_one_line_saying_what_is_saved(run: Path, tmp_pat
     before = digests(run)
     fill_disk_after(monkeypatch, room)
     assert main(["eval", str(run / "last.pt"), *EVAL, "--out", str(out)]) == 2
-    # The folder's record of what lbgat wrote (lbgat.ownership) is written first, then the three files.
+    # The folder's record of what lbgat wrote (lbgat.storage.ownership) is written first, then the three files.
     failed = MANIFEST if room == 0 else "report.md"
     line = one_line(capsys)
     assert line.startswith(f"lbgat eval: error: could not write {out / failed}: {NO_SPACE}; "
@@ -176,12 +176,12 @@ def test_a_full_disk_under_any_write_names_the_file_in_one_error(tmp_path: Path,
     """atomic_file and append_line: the error of a failed write names the file being written, and only once."""
     fill_disk_after(monkeypatch, 0)
     with pytest.raises(OSError) as raised:
-        lbgat.files.write_text_atomic(tmp_path / "report.json", "{}")
+        lbgat.storage.files.write_text_atomic(tmp_path / "report.json", "{}")
     assert raised.value.filename == str(tmp_path / "report.json")
     assert raised.value.__suppress_context__ and raised.value.__cause__ is None  # one error shown, not a chain
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(OSError) as raised:
-        lbgat.files.append_line(tmp_path / "metrics.jsonl", "{}")
+        lbgat.storage.files.append_line(tmp_path / "metrics.jsonl", "{}")
     assert raised.value.filename == str(tmp_path / "metrics.jsonl")
 
 

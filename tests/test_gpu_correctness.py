@@ -11,16 +11,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lbgat.arithmetic import CUBLAS_WORKSPACE, deterministic_algorithms, float32_mode
 from lbgat.attacks import pgd
 from lbgat.attacks.half import scaled_input_gradients
-from lbgat.checkpoint import load_checkpoint
+from lbgat.checkpoints.checkpoint import load_checkpoint
 from lbgat.config import build_config
 from lbgat.errors import ConfigError
 from lbgat.evaluate.checks import CheckInputs, batch_independence_check
 from lbgat.evaluate.runner import AutocastModel
-from lbgat.precision import Precision
-from lbgat.rng import ExampleRNG
+from lbgat.runtime.arithmetic import CUBLAS_WORKSPACE, deterministic_algorithms, float32_mode
+from lbgat.runtime.precision import Precision
+from lbgat.runtime.rng import ExampleRNG
 from lbgat.train import train
 from test_methods import make_batch, make_method
 
@@ -235,7 +235,7 @@ def test_checkpoints_hold_no_cuda_generator_states(tmp_path: Path, monkeypatch) 
     checkpoint = load_checkpoint(run / "last.pt")
     assert not [key for key in checkpoint.state if key.startswith("rng.torch_cuda")]
     # An older checkpoint with a CUDA state: it is ignored on resume.
-    from lbgat.checkpoint import save_checkpoint
+    from lbgat.checkpoints.checkpoint import save_checkpoint
 
     save_checkpoint(run / "last.pt", checkpoint.meta,
                     {**checkpoint.state, "rng.torch_cuda_0": torch.zeros(16, dtype=torch.uint8)}, checkpoint.optimizer)

@@ -149,7 +149,7 @@ def test_bf16_needs_it_in_hardware_on_the_requested_gpu(monkeypatch) -> None:
     """issue 13 item 10: torch.cuda.is_bf16_supported() says yes for a V100 (emulated bf16) and asks
     about the current GPU; the check asks about the GPU the run uses, for bf16 in hardware."""
     from lbgat.errors import ConfigError
-    from lbgat.precision import check_precision
+    from lbgat.runtime.precision import check_precision
 
     capabilities = {0: (9, 0), 1: (7, 0)}  # an H100 as cuda:0 (the current device), a V100 as cuda:1
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
@@ -181,8 +181,8 @@ def test_sync_bn_warns_where_it_does_nothing_or_costs_a_collective_per_attack_st
     import dataclasses
 
     from lbgat.config import TrainConfig
+    from lbgat.runtime.world import World
     from lbgat.train.gpu import sync_bn_warnings
-    from lbgat.world import World
 
     config = TrainConfig(sync_bn=True)
     train_mode = dataclasses.replace(config, attack=dataclasses.replace(config.attack, bn_mode="train"))

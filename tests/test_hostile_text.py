@@ -21,9 +21,9 @@ import pytest
 import yaml
 
 from lbgat import markdown
-from lbgat.checkpoint import ModelSpec, load_checkpoint
+from lbgat.checkpoints.checkpoint import ModelSpec, load_checkpoint
 from lbgat.cli import main
-from lbgat.evaluate.report import render_markdown as eval_markdown
+from lbgat.evaluate.report_files import render_markdown as eval_markdown
 from lbgat.export.card import CardInputs, render_card
 from lbgat.export.evaluations import Evaluation
 from lbgat.models.official import KeyLayout, OfficialClass
@@ -133,7 +133,7 @@ def report(runs, tmp_path_factory) -> Path:
 
 
 def test_markdown_text_is_literal_wherever_it_stands() -> None:
-    """lbgat.markdown: each hostile piece, at the start of a line, in a list item, in a table cell and as an
+    """lbgat.storage.markdown: each hostile piece, at the start of a line, in a list item, in a table cell and as an
     inline code span, is text; lbgat's own brackets and "<" stay readable."""
     for piece in [*HOSTILE, "- a", "1. a", "---", "> a", "+ a", "=", "[d]: /x", "[ ] task", "a\\", "```"]:
         lines = [markdown.text(piece), f"- {markdown.text(piece)}", "| a | b |", "|---|---|",

@@ -20,7 +20,7 @@ from lbgat.evaluate.intervals import (
     seed_spread,
     wilson_interval,
 )
-from lbgat.evaluate.report import render_markdown as eval_markdown
+from lbgat.evaluate.report_files import render_markdown as eval_markdown
 from lbgat.report import build_report
 
 

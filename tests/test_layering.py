@@ -33,17 +33,16 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     ("export", frozenset({"export"})),
     ("train", frozenset({"train"})),
     ("evaluate", frozenset({"evaluate"})),
-    # checkpoint_checks is checkpoint's own validation, split out for size; exported reads an export folder back
+    # checkpoints: writing and reading checkpoints, checking what they hold, and reading an export folder back
     # (load_model and eval take one where they take a checkpoint).
-    ("methods/checkpoint/config", frozenset({"methods", "checkpoint", "checkpoint_checks", "exported", "config"})),
+    ("methods/checkpoints/config", frozenset({"methods", "checkpoints", "config"})),
     ("attacks/models/data", frozenset({"attacks", "models", "data"})),
-    # The foundation: errors, randomness, the process's place and device, and leaf helpers that import
-    # nothing of lbgat but errors and each other (file writing, precision, arithmetic modes, typed mappings, YAML,
-    # provenance, recipe lookup, pickle allow-lists, the version string, the declaration of a setting, Markdown
-    # escaping, the record of what lbgat wrote in an output folder, the lock of a folder being written).
+    # The foundation: errors, the version string, and what imports nothing of lbgat above it: runtime (the
+    # process's place and device, float32 and precision modes, randomness, provenance), storage (atomic writes,
+    # locks, the record of what lbgat wrote, YAML, pickle verdicts, literal Markdown), the declaration of a
+    # setting, typed mappings and recipe lookup.
     ("foundation", frozenset({
-        "rng", "errors", "world", "precision", "arithmetic", "files", "structured", "yaml_loader",
-        "provenance", "pickle_safety", "recipes", "version", "settings", "markdown", "locks", "ownership",
+        "errors", "version", "runtime", "storage", "settings", "structured", "recipes",
     })),
 )
 RANK = {name: rank for rank, (_, names) in enumerate(LAYERS) for name in names}

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from lbgat.data.base import ImageSet
 from lbgat.data.loader import Augment, DeviceLoader, augment_batch
-from lbgat.rng import ExampleRNG, Stream, hash_words, permutation
+from lbgat.runtime.rng import ExampleRNG, Stream, hash_words, permutation
 
 
 def image_set(count: int = 40, channels: int = 3, size: int = 8) -> ImageSet:

@@ -20,8 +20,8 @@ import pytest
 from lbgat.cli import main
 from lbgat.compare.engine import _clear_unstarted_run
 from lbgat.errors import ConfigError, FolderBusyError
-from lbgat.locks import LOCK_FILE, folder_lock, sibling_lock
 from lbgat.report.outputs import prepare_out
+from lbgat.storage.locks import LOCK_FILE, folder_lock, sibling_lock
 
 TRAIN = ["train", "--method", "trades", "--model", "tiny-cnn", "--batch-size", "8", "--no-progress"]
 EVAL = ["--num-examples", "16", "--batch-size", "8", "--check-n", "0", "--no-progress"]

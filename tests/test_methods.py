@@ -13,7 +13,7 @@ from torch import nn
 from lbgat.data.loader import Batch
 from lbgat.methods import TrainAttack, create_method, get_method, list_methods
 from lbgat.methods.teachers import FrozenEnsemble
-from lbgat.rng import Stream
+from lbgat.runtime.rng import Stream
 from references import official_attack
 
 NUM_CLASSES = 5

@@ -19,9 +19,9 @@ import lbgat
 from lbgat.cli import main
 from lbgat.errors import CheckpointError, ConfigError
 from lbgat.evaluate.runner import default_out
-from lbgat.locks import LOCK_FILE
-from lbgat.ownership import MANIFEST, write_owned
 from lbgat.report import build_report
+from lbgat.storage.locks import LOCK_FILE
+from lbgat.storage.ownership import MANIFEST, write_owned
 from test_file_safety import digests
 
 TRAIN = ["train", "--method", "trades", "--model", "tiny-cnn", "--batch-size", "8", "--no-progress",
@@ -128,7 +128,7 @@ def test_a_record_that_is_not_lbgats_is_refused(run: Path, tmp_path: Path) -> No
 def test_a_write_killed_between_its_files_is_taken_over_by_the_next(tmp_path: Path, monkeypatch) -> None:
     """item 2: the record lists the old and the new bytes of each file while they are written, so a process
     stopped part way leaves files the next run can still show are lbgat's."""
-    import lbgat.ownership as ownership
+    import lbgat.storage.ownership as ownership
 
     folder = tmp_path / "out"
     write_owned(folder, "lbgat eval", {"a.json": b"1", "b.json": b"1"}, what="folder")
@@ -286,7 +286,7 @@ def test_an_export_killed_part_way_leaves_no_export_and_the_rerun_works(run: Pat
                             capture_output=True, text=True, timeout=300)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert not out.exists()
-    # A killed writer's lock file stays beside --out (lbgat.locks: harmless, the next export locks it again).
+    # A killed writer's lock file stays beside --out (lbgat.storage.locks: harmless, the next export locks it again).
     left = [path for path in tmp_path.iterdir() if path != out and not path.name.endswith(LOCK_FILE)]
     assert len(left) == 1 and left[0].name.startswith(".exp.") and (left[0] / "model.safetensors").is_file()
     with pytest.raises(CheckpointError, match="never finished"):

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from data_fixtures import cifar10_mini_root
-from lbgat.checkpoint import load_checkpoint
+from lbgat.checkpoints.checkpoint import load_checkpoint
 from lbgat.cli import main
 from test_cli import assert_same_training_state, run_cli
 

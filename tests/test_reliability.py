@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import lbgat
-from lbgat.checkpoint import load_checkpoint
+from lbgat.checkpoints.checkpoint import load_checkpoint
 from lbgat.cli import main
 from lbgat.config import build_config
 from lbgat.errors import CheckpointError

@@ -12,11 +12,11 @@ import torch
 from torch import nn
 
 from lbgat.attacks import pgd
-from lbgat.checkpoint import load_checkpoint
+from lbgat.checkpoints.checkpoint import load_checkpoint
 from lbgat.config import build_config
 from lbgat.errors import ConfigError
-from lbgat.precision import Precision
-from lbgat.rng import ExampleRNG
+from lbgat.runtime.precision import Precision
+from lbgat.runtime.rng import ExampleRNG
 from lbgat.train import train
 
 EPS = 0.1

@@ -16,9 +16,9 @@ from .errors import LbgatError
 from .evaluate.autoattack import AA_VERSIONS
 from .evaluate.runner import PROTOCOLS
 from .evaluate.specs import ATTACK_FORMS, DEFAULT_ATTACKS
-from .files import describe_os_error
-from .precision import PRECISIONS
+from .runtime.precision import PRECISIONS
 from .settings import add_setting_flags, finite_float, flag_values
+from .storage.files import describe_os_error
 
 if TYPE_CHECKING:
     from .report import EmbeddingSettings

@@ -17,11 +17,11 @@ from typing import Any
 
 import yaml
 
-from . import yaml_loader
 from .attacks import BN_MODES, OBJECTIVES, STARTS
 from .errors import ConfigError
-from .precision import PRECISIONS
+from .runtime.precision import PRECISIONS
 from .settings import folder_name, resumable_keys, setting
+from .storage import yaml_loader
 from .structured import coerce, field_annotation, from_mapping, to_mapping
 
 # What a non-finite loss does (on_nan): stop the run, or skip that step.

@@ -18,10 +18,10 @@ from .compare.marks import row_doubts
 from .config import load_yaml
 from .demo_files import clear_demo_outputs, quick_folder
 from .evaluate.intervals import interval_of
-from .files import strict_json, write_text_atomic
-from .locks import folder_lock
-from .markdown import fenced
 from .recipes import find_recipe
+from .storage.files import strict_json, write_text_atomic
+from .storage.locks import folder_lock
+from .storage.markdown import fenced
 
 RECIPE = "cpu/mnist-5k-demo"
 

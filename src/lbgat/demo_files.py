@@ -3,7 +3,7 @@
 ``--fresh`` looks at everything in the demo folder first. If every entry is something the demo
 writes (its run folders with their run files and ``eval-last`` reports, ``summary.md``/``.json``,
 ``compare.json``, the ``report`` folder with its figures, the records of what lbgat wrote
-(:mod:`lbgat.ownership`), and lbgat's own temporary files), exactly
+(:mod:`lbgat.storage.ownership`), and lbgat's own temporary files), exactly
 those files are deleted. Anything else (a file or folder of the user's, a symlink) refuses the whole
 operation and nothing is deleted.
 """
@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ConfigError
-from .locks import LOCK_FILE
-from .ownership import MANIFEST
 from .report.outputs import FIGURE_PATTERN, FIGURES, REPORT_FILES
+from .storage.locks import LOCK_FILE
+from .storage.ownership import MANIFEST
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class Layout:
                     or name == LOCK_FILE)
 
 
-RECORD = re.escape(MANIFEST)  # lbgat.ownership's record of the files an evaluation or a report wrote
+RECORD = re.escape(MANIFEST)  # lbgat.storage.ownership's record of the files an evaluation or a report wrote
 REPORT = Layout(rf"report\.json|report\.md|per_sample\.json|aa_state(\.rank\d+-of-\d+)?\.pt|{RECORD}")
 RUN = Layout(r"config\.yaml|provenance\.json|split\.json|metrics\.jsonl|last\.pt|last\.prev\.pt|best\.pt|"
              r"epoch-\d+\.pt", {"eval-last": REPORT})

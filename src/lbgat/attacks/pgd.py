@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..rng import ExampleRNG, Stream
+from ..runtime.rng import ExampleRNG, Stream
 from .half import batch_coupled, scaled_input_gradients, under_fp16_autocast
 from .modes import BNMode, model_mode
 from .objectives import OBJECTIVES, Objective, cross_entropy_sum, cw_margin_sum, kl_from_clean_sum
@@ -131,7 +131,7 @@ def pgd(
         start: ``"uniform"`` x + U(-eps, eps) (PGD-20 of TRADES' evaluation), ``"normal"``
             x + start_std * N(0, I) (the TRADES/LBGAT training attack) or ``"none"``. As in the
             official code the start is not clipped to [0, 1] before the first step.
-        rng: per-example randomness (see :mod:`lbgat.rng`); None uses torch's global generator.
+        rng: per-example randomness (see :mod:`lbgat.runtime.rng`); None uses torch's global generator.
         bn_mode: mode the model runs in during the attack; the caller's modes are restored.
         compiled: L-infinity only: run the step and projection as one torch.compile'd kernel (same
             arithmetic, in the iterate's dtype, fp32).

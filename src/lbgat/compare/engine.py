@@ -21,17 +21,17 @@ from typing import Any
 
 from tqdm import tqdm
 
-from ..checkpoint import sha256_of
+from ..checkpoints.checkpoint import sha256_of
 from ..config import TrainConfig, build_config
 from ..errors import ConfigError
 from ..evaluate import EvalRequest, evaluate_checkpoint
 from ..evaluate.intervals import interval_of
 from ..evaluate.runner import check_request
-from ..files import check_writable
-from ..locks import LOCK_FILE, folder_lock
 from ..report import ReportOptions, ReportResult, build_report
 from ..report.collect import Evaluation
 from ..report.summary import attack_title, strongest
+from ..storage.files import check_writable
+from ..storage.locks import LOCK_FILE, folder_lock
 from ..train import train
 from ..train.run_dir import LAST, PREVIOUS, RUN_FILES
 from ..train.setup import validate

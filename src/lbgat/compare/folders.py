@@ -4,7 +4,7 @@ what lbgat wrote.
 A link planted anywhere a comparison writes or resumes (``OUT`` itself, ``compare.json``, a method's
 folder, a seed folder, a run's files, its ``eval-last`` and the files in it, ``OUT/report``) would make it
 train, evaluate or report into someone else's folder, so any link there refuses the comparison. So does a
-file in ``eval-last`` or ``OUT/report`` that lbgat cannot show it wrote (:mod:`lbgat.ownership`): the last
+file in ``eval-last`` or ``OUT/report`` that lbgat cannot show it wrote (:mod:`lbgat.storage.ownership`): the last
 method's evaluation and the report come after hours of training, and must not be refused only then.
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..evaluate.report import check_out as check_eval_out
+from ..evaluate.report_files import check_out as check_eval_out
 from ..report.outputs import prepare_out as check_report_out
 from .state import STATE_FILE
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..files import strict_json, write_text_atomic
+from ..storage.files import strict_json, write_text_atomic
 
 STATE_FILE = "compare.json"
 FORMAT = 1

@@ -18,7 +18,7 @@ import torch
 
 from ..errors import DataError
 from .base import Dataset, ImageSet
-from .safe_pickle import safe_unpickle
+from .dataset_unpickler import safe_unpickle
 
 _ROW_BYTES = 3 * 32 * 32
 DAMAGED_SUFFIX = ".damaged"  # a file `lbgat data download` replaces is kept under its name + this

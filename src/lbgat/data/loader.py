@@ -1,7 +1,7 @@
 """A device-resident loader: uint8 images on the device, augmentation batched on the device.
 
 The order of examples is a permutation that depends only on (seed, epoch); crops and flips
-depend only on (seed, epoch, example index) (see :mod:`lbgat.rng`). A global batch is the same
+depend only on (seed, epoch, example index) (see :mod:`lbgat.runtime.rng`). A global batch is the same
 whatever the number of processes; each rank takes its contiguous share of it.
 """
 
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..rng import ExampleRNG, Stream, permutation
+from ..runtime.rng import ExampleRNG, Stream, permutation
 from .base import ImageSet
 
 

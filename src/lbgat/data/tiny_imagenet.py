@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
-from ..files import atomic_file
+from ..storage.files import atomic_file
 from .base import Dataset, ImageSet
 from .folder import decode_images
 

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ..attacks import NORMS, model_mode
-from ..checkpoint import read_tensors_file, save_tensors_file
+from ..checkpoints.checkpoint import read_tensors_file, save_tensors_file
 from ..errors import ConfigError
 
 AA_PACKAGE = "pyautoattack 0.2.0"

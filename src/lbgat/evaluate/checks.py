@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..attacks import model_mode, pgd
-from ..rng import ExampleRNG, Stream
+from ..runtime.rng import ExampleRNG, Stream
 from .autoattack import AA_LOGGER, AAResult, collect_aa_warnings
 from .collapse import MIN_EXAMPLES, prediction_share, predictions_of
 

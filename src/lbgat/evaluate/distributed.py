@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ..world import World
+from ..runtime.world import World
 
 # Ranks wait for each other only at the final gather, which can be hours after a fast rank
 # finishes its AutoAttack shard: the default 10-30 minute timeout would kill the job.

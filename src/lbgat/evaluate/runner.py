@@ -17,26 +17,26 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..arithmetic import describe_arithmetic, float32_mode
 from ..attacks import NORMS
 from ..attacks.half import batch_coupled, scaled_input_gradients
-from ..checkpoint import LoadedModel, PlainStateDictError, load_for_eval, sha256_of
+from ..checkpoints.checkpoint import LoadedModel, PlainStateDictError, load_for_eval, sha256_of
+from ..checkpoints.export_folder import is_export
 from ..config import threat_profile
 from ..data import Dataset, load_dataset
 from ..data.loader import DeviceLoader
 from ..errors import ConfigError, LbgatError
-from ..exported import is_export
-from ..files import check_writable, failed_writes
-from ..locks import folder_lock
 from ..methods.plugin import plugin_summaries
-from ..precision import DTYPES, PRECISIONS, Precision
-from ..provenance import code_version, environment
-from ..world import World, device_for, process_group, resolve_device, world_from_environment
+from ..runtime.arithmetic import describe_arithmetic, float32_mode
+from ..runtime.precision import DTYPES, PRECISIONS, Precision
+from ..runtime.provenance import code_version, environment
+from ..runtime.world import World, device_for, process_group, resolve_device, world_from_environment
+from ..storage.files import check_writable, failed_writes
+from ..storage.locks import folder_lock
 from .autoattack import AA_PACKAGE, AA_SOURCE, AAResult, AASettings, run_autoattack
 from .checks import CheckInputs, run_checks
 from .distributed import GATHER_TIMEOUT, gather, shard_indices
 from .intervals import wilson_interval
-from .report import check_out, write_report
+from .report_files import check_out, write_report
 from .specs import DEFAULT_ATTACKS, AttackSpec, parse_attacks
 from .suite import box_violation, perturbation_size, run_suite
 

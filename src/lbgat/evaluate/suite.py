@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from ..attacks import fgsm, model_mode, pgd
 from ..data.loader import Batch, DeviceLoader
-from ..rng import Stream
+from ..runtime.rng import Stream
 from .specs import AttackSpec
 
 

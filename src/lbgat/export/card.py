@@ -2,7 +2,7 @@
 numbers, where it came from, and how to load it.
 
 Everything the card quotes from the checkpoint, its settings, its evaluations or the command line (a setting
-such as a teacher's path, a folder name, an attack's description) goes through :mod:`lbgat.markdown`: the card
+such as a teacher's path, a folder name, an attack's description) goes through :mod:`lbgat.storage.markdown`: the card
 is read on model hubs that render it, and such text must not add a heading, a column, a link or HTML.
 """
 
@@ -13,13 +13,13 @@ import shlex
 from dataclasses import dataclass
 from typing import Any
 
-from ..checkpoint import ModelSpec
+from ..checkpoints.checkpoint import ModelSpec
+from ..checkpoints.export_folder import CONFIG, WEIGHTS
 from ..evaluate.doubts import LEGEND, doubts_of, footnotes, marked
-from ..exported import CONFIG, WEIGHTS
-from ..markdown import code, fenced, join, text
 from ..methods.plugin import plugin_summaries
 from ..models import get_model_entry
 from ..models.official import KeyLayout
+from ..storage.markdown import code, fenced, join, text
 from .evaluations import Evaluation
 
 
@@ -36,11 +36,11 @@ class CardInputs:
     dtypes: str  # e.g. "float32, int64 (BatchNorm counters)"
     evaluations: list[Evaluation]
     folder_name: str  # the export folder as the user named it, for the snippets
-    exported_with: dict[str, Any]  # lbgat.provenance.code_version() of the exporting code
+    exported_with: dict[str, Any]  # lbgat.runtime.provenance.code_version() of the exporting code
 
 
 def _table(rows: list[tuple[str, object]]) -> list[str]:
-    """A two-column table; a value is escaped unless it is already :class:`lbgat.markdown.Markdown`."""
+    """A two-column table; a value is escaped unless it is already :class:`lbgat.storage.markdown.Markdown`."""
     return ["| | |", "|---|---|", *(f"| {text(name)} | {join(value)} |" for name, value in rows)]
 
 

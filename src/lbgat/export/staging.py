@@ -2,7 +2,7 @@
 
 The sibling, ``.OUT.<random>.lbgat-export`` beside ``--out``, is created with ``mkdtemp`` (exclusively,
 under an unpredictable name, so never a folder or link someone else put there) and holds
-:data:`lbgat.exported.UNFINISHED`, with the writer's pid, until every file is in it. Then a single
+:data:`lbgat.checkpoints.export_folder.UNFINISHED`, with the writer's pid, until every file is in it. Then a single
 ``rename`` makes it ``--out``: readers see the whole export or none. An export killed part way leaves only
 that sibling; the next export to the same ``--out`` removes it once its writer is gone (it is recognised by
 its marker and holds nothing but an export's files). Anything else beside ``--out`` is never touched.
@@ -17,9 +17,9 @@ import re
 import tempfile
 from pathlib import Path
 
+from ..checkpoints.export_folder import CARD, CONFIG, FILES, UNFINISHED, WEIGHTS
 from ..errors import ConfigError
-from ..exported import CARD, CONFIG, FILES, UNFINISHED, WEIGHTS
-from ..files import sync_folder, write_bytes_atomic
+from ..storage.files import sync_folder, write_bytes_atomic
 
 SUFFIX = ".lbgat-export"
 NAME_PART = 64  # characters of --out's name in the sibling's, so a long name still leaves room for the rest

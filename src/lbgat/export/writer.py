@@ -1,4 +1,4 @@
-"""``lbgat export``: a checkpoint becomes a folder that other code loads (see :mod:`lbgat.exported`).
+"""``lbgat export``: a checkpoint becomes a folder that other code loads (see :mod:`lbgat.checkpoints.export_folder`).
 
 Everything is checked before anything is written: the input is an lbgat checkpoint with finite
 weights that fit its architecture, and ``--out`` is missing or an empty folder that can be written.
@@ -18,15 +18,16 @@ from typing import Any
 import torch
 import yaml
 
-from .. import checkpoint_checks, pickle_safety
-from ..checkpoint import check_checkpoint_path, load_checkpoint, load_state_strict, sha256_of
+from ..checkpoints import checkpoint_checks
+from ..checkpoints.checkpoint import check_checkpoint_path, load_checkpoint, load_state_strict, sha256_of
+from ..checkpoints.export_folder import CARD, CONFIG, FILES, WEIGHTS, export_metadata, is_export
 from ..config import TrainConfig, config_to_yaml
 from ..errors import CheckpointError, ConfigError
-from ..exported import CARD, CONFIG, FILES, WEIGHTS, export_metadata, is_export
-from ..files import check_writable, failed_writes, write_bytes_atomic
-from ..locks import sibling_lock
 from ..models.official import KeyLayout, key_layout
-from ..provenance import code_version
+from ..runtime.provenance import code_version
+from ..storage import tamper_check
+from ..storage.files import check_writable, failed_writes, write_bytes_atomic
+from ..storage.locks import sibling_lock
 from ..structured import from_mapping
 from ..train.run_dir import LAST
 from ..version import __version__
@@ -86,7 +87,7 @@ def _student(checkpoint_path: Path) -> tuple[Any, torch.nn.Module, dict[str, Any
     try:
         model = spec.build()
     except (RuntimeError, MemoryError, OverflowError, ValueError) as error:  # sizes no network can have
-        detail = pickle_safety.brief(str(error)) or type(error).__name__
+        detail = tamper_check.brief(str(error)) or type(error).__name__
         raise CheckpointError(f"{checkpoint_path} describes a {spec.arch} that cannot be built: {detail}") from None
     load_state_strict(model, state, checkpoint_path)
     return spec, model, checkpoint.meta

@@ -16,7 +16,7 @@ from ..attacks import BNMode, Objective, Start, pgd
 from ..attacks.input_only import input_only
 from ..data.loader import Batch
 from ..errors import ConfigError
-from ..rng import Stream
+from ..runtime.rng import Stream
 from .step import ForwardLog, StepView, recording
 
 if TYPE_CHECKING:

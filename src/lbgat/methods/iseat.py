@@ -27,7 +27,7 @@ from ..attacks.modes import model_mode
 from ..attacks.pgd import start_noise
 from ..data.loader import Batch
 from ..errors import ConfigError
-from ..rng import Stream
+from ..runtime.rng import Stream
 from .base import LossTerms, Method, MethodParams, TrainAttack
 from .registry import register_method
 from .weight_perturbation import AdversarialWeightPerturbation

@@ -14,9 +14,9 @@ import numpy as np
 from ..errors import LbgatError
 from ..evaluate.doubts import LEGEND, doubts_of, mark_text
 from ..evaluate.intervals import interval_of
-from ..files import check_writable, failed_writes, strict_json
-from ..locks import folder_lock
 from ..methods import get_method
+from ..storage.files import check_writable, failed_writes, strict_json
+from ..storage.locks import folder_lock
 from ..version import __version__
 from .collect import Run, collect
 from .embedding import EmbeddingSettings, logit_embedding, sample_text

@@ -15,14 +15,14 @@ import numpy as np
 import torch
 from sklearn.manifold import TSNE
 
-from ..checkpoint import load_for_eval
+from ..checkpoints.checkpoint import load_for_eval
 from ..config import threat_profile
 from ..data import load_dataset
 from ..data.loader import Batch
 from ..errors import ConfigError
 from ..evaluate import AttackSpec
 from ..evaluate.suite import adversarial_examples
-from ..world import resolve_device
+from ..runtime.world import resolve_device
 from .collect import Run
 from .summary import attack_kind, attack_title
 

@@ -1,7 +1,7 @@
 """The report folder: what it holds, and writing into it without touching anything else.
 
 ``--out`` may be a new folder, an empty one, or an earlier report: every file in it must be one that
-``lbgat report`` wrote and that is still as it wrote it (its record, :mod:`lbgat.ownership`), apart from
+``lbgat report`` wrote and that is still as it wrote it (its record, :mod:`lbgat.storage.ownership`), apart from
 lbgat's own temporary files, which are left alone. Anything else refuses the whole report before any work;
 a figure an earlier report wrote and this one does not is removed, so the folder always matches its report.
 """
@@ -12,9 +12,9 @@ import re
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..files import check_writable
-from ..locks import LOCK_FILE
-from ..ownership import MANIFEST, not_owned, owned_names, read_manifest, refusal, write_owned
+from ..storage.files import check_writable
+from ..storage.locks import LOCK_FILE
+from ..storage.ownership import MANIFEST, not_owned, owned_names, read_manifest, refusal, write_owned
 
 REPORT_FILES = ("report.md", "report.html", "report.json")
 FIGURES = "figures"

@@ -5,7 +5,7 @@ so the file opens from disk, offline, and can be mailed on its own.
 
 Both pages escape every value by default, because titles, folder names, settings and evaluation files are
 the user's or another person's text: the HTML through Jinja2's autoescaping, the Markdown through
-:func:`lbgat.markdown.finalize`. In the Markdown, ``code`` and ``code_cell`` write a value as an inline code
+:func:`lbgat.storage.markdown.finalize`. In the Markdown, ``code`` and ``code_cell`` write a value as an inline code
 span instead, and ``link_text`` as the text of a link or image.
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
-from .. import markdown
+from ..storage import markdown
 
 
 def _environment(html: bool) -> Environment:

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 import torch
 
 from ..config import TrainConfig
-from ..world import World
+from ..runtime.world import World
 
 
 @contextmanager

@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ..data.loader import Batch
 from ..errors import ConfigError
 from ..methods import Method
-from ..world import World
+from ..runtime.world import World
 
 
 def is_distributed() -> bool:

@@ -1,5 +1,5 @@
 """Checks made before training starts, so that a run does not fail hours in for a reason known at the
-start (the writable check is lbgat.files.check_writable)."""
+start (the writable check is lbgat.storage.files.check_writable)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..files import nearest_existing
+from ..storage.files import nearest_existing
 from .setup import RunParts
 
 

@@ -7,12 +7,12 @@ import sys
 import time
 from pathlib import Path
 
-from ..arithmetic import describe_arithmetic
-from ..checkpoint import Checkpoint, check_checkpoint_path, load_checkpoint, require_resumable
+from ..checkpoints.checkpoint import Checkpoint, check_checkpoint_path, load_checkpoint, require_resumable
 from ..config import TrainConfig, config_to_yaml
 from ..errors import CheckpointError, ConfigError, UnsafeCheckpointError
-from ..files import strict_json, write_text_atomic
-from ..provenance import code_version, environment
+from ..runtime.arithmetic import describe_arithmetic
+from ..runtime.provenance import code_version, environment
+from ..storage.files import strict_json, write_text_atomic
 from .setup import RunParts
 
 LAST = "last.pt"

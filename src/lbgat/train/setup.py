@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..checkpoint import LoadedModel, ModelSpec, PlainStateDictError, check_checkpoint_path, load_for_eval
+from ..checkpoints.checkpoint import LoadedModel, ModelSpec, PlainStateDictError, check_checkpoint_path, load_for_eval
 from ..config import TrainConfig, default_decay_epochs, threat_profile
 from ..data import Dataset, get_dataset_info, load_dataset
 from ..data.loader import Augment, DeviceLoader
@@ -23,10 +23,10 @@ from ..methods.plugin import check_combination
 from ..methods.teachers import FrozenEnsemble
 from ..methods.vfd import VFD, VFDParams
 from ..models import default_teacher, get_model_entry
-from ..precision import Precision
-from ..rng import Stream, permutation
+from ..runtime.precision import Precision
+from ..runtime.rng import Stream, permutation
+from ..runtime.world import World, device_for, resolve_device
 from ..settings import check_ranges
-from ..world import World, device_for, resolve_device
 from . import parallel
 from .gpu import sync_bn_warnings
 

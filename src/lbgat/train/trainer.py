@@ -19,20 +19,20 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from ..arithmetic import describe_arithmetic, deterministic_algorithms, float32_mode
 from ..attacks.input_only import input_only
-from ..checkpoint import Checkpoint, load_state_strict, save_checkpoint
+from ..checkpoints.checkpoint import Checkpoint, load_state_strict, save_checkpoint
 from ..config import TrainConfig
 from ..data import Dataset
 from ..data.identity import check_same_data
 from ..errors import CheckpointError, ConfigError
 from ..evaluate.specs import AttackSpec
 from ..evaluate.suite import run_suite
-from ..files import append_line, check_writable, strict_json
-from ..locks import folder_lock
-from ..provenance import code_version
+from ..runtime.arithmetic import describe_arithmetic, deterministic_algorithms, float32_mode
+from ..runtime.provenance import code_version
+from ..runtime.world import World, device_for, process_group, resolve_device, world_from_environment
+from ..storage.files import append_line, check_writable, strict_json
+from ..storage.locks import folder_lock
 from ..structured import to_mapping
-from ..world import World, device_for, process_group, resolve_device, world_from_environment
 from . import parallel
 from .accounting import EpochTotals, LogInterval, Position
 from .collapse_probe import CollapseProbe, collapse_warning
@@ -108,7 +108,7 @@ class Trainer:
         if not self.world.is_main:
             return
         # No CUDA generator states: every random draw of training comes from the counter-based hash of
-        # lbgat.rng, so there is nothing on the GPU to restore (checkpoints that hold them still load).
+        # lbgat.runtime.rng, so there is nothing on the GPU to restore (checkpoints that hold them still load).
         state = {key: value.detach().cpu() for key, value in self.parts.method.state_dict().items()}
         optimizer = self.parts.optimizer.state_dict() if with_optimizer else None
         meta = self._meta(kind)

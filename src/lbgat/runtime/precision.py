@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # the autocast precisions
 PRECISIONS: tuple[str, ...] = ("fp32", *DTYPES)

@@ -22,9 +22,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import checkpoint_checks, pickle_safety
-from .errors import CheckpointError, UnsafeCheckpointError
-from .files import atomic_file
+from ..errors import CheckpointError, UnsafeCheckpointError
+from ..storage import tamper_check
+from ..storage.files import atomic_file
+from . import checkpoint_checks
 
 FORMAT_VERSION = 1
 
@@ -48,7 +49,7 @@ class ModelSpec:
         return cls(**data)
 
     def build(self) -> nn.Module:
-        from .models import create_model
+        from ..models import create_model
 
         return create_model(self.arch, num_classes=self.num_classes, in_channels=self.in_channels,
                             image_size=self.image_size, mean=self.mean, std=self.std)
@@ -82,7 +83,7 @@ def save_checkpoint(path: Path, meta: dict[str, Any], state: dict[str, torch.Ten
 
 
 def save_tensors_file(path: Path, payload: dict[str, Any], *, keep_previous: Path | None = None) -> None:
-    """``torch.save`` of plain containers, atomically (see :func:`lbgat.files.atomic_file`)."""
+    """``torch.save`` of plain containers, atomically (see :func:`lbgat.storage.files.atomic_file`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(path, keep_previous=keep_previous) as file:
         try:
@@ -119,16 +120,16 @@ def read_tensors_file(path: str | Path) -> Any:
             warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        refused = pickle_safety.refused_global(str(error), path)
+        refused = tamper_check.refused_global(str(error), path)
         if refused is not None:
             raise UnsafeCheckpointError(
                 f"refusing to load {path}: it contains pickled code or objects, not just tensors "
                 f"(it names the Python global {refused}, which weights-only loading does not allow)"
             ) from None
-        detail = pickle_safety.unpickling_detail(str(error), error.__context__)
+        detail = tamper_check.unpickling_detail(str(error), error.__context__)
         raise CheckpointError(f"checkpoint {path} is damaged or not a PyTorch file ({detail})") from None
     except Exception as error:  # noqa: BLE001 - whatever torch raises on bytes it cannot parse is damage
-        detail = pickle_safety.brief(str(error)) if str(error).strip() else ""
+        detail = tamper_check.brief(str(error)) if str(error).strip() else ""
         if not isinstance(error, RuntimeError):  # torch's own errors say what they are; KeyError('101') does not
             detail = f"{type(error).__name__}: {detail}" if detail else type(error).__name__
         raise CheckpointError(f"checkpoint {path} is damaged or truncated ({detail})") from None
@@ -264,7 +265,7 @@ def load_for_eval(path: str | Path, *, arch: str | None = None, num_classes: int
     path = Path(path)
     if path.is_dir():
         return _load_export_for_eval(path, arch, num_classes, device)
-    from .exported import carries_export_metadata, weights_not_folder
+    from .export_folder import carries_export_metadata, weights_not_folder
 
     check_checkpoint_path(path)  # a FIFO or a folder is named as such before anything opens it
     if carries_export_metadata(path):  # torch.load reads safetensors too, as a plain state dict
@@ -290,7 +291,7 @@ def load_for_eval(path: str | Path, *, arch: str | None = None, num_classes: int
     try:
         model = spec.build()
     except (RuntimeError, MemoryError, OverflowError, ValueError) as error:  # sizes no network can have
-        detail = pickle_safety.brief(str(error)) or type(error).__name__
+        detail = tamper_check.brief(str(error)) or type(error).__name__
         raise CheckpointError(f"{path} describes a {spec.arch} that cannot be built ({spec.num_classes} classes, "
                               f"{spec.in_channels}x{spec.image_size} inputs): {detail}") from None
     load_state_strict(model, state, path)
@@ -299,7 +300,7 @@ def load_for_eval(path: str | Path, *, arch: str | None = None, num_classes: int
 
 def _load_export_for_eval(folder: Path, arch: str | None, num_classes: int | None,
                           device: str | torch.device) -> LoadedModel:
-    from .exported import load_export
+    from .export_folder import load_export
 
     loaded = load_export(folder)
     spec = loaded.spec

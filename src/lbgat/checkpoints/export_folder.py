@@ -29,9 +29,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import checkpoint_checks, pickle_safety
+from ..errors import CheckpointError
+from ..storage import tamper_check
+from . import checkpoint_checks
 from .checkpoint import ModelSpec, check_checkpoint_path, key_mismatch, load_state_strict
-from .errors import CheckpointError
 
 WEIGHTS = "model.safetensors"
 CARD = "README.md"
@@ -139,7 +140,7 @@ def _read(weights: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
             metadata = file.metadata() or {}
             tensors = {key: file.get_tensor(key) for key in file.keys()}
     except Exception as error:  # noqa: BLE001 - safetensors' own error type for a damaged header or body
-        detail = pickle_safety.brief(str(error)) or type(error).__name__
+        detail = tamper_check.brief(str(error)) or type(error).__name__
         raise CheckpointError(f"{weights} is damaged or not a safetensors file ({detail})") from None
     return metadata, tensors
 
@@ -182,7 +183,7 @@ def load_export(folder: Path) -> LoadedExport:
     if not is_export(folder):
         raise not_an_export(folder)
     check_finished(folder)
-    from .models.official import key_layout
+    from ..models.official import key_layout
 
     weights = folder / WEIGHTS
     metadata, tensors = _read(weights)
@@ -190,7 +191,7 @@ def load_export(folder: Path) -> LoadedExport:
     try:
         model = spec.build()
     except (RuntimeError, MemoryError, OverflowError, ValueError) as error:  # sizes no network can have
-        detail = pickle_safety.brief(str(error)) or type(error).__name__
+        detail = tamper_check.brief(str(error)) or type(error).__name__
         raise CheckpointError(f"{weights} describes a {spec.arch} that cannot be built: {detail}") from None
     layout = key_layout(model, spec.arch, spec.num_classes, spec.in_channels, spec.image_size)
     if metadata["key_layout"] != layout.name:

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from .version import __version__
+from ..version import __version__
 
 
 @lru_cache(maxsize=1)

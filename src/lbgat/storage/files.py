@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from .errors import ConfigError, WriteError
+from ..errors import ConfigError, WriteError
 
 
 @contextmanager

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 # Keys of the metadata that must be mappings (or absent, or null where noted) when present.
 _MAPPING_SECTIONS = ("config", "dataset", "position", "epoch_totals")
@@ -38,7 +38,7 @@ def _malformed(path: Path, detail: str) -> CheckpointError:
 
 
 def _check_spec(value: object, where: str, path: Path) -> None:
-    """A :class:`lbgat.checkpoint.ModelSpec` as a mapping: the fields it takes, of the types it needs."""
+    """A :class:`lbgat.checkpoints.checkpoint.ModelSpec` as a mapping: the fields it takes, of the types it needs."""
     from .checkpoint import ModelSpec
 
     if not isinstance(value, Mapping):

@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ConfigError, FolderBusyError
+from ..errors import ConfigError, FolderBusyError
 
 LOCK_FILE = ".lbgat.lock"
 _ATTEMPTS = 100  # a releasing holder can remove the file (or its new folder) under us; this many tries is plenty

@@ -12,7 +12,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 # PyTorch's own default for gloo; NCCL's is 10 minutes, short for a rank that waits while rank 0
 # writes a large checkpoint or evaluates.

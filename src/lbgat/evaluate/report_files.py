@@ -9,14 +9,14 @@ from typing import Any
 import torch
 
 from ..errors import WriteError
-from ..files import out_of_space, strict_json
-from ..markdown import code, text
-from ..ownership import check_owned, file_sha256, write_owned
+from ..storage.files import out_of_space, strict_json
+from ..storage.markdown import code, text
+from ..storage.ownership import check_owned, file_sha256, write_owned
 from .doubts import LEGEND, doubts_of, footnotes, marked
 from .intervals import interval_of, interval_text
 
 REPORT_FILES = ("report.json", "report.md", "per_sample.json")
-WRITER = "lbgat eval"  # the command named in the folder's record (lbgat.ownership)
+WRITER = "lbgat eval"  # the command named in the folder's record (lbgat.storage.ownership)
 WHAT = "evaluation folder"
 VERDICT_MARKS = {"pass": "pass", "warn": "**WARNING**", "fail": "**FAILED**", "skipped": "skipped"}
 
@@ -54,7 +54,7 @@ def _autoattack_lines(row: dict[str, Any]) -> list[str]:
 
 def render_markdown(report: dict[str, Any]) -> str:
     """report.md. Every value from the report (paths, names, settings, a library's message) is written through
-    :mod:`lbgat.markdown`, so none of it can add a heading, a column, a link or HTML to the page."""
+    :mod:`lbgat.storage.markdown`, so none of it can add a heading, a column, a link or HTML to the page."""
     protocol, checkpoint = report["protocol"], report["checkpoint"]
     method = "+".join([str(checkpoint["method"]), *(str(s).split("(")[0] for s in checkpoint.get("plugins") or [])]) \
         if checkpoint.get("method") else None

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from ..errors import ConfigError
 from .files import strict_json, write_bytes_atomic
 
 MANIFEST = ".lbgat-manifest.json"
