@@ -38,7 +38,8 @@ SOURCE = Path(__file__).resolve().parents[1] / "src"
 sys.path.insert(0, str(SOURCE))  # this checkout's lbgat, installed or not
 from lbgat.attacks import pgd  # noqa: E402
 from lbgat.attacks.half import scaled_input_gradients, under_fp16_autocast  # noqa: E402
-from lbgat.checkpoints.checkpoint import ModelSpec, load_checkpoint  # noqa: E402
+from lbgat.checkpoints.checkpoint import load_checkpoint  # noqa: E402
+from lbgat.checkpoints.model_spec import ModelSpec  # noqa: E402
 from lbgat.data import load_dataset  # noqa: E402
 from lbgat.data.loader import Batch  # noqa: E402
 from lbgat.methods import TrainAttack, create_method  # noqa: E402

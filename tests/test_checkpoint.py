@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import lbgat
-from lbgat.checkpoints.checkpoint import ModelSpec, load_checkpoint, load_state_strict, save_checkpoint
+from lbgat.checkpoints.checkpoint import load_checkpoint, load_state_strict, save_checkpoint
+from lbgat.checkpoints.model_spec import ModelSpec
 from lbgat.errors import CheckpointError
 
 SPEC = ModelSpec("tiny-cnn", num_classes=10, in_channels=1, image_size=28)

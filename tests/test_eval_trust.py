@@ -250,7 +250,8 @@ def official_wrn34_10_state(num_classes: int) -> dict[str, torch.Tensor]:
 
 
 def test_official_wideresnet_state_dict_loads_strictly(tmp_path: Path) -> None:
-    from lbgat.checkpoints.checkpoint import CheckpointError, load_for_eval
+    from lbgat.checkpoints.checkpoint import CheckpointError
+    from lbgat.checkpoints.loading import load_for_eval
 
     state = official_wrn34_10_state(100)
     path = tmp_path / "model_cifar_wrn.pt"

@@ -355,7 +355,7 @@ def test_a_checkpoint_that_cannot_be_written_stops_with_one_line_and_resumes(tmp
                                                                              capsys) -> None:
     """issue 12 item 12: ENOSPC at a later checkpoint was a traceback; now one line says the previous
     checkpoint is intact, no partial file is left, and --resume continues from it."""
-    from lbgat import checkpoint as checkpoint_module
+    from lbgat.checkpoints import checkpoint as checkpoint_module
 
     run = tmp_path / "run"
     real_save = torch.save

@@ -20,13 +20,14 @@ from typing import Any
 import pytest
 import yaml
 
-from lbgat import markdown
-from lbgat.checkpoints.checkpoint import ModelSpec, load_checkpoint
+from lbgat.checkpoints.checkpoint import load_checkpoint
+from lbgat.checkpoints.model_spec import ModelSpec
 from lbgat.cli import main
 from lbgat.evaluate.report_files import render_markdown as eval_markdown
 from lbgat.export.card import CardInputs, render_card
 from lbgat.export.evaluations import Evaluation
 from lbgat.models.official import KeyLayout, OfficialClass
+from lbgat.storage import markdown
 from pages import HOSTILE, assert_literal_html, assert_literal_markdown, hostile, hostile_name
 
 TINY = ["--config", "cpu/mnist-5k-demo", "--set", "data.train_size=64", "--no-progress"]

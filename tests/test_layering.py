@@ -153,3 +153,87 @@ def test_the_checker_sees_relative_function_level_and_from_package_imports() -> 
     ]
     assert [_top(item.target) for item in found] == ["train", "errors", "evaluate", "lbgat", "models"]
     assert RANK["train"] < RANK["evaluate"] < RANK["models"]
+
+
+# Import cycles still to be broken (each a set of modules); a new cycle fails the test below.
+KNOWN_CYCLES: list[frozenset[str]] = [
+    frozenset({"lbgat.methods.base", "lbgat.methods.plugin", "lbgat.methods.registry", "lbgat.methods.step"}),
+]
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Module -> the lbgat modules it imports (anywhere in it), package __init__ files left out: a package
+    importing its own submodules to register them is not a cycle anyone has to read through."""
+    modules = {_module_name(path) for path in _modules() if path.name != "__init__.py"}
+    graph: dict[str, set[str]] = {module: set() for module in modules}
+    for path in _modules():
+        if path.name == "__init__.py":
+            continue
+        for found in _imports(path):
+            target = found.target
+            while target not in modules and "." in target:
+                target = target.rpartition(".")[0]
+            if target in modules and target != found.module:
+                graph[found.module].add(target)
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[frozenset[str]]:
+    """The strongly connected components of more than one module (Tarjan, iteratively)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    components: list[frozenset[str]] = []
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph[child]))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = set()
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.add(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    components.append(frozenset(component))
+    return components
+
+
+def test_no_new_import_cycle_inside_a_layer() -> None:
+    """Modules that import each other (even inside a function) can only be read together: a cycle is split by
+    moving what both need into a module of its own (as checkpoints.model_spec and checkpoints.loading were)."""
+    cycles = _cycles(_import_graph())
+    new = [sorted(cycle) for cycle in cycles if cycle not in KNOWN_CYCLES]
+    assert not new, f"import cycles: {new}"
+
+
+def test_the_cycle_finder_finds_a_cycle() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": set()}
+    assert _cycles(graph) == [frozenset({"a", "b", "c"})]
+
+
+def test_every_known_cycle_is_still_there() -> None:
+    """An exemption outlives its cycle only by mistake: once a cycle is broken, its entry goes."""
+    cycles = _cycles(_import_graph())
+    assert all(known in cycles for known in KNOWN_CYCLES), "remove the broken cycles from KNOWN_CYCLES"

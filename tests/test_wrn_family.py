@@ -10,7 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from lbgat.checkpoints.checkpoint import load_checkpoint, load_model
+from lbgat.checkpoints.checkpoint import load_checkpoint
+from lbgat.checkpoints.loading import load_model
 from lbgat.cli import main
 from lbgat.errors import ConfigError
 from lbgat.models import ModelFamily, count_flops, create_model, get_model_entry, list_model_families

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .checkpoints.checkpoint import load_model
+from .checkpoints.loading import load_model
 from .version import __version__
 
 __all__ = ["__version__", "load_model"]

@@ -26,33 +26,9 @@ from ..errors import CheckpointError, UnsafeCheckpointError
 from ..storage import tamper_check
 from ..storage.files import atomic_file
 from . import checkpoint_checks
+from .model_spec import ModelSpec
 
 FORMAT_VERSION = 1
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Enough to rebuild an architecture: registry name, classes and input shape, normalisation."""
-
-    arch: str
-    num_classes: int
-    in_channels: int
-    image_size: int
-    mean: list[float] | None = None
-    std: list[float] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
-        return cls(**data)
-
-    def build(self) -> nn.Module:
-        from ..models import create_model
-
-        return create_model(self.arch, num_classes=self.num_classes, in_channels=self.in_channels,
-                            image_size=self.image_size, mean=self.mean, std=self.std)
 
 
 @dataclass
@@ -142,10 +118,10 @@ def load_checkpoint(path: str | Path, *, not_lbgat_hint: str = _PLAIN_HINT) -> C
     """A checkpoint written by lbgat (see :func:`save_checkpoint`); ``not_lbgat_hint`` ends the refusal of
     any other file."""
     path = Path(path)
-    return _checkpoint_from_payload(read_tensors_file(path), path, not_lbgat_hint)
+    return checkpoint_from_payload(read_tensors_file(path), path, not_lbgat_hint)
 
 
-def _checkpoint_from_payload(payload: object, path: Path, not_lbgat_hint: str = _PLAIN_HINT) -> Checkpoint:
+def checkpoint_from_payload(payload: object, path: Path, not_lbgat_hint: str = _PLAIN_HINT) -> Checkpoint:
     if not isinstance(payload, dict) or "lbgat_checkpoint" not in payload:
         raise CheckpointError(f"{path} is not an lbgat checkpoint ({not_lbgat_hint})")
     if payload["lbgat_checkpoint"] != FORMAT_VERSION:
@@ -212,114 +188,3 @@ def sha256_of(path: str | Path) -> str:
         for chunk in iter(lambda: file.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-# Wrappers third-party code puts around a state dict (RobustBench, timm, common training scripts).
-_STATE_DICT_WRAPPERS = ("state_dict", "model_state_dict", "model", "net", "state")
-
-
-def _plain_state_dict(payload: object, path: Path) -> dict[str, torch.Tensor]:
-    """A third-party state dict: unwrapped and without DataParallel's ``module.`` prefix."""
-    if isinstance(payload, dict):
-        for key in _STATE_DICT_WRAPPERS:
-            inner = payload.get(key)
-            if isinstance(inner, dict) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
-                payload = inner
-                break
-    if not isinstance(payload, dict) or not payload or not all(
-        isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in payload.items()
-    ):
-        raise CheckpointError(f"{path} holds neither an lbgat checkpoint nor a state dict of tensors")
-    if all(key.startswith("module.") for key in payload):
-        payload = {key.removeprefix("module."): value for key, value in payload.items()}
-    return dict(payload)
-
-
-class PlainStateDictError(CheckpointError):
-    """A plain state dict loaded without saying its architecture (each command names its own flag)."""
-
-
-@dataclass
-class LoadedModel:
-    """A model ready for evaluation, and what it was loaded from."""
-
-    model: nn.Module
-    spec: ModelSpec
-    path: Path  # the file read (an export's model.safetensors)
-    meta: dict[str, Any] | None  # lbgat checkpoints and exports only
-    exported: bool = False  # read from a folder written by `lbgat export`
-
-    @property
-    def kind(self) -> str:
-        if self.exported:
-            return "lbgat export"
-        return "lbgat checkpoint" if self.meta is not None else "state dict"
-
-
-def load_for_eval(path: str | Path, *, arch: str | None = None, num_classes: int | None = None,
-                  in_channels: int = 3, image_size: int = 32,
-                  device: str | torch.device = "cpu") -> LoadedModel:
-    """The student of an lbgat checkpoint or of a folder written by ``lbgat export``, or a plain (e.g.
-    official LBGAT/TRADES, RobustBench) state dict loaded strictly into ``arch``; in eval mode, on
-    ``device``, taking inputs in [0, 1]."""
-    path = Path(path)
-    if path.is_dir():
-        return _load_export_for_eval(path, arch, num_classes, device)
-    from .export_folder import carries_export_metadata, weights_not_folder
-
-    check_checkpoint_path(path)  # a FIFO or a folder is named as such before anything opens it
-    if carries_export_metadata(path):  # torch.load reads safetensors too, as a plain state dict
-        raise weights_not_folder(path)
-    payload = read_tensors_file(path)
-    if isinstance(payload, dict) and "lbgat_checkpoint" in payload:
-        checkpoint = _checkpoint_from_payload(payload, path)
-        spec = checkpoint.student_spec
-        if arch is not None and arch != spec.arch:
-            raise CheckpointError(f"{path} holds a {spec.arch}, not a {arch}; drop --model")
-        if num_classes is not None and num_classes != spec.num_classes:
-            raise CheckpointError(f"{path} has {spec.num_classes} classes, not {num_classes}")
-        state, meta = checkpoint.network_state("student"), checkpoint.meta
-        checkpoint_checks.check_finite(((f"student.{key}", value) for key, value in state.items()), path)
-    else:
-        if arch is None:
-            raise PlainStateDictError(f"{path} is a plain state dict: say which architecture it is with --model "
-                                      "(and --num-classes if not 10)")
-        state = _plain_state_dict(payload, path)
-        checkpoint_checks.check_finite(state.items(), path)
-        spec = ModelSpec(arch, num_classes or 10, in_channels, image_size)
-        meta = None
-    try:
-        model = spec.build()
-    except (RuntimeError, MemoryError, OverflowError, ValueError) as error:  # sizes no network can have
-        detail = tamper_check.brief(str(error)) or type(error).__name__
-        raise CheckpointError(f"{path} describes a {spec.arch} that cannot be built ({spec.num_classes} classes, "
-                              f"{spec.in_channels}x{spec.image_size} inputs): {detail}") from None
-    load_state_strict(model, state, path)
-    return LoadedModel(model.to(device).eval(), spec, path, meta)
-
-
-def _load_export_for_eval(folder: Path, arch: str | None, num_classes: int | None,
-                          device: str | torch.device) -> LoadedModel:
-    from .export_folder import load_export
-
-    loaded = load_export(folder)
-    spec = loaded.spec
-    if arch is not None and arch != spec.arch:
-        raise CheckpointError(f"{folder} holds a {spec.arch}, not a {arch}; drop --model")
-    if num_classes is not None and num_classes != spec.num_classes:
-        raise CheckpointError(f"{folder} has {spec.num_classes} classes, not {num_classes}")
-    return LoadedModel(loaded.model.to(device), spec, loaded.weights, loaded.meta, exported=True)
-
-
-def load_model(path: str | Path, *, arch: str | None = None, num_classes: int | None = None,
-               in_channels: int = 3, image_size: int = 32, device: str | torch.device = "cpu") -> nn.Module:
-    """The trained (student) model of an lbgat checkpoint, or of a folder written by ``lbgat export``, in
-    eval mode, taking inputs in [0, 1].
-
-    A plain state dict (official LBGAT/TRADES checkpoints, RobustBench files; a DataParallel
-    ``module.`` prefix is stripped) loads strictly into ``arch`` with ``num_classes`` classes.
-    Files are read with ``torch.load(weights_only=True)``, exports with safetensors: nothing in them can
-    run code.
-    """
-    return load_for_eval(path, arch=arch, num_classes=num_classes, in_channels=in_channels,
-                         image_size=image_size, device=device).model

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError
+from .model_spec import ModelSpec
 
 # Keys of the metadata that must be mappings (or absent, or null where noted) when present.
 _MAPPING_SECTIONS = ("config", "dataset", "position", "epoch_totals")
@@ -38,9 +39,7 @@ def _malformed(path: Path, detail: str) -> CheckpointError:
 
 
 def _check_spec(value: object, where: str, path: Path) -> None:
-    """A :class:`lbgat.checkpoints.checkpoint.ModelSpec` as a mapping: the fields it takes, of the types it needs."""
-    from .checkpoint import ModelSpec
-
+    """A :class:`lbgat.checkpoints.model_spec.ModelSpec` as a mapping: the fields it takes, of the types it needs."""
     if not isinstance(value, Mapping):
         raise _malformed(path, f"'{where}' must be a mapping, got {type(value).__name__}")
     fields = {field.name: field for field in dataclasses.fields(ModelSpec)}

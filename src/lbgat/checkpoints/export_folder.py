@@ -32,7 +32,8 @@ from torch import nn
 from ..errors import CheckpointError
 from ..storage import tamper_check
 from . import checkpoint_checks
-from .checkpoint import ModelSpec, check_checkpoint_path, key_mismatch, load_state_strict
+from .checkpoint import check_checkpoint_path, key_mismatch, load_state_strict
+from .model_spec import ModelSpec
 
 WEIGHTS = "model.safetensors"
 CARD = "README.md"

@@ -19,8 +19,9 @@ from torch import nn
 
 from ..attacks import NORMS
 from ..attacks.half import batch_coupled, scaled_input_gradients
-from ..checkpoints.checkpoint import LoadedModel, PlainStateDictError, load_for_eval, sha256_of
+from ..checkpoints.checkpoint import sha256_of
 from ..checkpoints.export_folder import is_export
+from ..checkpoints.loading import LoadedModel, PlainStateDictError, load_for_eval
 from ..config import threat_profile
 from ..data import Dataset, load_dataset
 from ..data.loader import DeviceLoader

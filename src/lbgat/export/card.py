@@ -13,8 +13,8 @@ import shlex
 from dataclasses import dataclass
 from typing import Any
 
-from ..checkpoints.checkpoint import ModelSpec
 from ..checkpoints.export_folder import CONFIG, WEIGHTS
+from ..checkpoints.model_spec import ModelSpec
 from ..evaluate.doubts import LEGEND, doubts_of, footnotes, marked
 from ..methods.plugin import plugin_summaries
 from ..models import get_model_entry

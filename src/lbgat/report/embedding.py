@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from sklearn.manifold import TSNE
 
-from ..checkpoints.checkpoint import load_for_eval
+from ..checkpoints.loading import load_for_eval
 from ..config import threat_profile
 from ..data import load_dataset
 from ..data.loader import Batch

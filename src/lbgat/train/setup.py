@@ -12,7 +12,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..checkpoints.checkpoint import LoadedModel, ModelSpec, PlainStateDictError, check_checkpoint_path, load_for_eval
+from ..checkpoints.checkpoint import check_checkpoint_path
+from ..checkpoints.loading import LoadedModel, PlainStateDictError, load_for_eval
+from ..checkpoints.model_spec import ModelSpec
 from ..config import TrainConfig, default_decay_epochs, threat_profile
 from ..data import Dataset, get_dataset_info, load_dataset
 from ..data.loader import Augment, DeviceLoader
