@@ -380,18 +380,3 @@ def test_a_method_or_plugin_number_below_zero_is_one_line(settings: dict, overri
     found `method.alpha=-1` accepted)."""
     with pytest.raises(ConfigError, match=message):
         validate(build_config(None, settings, overrides))
-
-
-def test_a_forward_the_hooks_did_not_see_is_still_the_students_own() -> None:
-    """A compiled student may not run forward hooks: a regulariser's forward is then kept as it is, never
-    mistaken for the last recorded one."""
-    from lbgat.methods.step import Forward, ForwardLog, StepView
-
-    method = build("pgd-at", {"rpat": {}})
-    batch = make_batch(seed=11)
-    log = ForwardLog()
-    stale = torch.full((len(batch), 5), 7.0)
-    log.entries.append(Forward(batch.x.clone(), stale, {}))
-    step = StepView(method, batch, batch.x, log)  # no recording hooks installed
-    torch.testing.assert_close(step.logits(batch.x), method.student(batch.x))
-    assert step.logits(batch.x) is log.entries[-1].logits  # recorded, so a second request reuses it

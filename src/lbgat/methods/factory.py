@@ -85,5 +85,5 @@ def create_method(
     if params is None or isinstance(params, Mapping):
         params = method_params(name, params)
     built = build_plugins(plugins)
-    check_combination(cls, [plugin.name for plugin in built])
+    check_combination(cls, params, [(type(plugin), plugin.params) for plugin in built])
     return cls(student, params, attack if cls.attack_objective is not None else None, teacher, built)

@@ -3,9 +3,10 @@
 Two kinds compose with a host without code per pair:
 
 - a **regulariser** (RPAT, VFD-Adv) adds a weighted term to the host's loss. It sees the step through
-  :class:`StepView`: the batch, the adversarial input, and the student's logits on any input, reused from
-  the host's own forwards where the host already made them (so the forwards, and BatchNorm's running
-  statistics, are those of the official code);
+  :class:`~lbgat.methods.step.StepView`: the batch, the adversarial input, and the student forwards the
+  host named (``clean``, ``adv``). It declares which it uses (:meth:`Regulariser.forward_needs`), and
+  which it makes itself where the host has none, so that the forwards, and BatchNorm's running
+  statistics, are those of the official code; a host that cannot serve a need is refused at build time;
 - a **weight perturbation** (AWP) wraps the host's step: after the host's attack it moves the student's
   weights to a worst case nearby, the host's loss and the optimiser step are taken there, and
   :meth:`WeightPerturbation.restore` removes the move after the step.
@@ -18,7 +19,7 @@ under the plug-in's name (``method.rpat.lam``).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -29,7 +30,7 @@ from ..errors import ConfigError
 from ..structured import from_mapping
 from .base import Method, MethodParams
 from .registry import Registry
-from .step import StepView
+from .step import ForwardNeeds, StepView, Tap
 
 PluginKind = Literal["regulariser", "weight-perturbation"]
 
@@ -77,10 +78,14 @@ class Regulariser(Plugin):
 
     kind = "regulariser"
 
-    def watched_modules(self, student: nn.Module) -> list[tuple[nn.Module, bool]]:
-        """Modules of the student whose features :meth:`StepView.features` should hold, each with whether
-        the feature is the module's input (True) or its output."""
-        return []
+    @classmethod
+    def forward_needs(cls, params: MethodParams) -> ForwardNeeds:
+        """The student forwards :meth:`term` uses under ``params``, and where each may come from."""
+        return ForwardNeeds()
+
+    def taps(self) -> Sequence[Tap]:
+        """Inner layers of the student read in each of the step's forwards (VFD's features)."""
+        return ()
 
     def weight(self, epoch: int) -> float:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -127,21 +132,28 @@ def plugin_summaries(config_method: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def check_combination(host: type[Method], names: list[str] | tuple[str, ...]) -> None:
-    """Refuse, in one line, a combination that makes no sense: an unknown or repeated plug-in, one its host
-    does not take, or two weight perturbations."""
+def check_combination(host: type[Method], host_params: MethodParams,
+                      plugins: Sequence[tuple[type[Plugin], MethodParams]]) -> None:
+    """Refuse, in one line, a combination that makes no sense: a repeated plug-in, one its host does not take,
+    one needing a forward the host does not name under ``host_params``, or two weight perturbations."""
     seen: set[str] = set()
     perturbations = []
-    for name in names:
-        cls = get_plugin(name)
+    named = host.named_forwards(host_params)
+    for cls, params in plugins:
+        name = cls.name
         if name in seen:
             raise ConfigError(f"plug-in {name} is listed twice in method.plugins")
         seen.add(name)
         reason = cls.refuses(host)
         if reason:
             raise ConfigError(f"cannot combine {host.name} with {name}: {reason}")
+        if issubclass(cls, Regulariser):
+            missing = cls.forward_needs(params).missing_from(named)
+            if missing:
+                names = ", ".join(sorted(named)) or "none"
+                raise ConfigError(f"cannot combine {host.name} with {name}: {name} takes the host's forward "
+                                  f"{missing[0]!r}, which {host.name} does not make here (it names: {names})")
         if cls.kind == "weight-perturbation":
             perturbations.append(name)
     if len(perturbations) > 1:
         raise ConfigError(f"at most one weight perturbation per method, got {', '.join(perturbations)}")
-

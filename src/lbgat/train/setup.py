@@ -19,7 +19,7 @@ from ..data.loader import Augment, DeviceLoader
 from ..errors import ConfigError
 from ..methods import Method, TrainAttack, create_method, get_method, method_params
 from ..methods.factory import build_plugins, check_plugin_settings, plugin_params
-from ..methods.plugin import check_combination
+from ..methods.plugin import check_combination, get_plugin
 from ..methods.teachers import FrozenEnsemble
 from ..methods.vfd import VFD, VFDParams
 from ..models import default_teacher, get_model_entry
@@ -63,9 +63,9 @@ def _validate_plugins(config: TrainConfig) -> None:
     """The plug-ins exist, their settings type-check, and the host takes them (one line, before any work)."""
     plugins = config.method.plugins
     check_plugin_settings(plugins, config.method.plugin_params)
-    check_combination(get_method(config.method.name), plugins)
-    for name in plugins:
-        settings = plugin_params(name, config.method.plugin_params.get(name))
+    typed = [(get_plugin(name), plugin_params(name, config.method.plugin_params.get(name))) for name in plugins]
+    check_combination(get_method(config.method.name), method_params(config.method.name, config.method.params), typed)
+    for _, settings in typed:
         if isinstance(settings, VFDParams) and config.compile:
             raise ConfigError("vfd reads the student's features through forward hooks, which a compiled student "
                               "does not run; drop --compile")
