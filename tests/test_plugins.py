@@ -17,7 +17,6 @@ from lbgat.methods import TrainAttack, create_method, get_method, list_methods
 from lbgat.methods.plugin import list_plugins
 from lbgat.methods.rpat import paper_lambda
 from lbgat.methods.teachers import FrozenEnsemble
-from lbgat.methods.vfd import VFD, VFDParams
 from lbgat.train.setup import validate
 from test_methods import (
     EPS,
@@ -53,11 +52,10 @@ def build(host: str, plugins: dict, params: dict | None = None):
         teacher = FrozenEnsemble([BNNet(width=6)])
     elif get_method(host).uses_teacher:
         teacher = BNNet(width=6)
-    built = {name: VFD(VFDParams(checkpoint="given", **settings), teacher=natural_teacher()) if name == "vfd"
-             else settings for name, settings in plugins.items()}
     attack = TrainAttack(eps=EPS, step_size=STEP, steps=STEPS, start=get_method(host).default_start,
                          bn_mode=get_method(host).default_bn_mode)
-    return create_method(host, student, params=params, attack=attack, teacher=teacher, plugins=built).train()
+    return create_method(host, student, params=params, attack=attack, teacher=teacher, plugins=plugins,
+                         models=lambda checkpoint, what: natural_teacher()).train()
 
 
 def sgd(parameters) -> torch.optim.SGD:

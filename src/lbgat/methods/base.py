@@ -16,6 +16,7 @@ from ..attacks.input_only import input_only
 from ..data.loader import Batch
 from ..errors import ConfigError
 from ..rng import Stream
+from .lifecycle import RunFacts, refuse_sharded_weight_perturbation
 from .step import ForwardName, Forwards, HostStep, StepView, Tap
 
 if TYPE_CHECKING:
@@ -129,6 +130,13 @@ class Method(nn.Module, Generic[P]):
         self.weight_perturbation: WeightPerturbation | None = perturbations[0] if perturbations else None
         for plugin in plugins:
             plugin.attach(self)
+
+    @classmethod
+    def check_run(cls, params: MethodParams, run: RunFacts) -> None:
+        """Refuse, in one line and before any work, a run this method cannot train (by default: a step that
+        perturbs the weights, under torchrun)."""
+        if cls.perturbs_weights:
+            refuse_sharded_weight_perturbation(cls.name, run)
 
     @classmethod
     def named_forwards(cls, params: MethodParams) -> frozenset[ForwardName]:

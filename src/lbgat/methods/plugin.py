@@ -29,6 +29,7 @@ from ..data.loader import Batch
 from ..errors import ConfigError
 from ..structured import from_mapping
 from .base import Method, MethodParams
+from .lifecycle import RunFacts, TrainedModels, refuse_sharded_weight_perturbation
 from .registry import Registry
 from .step import ForwardNeeds, StepView, Tap
 
@@ -69,6 +70,15 @@ class Plugin(nn.Module):
         note = " (a RECONSTRUCTION from the paper's abstract, not the paper's method)" if cls.reconstruction else ""
         return f"{cls.name}({settings}){note}"
 
+    @classmethod
+    def check_run(cls, params: MethodParams, run: RunFacts) -> None:
+        """Refuse, in one line and before any work, a run this plug-in cannot join (settings it needs, --compile,
+        torchrun)."""
+
+    def prepare(self, models: TrainedModels | None) -> None:
+        """Called before the host is built: load what the plug-in needs beyond its settings (VFD's teacher).
+        ``models`` is None where the caller offers no trained models (a plug-in built in Python, ready)."""
+
     def attach(self, method: Method) -> None:
         """Called once the host is built (e.g. to check the student's architecture)."""
 
@@ -98,6 +108,10 @@ class WeightPerturbation(Plugin):
     """A move of the student's weights between the host's attack and its loss, removed after the step."""
 
     kind = "weight-perturbation"
+
+    @classmethod
+    def check_run(cls, params: MethodParams, run: RunFacts) -> None:
+        refuse_sharded_weight_perturbation(cls.name, run)
 
     def perturb(self, method: Method, batch: Batch, x_adv: torch.Tensor) -> None:  # pragma: no cover
         raise NotImplementedError

@@ -14,6 +14,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from .base import Method, MethodParams
+from .lifecycle import RunFacts, TrainedModels
 from .plugin import Regulariser, register_plugin
 from .step import ADV, CLEAN, Forward, ForwardNeeds, Forwards, StepView, Tap
 
@@ -121,6 +122,20 @@ class VFD(Regulariser):
         for parameter in teacher.parameters():
             parameter.requires_grad_(False)
         self.teacher = teacher.eval()
+
+    @classmethod
+    def check_run(cls, params: MethodParams, run: RunFacts) -> None:
+        assert isinstance(params, VFDParams)
+        if run.compiled:
+            raise ConfigError("vfd reads the student's features through a hook on one layer, which a compiled student "
+                              "does not run; drop --compile")
+        if not params.checkpoint:
+            raise ConfigError("vfd distils from a naturally trained model: set --set method.vfd.checkpoint=PATH "
+                              "(an lbgat checkpoint, e.g. a run of --method natural)")
+
+    def prepare(self, models: TrainedModels | None) -> None:
+        if self.teacher is None and models is not None:
+            self.set_teacher(models(self.params.checkpoint, "vfd.checkpoint"))
 
     def attach(self, method: Method) -> None:
         if self.teacher is None:

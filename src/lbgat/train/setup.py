@@ -17,11 +17,10 @@ from ..config import TrainConfig, default_decay_epochs, threat_profile
 from ..data import Dataset, get_dataset_info, load_dataset
 from ..data.loader import Augment, DeviceLoader
 from ..errors import ConfigError
-from ..methods import Method, TrainAttack, create_method, get_method, method_params
-from ..methods.factory import build_plugins, check_plugin_settings, plugin_params
-from ..methods.plugin import check_combination, get_plugin
+from ..methods import Method, TrainAttack
+from ..methods.factory import MethodChoice, choose_method
+from ..methods.lifecycle import RunFacts
 from ..methods.teachers import FrozenEnsemble
-from ..methods.vfd import VFD, VFDParams
 from ..models import default_teacher, get_model_entry
 from ..precision import Precision
 from ..rng import Stream, permutation
@@ -36,11 +35,19 @@ def _require(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-def validate(config: TrainConfig, *, dataset_given: bool = False) -> None:
-    """Reject impossible or inconsistent settings before any data is read or network built."""
-    get_method(config.method.name)
-    method_params(config.method.name, config.method.params)
-    _validate_plugins(config)
+def choose(config: TrainConfig, world: World | None = None) -> MethodChoice:
+    """The config's method and plug-ins, typed and checked once (what :func:`validate` returns, carried on to
+    :func:`resolve` and :func:`build_parts`)."""
+    processes = world.size if world is not None else 1
+    method = config.method
+    return choose_method(method.name, method.params, method.plugins, method.plugin_params,
+                         RunFacts(compiled=config.compile, processes=processes))
+
+
+def validate(config: TrainConfig, *, dataset_given: bool = False, world: World | None = None) -> MethodChoice:
+    """Reject impossible or inconsistent settings before any data is read or network built; the method
+    and its plug-ins, typed and checked, are returned to be carried on."""
+    method = choose(config, world)
     if not dataset_given:
         get_dataset_info(config.data.name)
     for name in (config.model, config.teacher):
@@ -49,7 +56,7 @@ def validate(config: TrainConfig, *, dataset_given: bool = False) -> None:
     # The choices and ranges declared at each setting (lbgat.config, lbgat.settings.setting); the
     # cross-field and special checks follow.
     check_ranges(config)
-    _validate_teacher(config)
+    _validate_teacher(config, method)
     _require(all(epoch >= 1 for epoch in config.schedule.decay_epochs or []), "schedule.decay_epochs must be >= 1")
     _require(config.out != "", "out must name a folder, not an empty string")
     device = resolve_device(config.device)
@@ -57,25 +64,11 @@ def validate(config: TrainConfig, *, dataset_given: bool = False) -> None:
         check_compile_toolchain(device)
     _require(not config.sync_bn or device.type == "cuda",
              "sync_bn needs GPUs: PyTorch's SyncBatchNorm runs only on CUDA (drop --sync-bn on CPU)")
+    return method
 
 
-def _validate_plugins(config: TrainConfig) -> None:
-    """The plug-ins exist, their settings type-check, and the host takes them (one line, before any work)."""
-    plugins = config.method.plugins
-    check_plugin_settings(plugins, config.method.plugin_params)
-    typed = [(get_plugin(name), plugin_params(name, config.method.plugin_params.get(name))) for name in plugins]
-    check_combination(get_method(config.method.name), method_params(config.method.name, config.method.params), typed)
-    for _, settings in typed:
-        if isinstance(settings, VFDParams) and config.compile:
-            raise ConfigError("vfd reads the student's features through forward hooks, which a compiled student "
-                              "does not run; drop --compile")
-        if isinstance(settings, VFDParams) and not settings.checkpoint:
-            raise ConfigError("vfd distils from a naturally trained model: set --set method.vfd.checkpoint=PATH "
-                              "(an lbgat checkpoint, e.g. a run of --method natural)")
-
-
-def _validate_teacher(config: TrainConfig) -> None:
-    method_cls = get_method(config.method.name)
+def _validate_teacher(config: TrainConfig, method: MethodChoice) -> None:
+    method_cls = method.cls
     checkpoints = config.teacher_checkpoints
     if method_cls.frozen_teacher:
         _require(bool(checkpoints), f"{method_cls.name} trains against a frozen natural teacher: give its "
@@ -88,7 +81,7 @@ def _validate_teacher(config: TrainConfig) -> None:
         _require(not checkpoints, f"{method_cls.name} has no teacher, but teacher_checkpoints is set")
         _require(config.teacher is None, f"{method_cls.name} has no teacher, but teacher is set "
                                          f"({config.teacher}); drop --teacher")
-    if method_params(config.method.name, config.method.params).__dict__.get("separate_bn"):
+    if method_cls.shares_student_weights(method.params):
         _require(config.teacher is None or config.teacher == config.model,
                  f"separate_bn shares the student's weights with the teacher, so teacher must equal model "
                  f"({config.teacher} != {config.model})")
@@ -124,12 +117,13 @@ def _dataset_allows_flips(name: str) -> bool:
         return True
 
 
-def resolve(config: TrainConfig, image_shape: tuple[int, int, int]) -> TrainConfig:
-    """Every ``None``/``"auto"`` setting replaced by its concrete value for this data and method."""
-    method_cls = get_method(config.method.name)
+def resolve(config: TrainConfig, image_shape: tuple[int, int, int], method: MethodChoice | None = None) -> TrainConfig:
+    """Every ``None``/``"auto"`` setting replaced by its concrete value for this data and ``method`` (the
+    config's, as :func:`validate` returned it), every method and plug-in setting written out."""
+    method = method or choose(config)
+    method_cls = method.cls
     channels, height, width = image_shape
     profile = threat_profile(channels)
-    params = dataclasses.asdict(method_params(config.method.name, config.method.params))
     flips_ok = _dataset_allows_flips(config.data.name)
     data = dataclasses.replace(
         config.data,
@@ -160,19 +154,15 @@ def resolve(config: TrainConfig, image_shape: tuple[int, int, int]) -> TrainConf
     )
     model = profile.default_model if config.model is None else config.model
     teacher = None
-    separate_bn = bool(params.get("separate_bn"))
     if method_cls.uses_teacher and not method_cls.frozen_teacher:
-        if separate_bn:
+        if method_cls.shares_student_weights(method.params):
             teacher = model
         else:
             teacher = default_teacher(channels, height) if config.teacher is None else config.teacher
-    plugin_settings = {name: dataclasses.asdict(plugin_params(name, config.method.plugin_params.get(name)))
-                       for name in config.method.plugins}
-    label = "+".join([config.method.name, *config.method.plugins])
-    out = config.out or str(Path("runs") / f"{config.data.name}-{label}-{model}-s{config.seed}")
-    method = dataclasses.replace(config.method, params=params, plugin_params=plugin_settings)
+    out = config.out or str(Path("runs") / f"{config.data.name}-{method.label}-{model}-s{config.seed}")
+    written = dataclasses.replace(config.method, params=method.params_mapping(), plugin_params=method.plugin_mappings())
     resolved = dataclasses.replace(
-        config, method=method, model=model, teacher=teacher,
+        config, method=written, model=model, teacher=teacher,
         data=data, attack=attack, val=val, schedule=schedule, out=out,
     )
     for arch in filter(None, (model, teacher)):
@@ -253,11 +243,11 @@ def load_natural_model(entry: str, dataset: Dataset, what: str) -> LoadedModel:
     return model
 
 
-def load_teacher(config: TrainConfig, dataset: Dataset, teacher: nn.Module | None) -> nn.Module:
+def load_teacher(config: TrainConfig, dataset: Dataset, teacher: nn.Module | None, frozen: bool) -> nn.Module:
     """BGAT: the frozen ensemble of ``teacher_checkpoints``. LBGAT: ``teacher`` started from the one
     checkpoint given (same architecture; the optimiser state is not carried over)."""
     loaded = [load_natural_model(entry, dataset, "teacher checkpoint") for entry in config.teacher_checkpoints]
-    if get_method(config.method.name).frozen_teacher:
+    if frozen:
         return FrozenEnsemble([model.model for model in loaded])
     (start,) = loaded
     if teacher is None or start.spec.arch != config.teacher:
@@ -280,10 +270,13 @@ def _check_batches_fit(world: World, train_loader: DeviceLoader, val_loader: Dev
                 "batch size or data.train_size / data.val_size")
 
 
-def build_parts(config: TrainConfig, dataset: Dataset, world: World | None = None) -> RunParts:
-    """Networks, method, optimiser and loaders for a resolved config; under ``torchrun`` (``world``
-    with several processes) this process's shard of the data and the DDP module around the method."""
+def build_parts(config: TrainConfig, dataset: Dataset, world: World | None = None,
+                method: MethodChoice | None = None) -> RunParts:
+    """Networks, method, optimiser and loaders for a resolved config and its ``method`` (as :func:`validate`
+    returned it); under ``torchrun`` (``world`` with several processes) this process's shard of the data and
+    the DDP module around the method."""
     world = world or World()
+    method_choice = method or choose(config, world)
     device = device_for(world, resolve_device(config.device))
     if world.is_main:
         for warning in sync_bn_warnings(config, world):
@@ -297,25 +290,17 @@ def build_parts(config: TrainConfig, dataset: Dataset, world: World | None = Non
     student = student_spec.build()
     teacher = teacher_spec.build() if teacher_spec is not None else None
     if config.teacher_checkpoints:
-        teacher = load_teacher(config, dataset, teacher)
+        teacher = load_teacher(config, dataset, teacher, method_choice.cls.frozen_teacher)
     # Each field of the method's attack takes the resolved attack setting of the same name.
     resolved = {field.name: getattr(config.attack, field.name) for field in dataclasses.fields(TrainAttack)
                 if hasattr(config.attack, field.name)}
     resolved["objective"] = None if config.attack.objective == "auto" else config.attack.objective
     attack = TrainAttack(**resolved, compiled=config.compile)
-    if world.sharded and get_method(config.method.name).perturbs_weights:
-        raise ConfigError(f"{config.method.name} under torchrun is not supported yet (each process would perturb "
-                          "the weights by its own share of the batch); train on one process")
-    plugins = build_plugins({name: plugin_params(name, config.method.plugin_params.get(name))
-                             for name in config.method.plugins})
-    for plugin in plugins:
-        if isinstance(plugin, VFD):
-            plugin.set_teacher(load_natural_model(plugin.params.checkpoint, dataset, "vfd.checkpoint").model)
-        if world.sharded and (plugin.kind == "weight-perturbation"):
-            raise ConfigError(f"{plugin.name} under torchrun is not supported yet (each process would perturb "
-                              "the weights by its own share of the batch); train on one process")
-    method = create_method(config.method.name, student, params=config.method.params, attack=attack,
-                           teacher=teacher, plugins=plugins)
+
+    def trained_model(entry: str, what: str) -> nn.Module:
+        return load_natural_model(entry, dataset, what).model
+
+    method = method_choice.build(student, attack, teacher, trained_model)
     method.to(device)
     if config.channels_last:
         method.to(memory_format=torch.channels_last)
