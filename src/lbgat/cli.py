@@ -361,7 +361,7 @@ def _add_data(commands: argparse._SubParsersAction) -> None:
     download.set_defaults(handler=_run_download)
     info = actions.add_parser("info", help="read a dataset and print its size and classes")
     info.add_argument("name")
-    info.add_argument("--root", help="dataset folder (not needed for mnist-5k)")
+    info.add_argument("--root", help=config_module.DATA_ROOT_HELP)
     info.add_argument("--image-size", type=int)
     info.set_defaults(handler=_run_data_info)
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..checkpoint import LoadedModel, ModelSpec, PlainStateDictError, check_checkpoint_path, load_for_eval
-from ..config import TrainConfig, default_decay_epochs, threat_profile
+from ..config import AutoFacts, TrainConfig, threat_profile
 from ..data import Dataset, get_dataset_info, load_dataset
 from ..data.loader import Augment, DeviceLoader
 from ..errors import ConfigError
@@ -21,10 +21,10 @@ from ..methods import Method, TrainAttack
 from ..methods.factory import MethodChoice, choose_method
 from ..methods.lifecycle import RunFacts
 from ..methods.teachers import FrozenEnsemble
-from ..models import default_teacher, get_model_entry
+from ..models import get_model_entry
 from ..precision import Precision
 from ..rng import Stream, permutation
-from ..settings import check_ranges
+from ..settings import check_ranges, resolve_auto
 from ..world import World, device_for, resolve_device
 from . import parallel
 from .gpu import sync_bn_warnings
@@ -119,52 +119,16 @@ def _dataset_allows_flips(name: str) -> bool:
 
 def resolve(config: TrainConfig, image_shape: tuple[int, int, int], method: MethodChoice | None = None) -> TrainConfig:
     """Every ``None``/``"auto"`` setting replaced by its concrete value for this data and ``method`` (the
-    config's, as :func:`validate` returned it), every method and plug-in setting written out."""
+    config's, as :func:`validate` returned it; each setting's resolver is declared with it in lbgat.config),
+    every method and plug-in setting written out."""
     method = method or choose(config)
-    method_cls = method.cls
-    channels, height, width = image_shape
-    profile = threat_profile(channels)
-    flips_ok = _dataset_allows_flips(config.data.name)
-    data = dataclasses.replace(
-        config.data,
-        crop_padding=profile.crop_padding if config.data.crop_padding is None else config.data.crop_padding,
-        flip=(profile.flip and flips_ok) if config.data.flip is None else config.data.flip,
-    )
-    attack = dataclasses.replace(
-        config.attack,
-        eps=profile.eps if config.attack.eps is None else config.attack.eps,
-        step_size=profile.train_step_size if config.attack.step_size is None else config.attack.step_size,
-        steps=profile.train_steps if config.attack.steps is None else config.attack.steps,
-        start=method_cls.default_start if config.attack.start == "auto" else config.attack.start,
-        bn_mode=method_cls.default_bn_mode if config.attack.bn_mode == "auto" else config.attack.bn_mode,
-        objective=(method_cls.attack_objective or "auto") if config.attack.objective == "auto"
-        else config.attack.objective,
-    )
-    val = dataclasses.replace(
-        config.val,
-        eps=profile.eps if config.val.eps is None else config.val.eps,
-        step_size=profile.eval_step_size if config.val.step_size is None else config.val.step_size,
-        steps=profile.eval_steps if config.val.steps is None else config.val.steps,
-    )
-    schedule = dataclasses.replace(
-        config.schedule,
-        decay_epochs=default_decay_epochs(config.schedule.epochs)
-        if config.schedule.decay_epochs is None else config.schedule.decay_epochs,
-        warmup=method_cls.default_warmup if config.schedule.warmup is None else config.schedule.warmup,
-    )
-    model = profile.default_model if config.model is None else config.model
-    teacher = None
-    if method_cls.uses_teacher and not method_cls.frozen_teacher:
-        if method_cls.shares_student_weights(method.params):
-            teacher = model
-        else:
-            teacher = default_teacher(channels, height) if config.teacher is None else config.teacher
-    out = config.out or str(Path("runs") / f"{config.data.name}-{method.label}-{model}-s{config.seed}")
+    facts = AutoFacts(image_shape, threat_profile(image_shape[0]), _dataset_allows_flips(config.data.name),
+                      method.cls, method.params, method.label)
+    resolved = resolve_auto(config, facts)
     written = dataclasses.replace(config.method, params=method.params_mapping(), plugin_params=method.plugin_mappings())
-    resolved = dataclasses.replace(
-        config, method=written, model=model, teacher=teacher,
-        data=data, attack=attack, val=val, schedule=schedule, out=out,
-    )
+    resolved = dataclasses.replace(resolved, method=written)
+    channels, height, width = image_shape
+    model, teacher = resolved.model, resolved.teacher
     for arch in filter(None, (model, teacher)):
         entry = get_model_entry(arch)
         if entry.input_shape is not None and tuple(entry.input_shape) != (channels, height, width):
@@ -173,6 +137,20 @@ def resolve(config: TrainConfig, image_shape: tuple[int, int, int], method: Meth
             role = "--model" if arch == model else "--teacher"
             raise ConfigError(f"{arch} needs {needed} inputs but {config.data.name} has {given}; choose another {role}")
     return resolved
+
+
+def train_attack(config: TrainConfig) -> TrainAttack:
+    """The method's training attack from the resolved config, every field named: a renamed setting fails
+    here instead of leaving the attack at a default."""
+    attack = config.attack
+    assert attack.eps is not None and attack.step_size is not None and attack.steps is not None, "not resolved"
+    return TrainAttack(
+        eps=attack.eps, step_size=attack.step_size, steps=attack.steps,
+        start=attack.start, start_std=attack.start_std,  # type: ignore[arg-type]  # checked against STARTS
+        bn_mode=attack.bn_mode,  # type: ignore[arg-type]  # checked against BN_MODES
+        objective=None if attack.objective == "auto" else attack.objective,  # type: ignore[arg-type]
+        compiled=config.compile,
+    )
 
 
 def split_holdout(num_train: int, val_size: int, split_seed: int,
@@ -291,11 +269,7 @@ def build_parts(config: TrainConfig, dataset: Dataset, world: World | None = Non
     teacher = teacher_spec.build() if teacher_spec is not None else None
     if config.teacher_checkpoints:
         teacher = load_teacher(config, dataset, teacher, method_choice.cls.frozen_teacher)
-    # Each field of the method's attack takes the resolved attack setting of the same name.
-    resolved = {field.name: getattr(config.attack, field.name) for field in dataclasses.fields(TrainAttack)
-                if hasattr(config.attack, field.name)}
-    resolved["objective"] = None if config.attack.objective == "auto" else config.attack.objective
-    attack = TrainAttack(**resolved, compiled=config.compile)
+    attack = train_attack(config)
 
     def trained_model(entry: str, what: str) -> nn.Module:
         return load_natural_model(entry, dataset, what).model
