@@ -64,6 +64,11 @@ class Plugin(nn.Module):
         return None
 
     @classmethod
+    def refusal(cls, host: type[Method], host_params: MethodParams, params: MethodParams) -> str | None:
+        """Why this plug-in with ``params`` cannot join ``host`` with ``host_params`` (one line), or None."""
+        return cls.refuses(host)
+
+    @classmethod
     def summary(cls, params: MethodParams) -> str:
         """One line for reports: the plug-in and its settings (and what a reader must know of them)."""
         settings = ", ".join(f"{key}={value!r}" for key, value in dataclasses.asdict(params).items())
@@ -92,6 +97,17 @@ class Regulariser(Plugin):
     def forward_needs(cls, params: MethodParams) -> ForwardNeeds:
         """The student forwards :meth:`term` uses under ``params``, and where each may come from."""
         return ForwardNeeds()
+
+    @classmethod
+    def refusal(cls, host: type[Method], host_params: MethodParams, params: MethodParams) -> str | None:
+        """Also refused: a host that does not name a forward this regulariser takes from the host only."""
+        reason = super().refusal(host, host_params, params)
+        named = host.named_forwards(host_params)
+        missing = cls.forward_needs(params).missing_from(named)
+        if reason is None and missing:
+            reason = (f"{cls.name} takes the host's forward {missing[0]!r}, which {host.name} does not make here "
+                      f"(it names: {', '.join(sorted(named)) or 'none'})")
+        return reason
 
     def taps(self) -> Sequence[Tap]:
         """Inner layers of the student read in each of the step's forwards (VFD's features)."""
@@ -148,25 +164,19 @@ def plugin_summaries(config_method: Mapping[str, Any]) -> list[str]:
 
 def check_combination(host: type[Method], host_params: MethodParams,
                       plugins: Sequence[tuple[type[Plugin], MethodParams]]) -> None:
-    """Refuse, in one line, a combination that makes no sense: a repeated plug-in, one its host does not take,
-    one needing a forward the host does not name under ``host_params``, or two weight perturbations."""
+    """Refuse, in one line, a combination that makes no sense: a repeated plug-in, one its host does not take
+    (:meth:`Plugin.refusal`: also one needing a forward the host does not name under ``host_params``), or two
+    weight perturbations."""
     seen: set[str] = set()
     perturbations = []
-    named = host.named_forwards(host_params)
     for cls, params in plugins:
         name = cls.name
         if name in seen:
             raise ConfigError(f"plug-in {name} is listed twice in method.plugins")
         seen.add(name)
-        reason = cls.refuses(host)
+        reason = cls.refusal(host, host_params, params)
         if reason:
             raise ConfigError(f"cannot combine {host.name} with {name}: {reason}")
-        if issubclass(cls, Regulariser):
-            missing = cls.forward_needs(params).missing_from(named)
-            if missing:
-                names = ", ".join(sorted(named)) or "none"
-                raise ConfigError(f"cannot combine {host.name} with {name}: {name} takes the host's forward "
-                                  f"{missing[0]!r}, which {host.name} does not make here (it names: {names})")
         if cls.kind == "weight-perturbation":
             perturbations.append(name)
     if len(perturbations) > 1:
