@@ -17,7 +17,6 @@ from lbgat.methods import TrainAttack, create_method, get_method, list_methods
 from lbgat.methods.plugin import list_plugins
 from lbgat.methods.rpat import paper_lambda
 from lbgat.methods.teachers import FrozenEnsemble
-from lbgat.methods.vfd import VFD, VFDParams
 from lbgat.train.setup import validate
 from test_methods import (
     EPS,
@@ -53,11 +52,10 @@ def build(host: str, plugins: dict, params: dict | None = None):
         teacher = FrozenEnsemble([BNNet(width=6)])
     elif get_method(host).uses_teacher:
         teacher = BNNet(width=6)
-    built = {name: VFD(VFDParams(checkpoint="given", **settings), teacher=natural_teacher()) if name == "vfd"
-             else settings for name, settings in plugins.items()}
     attack = TrainAttack(eps=EPS, step_size=STEP, steps=STEPS, start=get_method(host).default_start,
                          bn_mode=get_method(host).default_bn_mode)
-    return create_method(host, student, params=params, attack=attack, teacher=teacher, plugins=built).train()
+    return create_method(host, student, params=params, attack=attack, teacher=teacher, plugins=plugins,
+                         models=lambda checkpoint, what: natural_teacher()).train()
 
 
 def sgd(parameters) -> torch.optim.SGD:
@@ -380,18 +378,3 @@ def test_a_method_or_plugin_number_below_zero_is_one_line(settings: dict, overri
     found `method.alpha=-1` accepted)."""
     with pytest.raises(ConfigError, match=message):
         validate(build_config(None, settings, overrides))
-
-
-def test_a_forward_the_hooks_did_not_see_is_still_the_students_own() -> None:
-    """A compiled student may not run forward hooks: a regulariser's forward is then kept as it is, never
-    mistaken for the last recorded one."""
-    from lbgat.methods.step import Forward, ForwardLog, StepView
-
-    method = build("pgd-at", {"rpat": {}})
-    batch = make_batch(seed=11)
-    log = ForwardLog()
-    stale = torch.full((len(batch), 5), 7.0)
-    log.entries.append(Forward(batch.x.clone(), stale, {}))
-    step = StepView(method, batch, batch.x, log)  # no recording hooks installed
-    torch.testing.assert_close(step.logits(batch.x), method.student(batch.x))
-    assert step.logits(batch.x) is log.entries[-1].logits  # recorded, so a second request reuses it

@@ -92,3 +92,17 @@ def test_a_new_setting_follows_its_resume_rule(new_settings: type[TrainConfig]) 
     rules = resumable_settings()
     assert rules == RESUMABLE_BEFORE | {"report_every"}
     assert "new_mode" not in rules and "schedule.cooldown_epochs" not in rules
+
+
+@dataclass
+class ConfigWithAutoSetting(TrainConfig):
+    # The one place a new "auto" setting is written: its resolver beside its declaration (issue 22 item 2).
+    cooldown_epochs: int | None = setting(None, minimum=0, auto=lambda facts, resolved: resolved.schedule.epochs // 10)
+
+
+def test_a_new_auto_setting_is_resolved_by_the_resolver_declared_with_it() -> None:
+    from lbgat.train.setup import resolve
+
+    given = ConfigWithAutoSetting(schedule=ScheduleConfig(epochs=30))
+    assert resolve(given, (1, 28, 28)).cooldown_epochs == 3
+    assert resolve(ConfigWithAutoSetting(cooldown_epochs=7), (1, 28, 28)).cooldown_epochs == 7

@@ -26,9 +26,9 @@ def test_train_resolves_the_config_once(tmp_path: Path, monkeypatch) -> None:
     calls: list[tuple[int, int, int]] = []
     real_resolve = trainer_module.resolve
 
-    def counting_resolve(config, image_shape):
+    def counting_resolve(config, image_shape, method):
         calls.append(image_shape)
-        return real_resolve(config, image_shape)
+        return real_resolve(config, image_shape, method)
 
     monkeypatch.setattr(trainer_module, "resolve", counting_resolve)
     config = build_config(None, {**TINY, "out": str(tmp_path / "run"), "max_steps": 1}, TINY_DATA)
@@ -42,8 +42,8 @@ def test_a_folder_is_read_before_its_run_is_resolved_once(tmp_path: Path, monkey
     is resolved once for that shape; a missing folder is reported before a run-directory clash."""
     calls: list[tuple[int, int, int]] = []
     real_resolve = trainer_module.resolve
-    monkeypatch.setattr(trainer_module, "resolve", lambda config, shape: calls.append(shape) or real_resolve(
-        config, shape))
+    monkeypatch.setattr(trainer_module, "resolve", lambda config, shape, method: calls.append(shape) or real_resolve(
+        config, shape, method))
     write_image_folder(tmp_path / "images", per_class=4, size=(8, 8))
     settings = {**TINY, "data.name": "folder", "data.root": str(tmp_path / "images"), "out": str(tmp_path / "run"),
                 "max_steps": 1}

@@ -361,7 +361,7 @@ def _add_data(commands: argparse._SubParsersAction) -> None:
     download.set_defaults(handler=_run_download)
     info = actions.add_parser("info", help="read a dataset and print its size and classes")
     info.add_argument("name")
-    info.add_argument("--root", help="dataset folder (not needed for mnist-5k)")
+    info.add_argument("--root", help=config_module.DATA_ROOT_HELP)
     info.add_argument("--image-size", type=int)
     info.set_defaults(handler=_run_data_info)
 
@@ -394,9 +394,9 @@ def _add_listings(commands: argparse._SubParsersAction) -> None:
 def _run_methods(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from .methods import list_methods
+    from .methods import Method, list_methods
     from .methods.guidance import GuidanceParams
-    from .methods.plugin import list_plugins
+    from .methods.plugin import Plugin, list_plugins
 
     def defaults(params: type, skip: frozenset[str] = frozenset()) -> str:
         shown = []
@@ -406,6 +406,9 @@ def _run_methods(args: argparse.Namespace) -> int:
             value = field.default if field.default is not dataclasses.MISSING else field.default_factory()
             shown.append(f"{field.name}={value!r}")
         return ", ".join(shown)
+
+    def joins(plugin: type[Plugin], method: type[Method]) -> bool:
+        return plugin.refusal(method, method.Params(), plugin.Params()) is None  # at their default settings
 
     knobs = {field.name for field in dataclasses.fields(GuidanceParams)}
     plugins = list_plugins()
@@ -425,12 +428,12 @@ def _run_methods(args: argparse.Namespace) -> int:
         print(f"  {'':14} {'; '.join(details)}")
         if guidance:
             print(f"  {'':14} guidance knobs: {guidance}")
-        takes = [plugin.name for plugin in plugins if plugin.refuses(method) is None]
+        takes = [plugin.name for plugin in plugins if joins(plugin, method)]
         print(f"  {'':14} plug-ins: {', '.join(takes) if takes else 'none'}")
     print()
     print("Plug-ins (--plugin NAME, repeatable; settings with --set method.PLUGIN.KEY=VALUE):")
     for plugin in plugins:
-        hosts = [method.name for method in list_methods() if plugin.refuses(method) is None]
+        hosts = [method.name for method in list_methods() if joins(plugin, method)]
         kind = "wraps the host's step" if plugin.kind == "weight-perturbation" else "adds a term to the host's loss"
         print(f"  {plugin.name:14} {plugin.description}")
         print(f"  {'':14} {kind}; settings: {defaults(plugin.Params)}")

@@ -13,24 +13,43 @@ import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from .attacks import BN_MODES, OBJECTIVES, STARTS
+from .data import get_dataset_info, list_datasets
 from .errors import ConfigError
+from .methods import get_method
+from .methods.plugin import plugin_names
+from .models import default_teacher
 from .runtime.precision import PRECISIONS
 from .settings import folder_name, resumable_keys, setting
 from .storage import yaml_loader
 from .structured import coerce, field_annotation, from_mapping, to_mapping
 
+if TYPE_CHECKING:
+    from .methods import Method, MethodParams
+
 # What a non-finite loss does (on_nan): stop the run, or skip that step.
 ON_NAN_ACTIONS: tuple[str, ...] = ("stop", "skip")
 SEED_LIMIT = 2**63  # torch.manual_seed takes a signed 64-bit integer
 # Each setting is declared once, at its field (lbgat.settings.setting): default, flag and help text,
-# choices, range (the refusal's wording where it is not the default one) and whether it may change on resume.
+# choices, range (the refusal's wording where it is not the default one), whether it may change on resume,
+# and where it is left at None or "auto", its resolver: auto(facts, resolved), facts an AutoFacts (below).
 _IN_UNIT = "{key} must be in [0, 1] (images are in [0, 1]), got {value}"
 _SEED_RANGE = "{key} must be in [0, 2**63), got {value}"
+
+
+def _one_of(names: list[str]) -> str:
+    return f"{', '.join(names[:-1])} or {names[-1]}" if len(names) > 1 else "".join(names)
+
+
+# The choices a help text lists, read from their registries.
+_PLUGINS = ", ".join(sorted(plugin_names()))
+_DATASETS = _one_of([name if get_dataset_info(name).needs_root else f"{name} (embedded)" for name in list_datasets()])
+DATA_ROOT_HELP = ("folder holding the dataset (not needed for "
+                  f"{_one_of([name for name in list_datasets() if not get_dataset_info(name).needs_root])})")
 
 
 @dataclass
@@ -40,18 +59,17 @@ class MethodConfig:
     params: dict[str, Any] = field(default_factory=dict)
     plugins: list[str] = setting(default_factory=list, flag="--plugin", dest="plugins", metavar="NAME",
                                  help="add a plug-in to the method (repeat for several, in order): "
-                                      "rpat, vfd, awp (see `lbgat methods`)")
+                                      f"{_PLUGINS} (see `lbgat methods`)")
     # Each plug-in's hyperparameters under its name (a recipe's method.rpat.lam, --set method.rpat.lam=2).
     plugin_params: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
 class DataConfig:
-    name: str = setting("mnist-5k", flag="--dataset",
-                        help="cifar10, cifar100, tiny-imagenet, mnist-5k (embedded) or folder")
+    name: str = setting("mnist-5k", flag="--dataset", help=_DATASETS)
     # resumable: the data is identified by its content fingerprint instead (lbgat.data.identity).
     root: str | None = setting(None, flag="--data-root", resumable=True,
-                               help="folder holding the dataset (not needed for mnist-5k)")
+                               help=DATA_ROOT_HELP)
     image_size: int | None = None  # tiny-imagenet: 32 (the LBGAT paper) or 64; folder: resize to this
     val_size: int = setting(1000, minimum=0)  # held out of the training split for per-epoch robust validation; 0 = none
     # which examples are held out (independent of the training seed)
@@ -59,23 +77,28 @@ class DataConfig:
     # train on a fixed random subset of this many examples (smoke runs)
     train_size: int | None = setting(None, minimum=1)
     # auto: 4 for colour images, 0 for digits
-    crop_padding: int | None = setting(None, minimum=0, message="{key} must be >= 0")
-    flip: bool | None = None  # auto: True for colour images, False for digits
+    crop_padding: int | None = setting(None, minimum=0, message="{key} must be >= 0",
+                                       auto=lambda facts, _: facts.profile.crop_padding)
+    # auto: for colour images where the dataset allows it (not for digits)
+    flip: bool | None = setting(None, auto=lambda facts, _: facts.profile.flip and facts.flips_allowed)
 
 
 @dataclass
 class AttackConfig:
     """The training attack (L-infinity PGD; the objective belongs to the method)."""
 
-    eps: float | None = setting(None, minimum=0, maximum=1, message=_IN_UNIT)  # auto: the dataset's threat model
-    step_size: float | None = setting(None, above=0)
-    steps: int | None = setting(None, minimum=1)
-    start: str = setting("auto", choices=("auto", *STARTS))  # uniform | normal | none; auto: the method's convention
-    # ce | kl | cw; auto: the method's own (e.g. KL for TRADES, CE for PGD-AT)
-    objective: str = setting("auto", choices=("auto", *OBJECTIVES))
+    # auto: the dataset's threat model
+    eps: float | None = setting(None, minimum=0, maximum=1, message=_IN_UNIT, auto=lambda facts, _: facts.profile.eps)
+    step_size: float | None = setting(None, above=0, auto=lambda facts, _: facts.profile.train_step_size)
+    steps: int | None = setting(None, minimum=1, auto=lambda facts, _: facts.profile.train_steps)
+    # uniform | normal | none; auto: the method's convention
+    start: str = setting("auto", choices=("auto", *STARTS), auto=lambda facts, _: facts.method.default_start)
+    # ce | kl | cw; auto: the method's own (e.g. KL for TRADES, CE for PGD-AT; none without an attack)
+    objective: str = setting("auto", choices=("auto", *OBJECTIVES),
+                             auto=lambda facts, _: facts.method.attack_objective or "auto")
     start_std: float = setting(0.001, minimum=0)  # scale of the "normal" start (TRADES/LBGAT)
     # BatchNorm mode while crafting (eval: TRADES/LBGAT; train: Madry, ISEAT); auto: the method's convention
-    bn_mode: str = setting("auto", choices=("auto", *BN_MODES))
+    bn_mode: str = setting("auto", choices=("auto", *BN_MODES), auto=lambda facts, _: facts.method.default_bn_mode)
     # Ramp eps (and the step size with it) linearly from 0 over the first N epochs, step by step.
     # Off (0) in every paper recipe; small networks on MNIST at eps 0.3 need it to leave chance level.
     eps_warmup_epochs: int = setting(0, minimum=0)
@@ -94,11 +117,12 @@ class ScheduleConfig:
     epochs: int = setting(100, flag="--epochs", minimum=1)
     # lr is multiplied by decay_factor after each of these epochs (1-indexed); auto: the paper's
     # {75, 90} scaled to the run, i.e. [floor(0.75 E), floor(0.9 E)].
-    decay_epochs: list[int] | None = None
+    decay_epochs: list[int] | None = setting(None, auto=lambda _, resolved: default_decay_epochs(
+        resolved.schedule.epochs))
     decay_factor: float = setting(0.1, above=0)
     # Epoch 1 at warmup_factor * lr, as the official LBGAT script (0.02 at lr 0.1); auto: on for
     # the LBGAT methods. Only applied when epochs >= 10.
-    warmup: bool | None = None
+    warmup: bool | None = setting(None, auto=lambda facts, _: facts.method.default_warmup)
     warmup_factor: float = setting(0.2, above=0)
 
 
@@ -107,9 +131,9 @@ class ValConfig:
     """Per-epoch robust validation on the held-out slice (never on the test set)."""
 
     # auto: the dataset's evaluation threat model
-    eps: float | None = setting(None, minimum=0, maximum=1, message=_IN_UNIT)
-    step_size: float | None = setting(None, above=0)
-    steps: int | None = setting(None, minimum=1)
+    eps: float | None = setting(None, minimum=0, maximum=1, message=_IN_UNIT, auto=lambda facts, _: facts.profile.eps)
+    step_size: float | None = setting(None, above=0, auto=lambda facts, _: facts.profile.eval_step_size)
+    steps: int | None = setting(None, minimum=1, auto=lambda facts, _: facts.profile.eval_steps)
     batch_size: int = setting(200, minimum=1)
     every: int = setting(1, minimum=1)  # epochs between validations
 
@@ -118,9 +142,11 @@ class ValConfig:
 class TrainConfig:
     method: MethodConfig = field(default_factory=MethodConfig)
     # auto: the dataset's default
-    model: str | None = setting(None, flag="--model", help="student architecture (see `lbgat models`)")
-    # teacher architecture for methods with one; auto: fits the input
-    teacher: str | None = setting(None, flag="--teacher", help="teacher architecture, for methods with a teacher")
+    model: str | None = setting(None, flag="--model", help="student architecture (see `lbgat models`)",
+                                auto=lambda facts, _: facts.profile.default_model)
+    # teacher architecture for methods that train one; auto: fits the input (separate_bn: the model)
+    teacher: str | None = setting(None, flag="--teacher", help="teacher architecture, for methods with a teacher",
+                                  auto=lambda facts, resolved: _auto_teacher(facts, resolved))
     # LBGAT methods: at most one checkpoint to initialise the teacher from (default: random init).
     # BGAT methods: the frozen natural teacher, one or more checkpoints (ensemble = mean of logits);
     # a plain state dict is given as ARCH=PATH.
@@ -139,7 +165,9 @@ class TrainConfig:
                                     help="stop after this many optimiser steps in all (smoke runs)")
     seed: int = setting(1, flag="--seed", minimum=0, below=SEED_LIMIT, message=_SEED_RANGE)
     out: str | None = setting(None, flag="--out", flag_type=folder_name, resumable=True,
-                              help="run directory (default runs/<dataset>-<method>-<model>-s<seed>)")
+                              help="run directory (default runs/<dataset>-<method>-<model>-s<seed>)",
+                              auto=lambda facts, resolved: str(Path("runs") / (
+                                  f"{resolved.data.name}-{facts.label}-{resolved.model}-s{resolved.seed}")))
     device: str = setting("auto", flag="--device", resumable=True, help="auto (default), cpu, cuda, cuda:N")
     log_every: int = setting(10, minimum=1, resumable=True)  # steps between progress-bar updates of the loss terms
     save_every: int = setting(0, minimum=0)  # also keep a numbered checkpoint every N epochs (0: only last and best)
@@ -197,6 +225,27 @@ class ThreatProfile:
 COLOUR_PROFILE = ThreatProfile(0.031, 0.007, 10, 0.003, 20, crop_padding=4, flip=True, default_model="wrn-34-10")
 # Digits: the standard MNIST threat model eps = 0.3 with the TRADES MNIST attack (40 steps of 0.01).
 DIGITS_PROFILE = ThreatProfile(0.3, 0.01, 40, 0.01, 40, crop_padding=0, flip=False, default_model="small-cnn")
+
+
+@dataclass(frozen=True)
+class AutoFacts:
+    """What the settings left at None or "auto" are resolved from (their ``auto`` resolvers above)."""
+
+    image_shape: tuple[int, int, int]  # channels, height, width of the data
+    profile: ThreatProfile  # the data's threat model and augmentation
+    flips_allowed: bool  # the dataset may be flipped (not digits)
+    method: type[Method]  # the method's conventions: its attack's start, objective, BN mode; warm-up; teacher
+    method_params: MethodParams
+    label: str  # the method and its plug-ins, as a run folder is named: trades+rpat
+
+
+def _auto_teacher(facts: AutoFacts, resolved: TrainConfig) -> str | None:
+    if not facts.method.uses_teacher or facts.method.frozen_teacher:
+        return None  # no teacher, or one loaded from teacher_checkpoints
+    if facts.method.shares_student_weights(facts.method_params):
+        return resolved.model
+    channels, height, _ = facts.image_shape
+    return default_teacher(channels, height)
 
 
 def resumable_settings(config_cls: type | None = None) -> frozenset[str]:
@@ -321,8 +370,6 @@ def build_config(
 def _recipe_teacher_only_where_used(tree: dict[str, Any]) -> None:
     """A recipe's ``teacher`` is for the methods that train one, so that one recipe serves several methods
     (the demo's trains natural, PGD-AT, TRADES and LBGAT+TRADES with it)."""
-    from .methods import get_method
-
     method = tree.get("method")
     name = method.get("name", MethodConfig.name) if isinstance(method, dict) else MethodConfig.name
     if not isinstance(name, str):
@@ -340,8 +387,6 @@ _METHOD_FIELDS = ("name", "params", "plugins", "plugin_params")
 
 def _method_key(dotted: str) -> str:
     """Where ``method.<dotted>`` goes: a plug-in's setting (``rpat.lam``) or the method's (``alpha``)."""
-    from .methods.plugin import plugin_names
-
     head = dotted.partition(".")[0]
     return f"method.plugin_params.{dotted}" if head in plugin_names() else f"method.params.{dotted}"
 
@@ -349,8 +394,6 @@ def _method_key(dotted: str) -> str:
 def _normalise_method(recipe: dict[str, Any]) -> dict[str, Any]:
     """Recipes may write ``method: trades`` or ``method: {name: trades, alpha: 6, plugins: [rpat],
     rpat: {lam: 1}}``: a key that names a plug-in holds that plug-in's settings."""
-    from .methods.plugin import plugin_names
-
     recipe = dict(recipe)
     method = recipe.get("method")
     if isinstance(method, str):

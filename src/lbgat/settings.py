@@ -2,9 +2,9 @@
 
 ``setting(default, help=..., flag="--max-steps", minimum=1, resumable=True)`` is a dataclass field whose
 metadata says everything else about the setting: its command-line flag (if any) and help text, its
-choices, its range, and whether a resumed run may change it. The flags of ``lbgat train``, the
-flag-to-key map, the range checks of validation and the resume rules are read from these declarations,
-so adding a setting touches one place.
+choices, its range, whether a resumed run may change it, and how an "auto" value is resolved. The flags of
+``lbgat train``, the flag-to-key map, the range checks of validation, the resume rules and the resolution
+of "auto" values are read from these declarations, so adding a setting touches one place.
 """
 
 from __future__ import annotations
@@ -40,6 +40,9 @@ class Setting:
     below: float | None = None  # value < below
     message: str | None = None  # the refusal, with {key} and {value}; default: from the range
     resumable: bool = False  # a resumed run may change it (it does not alter what is computed)
+    # The value of a setting left at None or "auto": auto(facts, resolved), with the run's facts (data, method)
+    # and the config whose settings declared before this one are already resolved (resolve_auto).
+    auto: Callable[[Any, Any], Any] | None = None
 
 
 def setting(default: Any = MISSING, *, default_factory: Any = MISSING, **declaration: Any) -> Any:
@@ -135,12 +138,35 @@ def flag_values(args: argparse.Namespace, config_cls: type) -> dict[str, Any]:
     return values
 
 
+def _value_at(config: Any, key: str) -> Any:
+    value = config
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _replaced(config: Any, key: str, value: Any) -> Any:
+    """``config`` with the setting at the dotted ``key`` set to ``value`` (its sections copied, not changed)."""
+    head, _, rest = key.partition(".")
+    if not rest:
+        return dataclasses.replace(config, **{head: value})
+    return dataclasses.replace(config, **{head: _replaced(getattr(config, head), rest, value)})
+
+
+def resolve_auto(config: Any, facts: Any) -> Any:
+    """``config`` with each setting declared with ``auto`` and left at None or "auto" set to its resolver's value,
+    in declaration order (so a resolver may read a setting declared before it, resolved)."""
+    for item in declared_settings(type(config)):
+        resolver = item.setting.auto
+        if resolver is not None and _value_at(config, item.key) in (None, "auto"):
+            config = _replaced(config, item.key, resolver(facts, config))
+    return config
+
+
 def check_ranges(config: Any) -> None:
     """Refuse, in one line, the first declared setting outside its choices or range."""
     for item in declared_settings(type(config)):
-        value: Any = config
-        for part in item.key.split("."):
-            value = getattr(value, part)
+        value = _value_at(config, item.key)
         problem = _range_problem(item.setting, value)
         if problem is not None:
             message = item.setting.message or problem

@@ -13,6 +13,7 @@ from ..data.loader import Batch
 from .base import LossTerms, Method, MethodParams
 from .guidance import pairing_mse
 from .registry import register_method
+from .step import ADV, CLEAN, ForwardName, Forwards
 
 
 @dataclass(frozen=True)
@@ -39,16 +40,21 @@ class Alp(Method[AlpParams]):
     Params = AlpParams
     attack_objective = "ce"
 
-    def loss_terms(self, batch: Batch, x_adv: torch.Tensor) -> LossTerms:
+    @classmethod
+    def named_forwards(cls, params: MethodParams) -> frozenset[ForwardName]:
+        return frozenset({CLEAN, ADV})  # the original variant's as the two halves of its joint forward
+
+    def host_terms(self, batch: Batch, x_adv: torch.Tensor, forwards: Forwards) -> LossTerms:
         params = self.params
         if params.variant == "original":
-            logits = self.student(torch.cat([batch.x, x_adv]))
+            size = len(batch.x)
+            logits = forwards.joint(torch.cat([batch.x, x_adv]), {CLEAN: slice(0, size), ADV: slice(size, None)})
             logits_clean, logits_adv = logits.chunk(2)
             ce = F.cross_entropy(logits, torch.cat([batch.y, batch.y]), label_smoothing=params.label_smoothing)
             pairing = pairing_mse(logits_clean, logits_adv)
             return {"loss": ce + params.alpha * pairing, "ce_mixed": ce, "pairing": pairing}
-        logits_adv = self.student(x_adv)
-        logits_clean = self.student(batch.x)
+        logits_adv = forwards.run(x_adv, ADV)
+        logits_clean = forwards.run(batch.x, CLEAN)
         ce_adv = F.cross_entropy(logits_adv, batch.y)
         pairing = pairing_mse(logits_clean, logits_adv)
         return {"loss": ce_adv + params.alpha * pairing, "ce_adv": ce_adv, "pairing": pairing}

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar
 
@@ -17,7 +16,8 @@ from ..attacks.input_only import input_only
 from ..data.loader import Batch
 from ..errors import ConfigError
 from ..runtime.rng import Stream
-from .step import ForwardLog, StepView, recording
+from .lifecycle import RunFacts, refuse_sharded_weight_perturbation
+from .step import ForwardName, Forwards, HostStep, StepView, Tap
 
 if TYPE_CHECKING:
     from .plugin import Plugin, Regulariser, WeightPerturbation
@@ -89,10 +89,12 @@ class Method(nn.Module, Generic[P]):
     Subclasses set ``name``, ``description``, ``Params`` (a :class:`MethodParams` dataclass, also the
     class's type argument: ``Method[TradesParams]``), ``attack_objective`` / ``default_start`` for their
     training attack, and ``uses_teacher``. One training step is :meth:`forward`: the training attack on
-    the student at the current weights (:meth:`adversarial`), then :meth:`loss_terms` on its output,
-    which returns the named terms (:data:`LossTerms`). A wrapper around the step (one that perturbs the
-    weights between the attack and the loss, as AWP does) calls the two halves itself. A method without
-    a training attack (``natural``) implements :meth:`forward` instead.
+    the student at the current weights (:meth:`adversarial`), then the host's loss on its output
+    (:meth:`host_step`: the named terms, :data:`LossTerms`, and the student's forwards it named), then each
+    regulariser plug-in's term on those forwards. A host implements :meth:`host_terms`, making every student
+    forward through the :class:`~lbgat.methods.step.Forwards` it is given and naming the ones
+    :meth:`named_forwards` declares. A method without a training attack (``natural``) implements
+    :meth:`forward` instead.
     """
 
     name: ClassVar[str]
@@ -129,6 +131,19 @@ class Method(nn.Module, Generic[P]):
         for plugin in plugins:
             plugin.attach(self)
 
+    @classmethod
+    def check_run(cls, params: MethodParams, run: RunFacts) -> None:
+        """Refuse, in one line and before any work, a run this method cannot train (by default: a step that
+        perturbs the weights, under torchrun)."""
+        if cls.perturbs_weights:
+            refuse_sharded_weight_perturbation(cls.name, run)
+
+    @classmethod
+    def named_forwards(cls, params: MethodParams) -> frozenset[ForwardName]:
+        """The student forwards with a graph that :meth:`host_terms` names under ``params`` (``clean``, ``adv``):
+        what a regulariser plug-in may take from this host instead of making its own."""
+        return frozenset()
+
     def forward(self, batch: Batch) -> LossTerms:
         """One step's terms: the training attack at the current weights; then, with a weight perturbation,
         the weights moved (:meth:`after_step` moves them back once the optimiser has stepped); then the
@@ -136,20 +151,17 @@ class Method(nn.Module, Generic[P]):
         x_adv = self.adversarial(batch)
         if self.weight_perturbation is not None:
             self.weight_perturbation.perturb(self, batch, x_adv)
-        if not len(self.regularisers):
-            return self.loss_terms(batch, x_adv)
-        watched = [watch for plugin in self.regularisers for watch in plugin.watched_modules(self.student)]
-        with recording(self.student, ForwardLog(), watched) as log:
-            terms = self.loss_terms(batch, x_adv)
-            step = StepView(self, batch, x_adv, log)
-            for plugin in self.regularisers:
-                regulariser: Regulariser = plugin  # type: ignore[assignment]
-                weight = regulariser.weight(batch.epoch)
-                if weight:
-                    add_weighted(terms, regulariser.name, regulariser.term(step), weight)
-                else:  # not active in this epoch: no forwards, the term logged as 0
-                    terms[regulariser.name] = torch.zeros((), device=batch.x.device)
-        return terms
+        taps = [tap for plugin in self.regularisers for tap in plugin.taps()]
+        step = self.host_step(batch, x_adv, taps)
+        for plugin in self.regularisers:
+            regulariser: Regulariser = plugin  # type: ignore[assignment]
+            weight = regulariser.weight(batch.epoch)
+            if weight:
+                view = StepView(batch, x_adv, step.forwards, regulariser.forward_needs(regulariser.params))
+                add_weighted(step.terms, regulariser.name, regulariser.term(view), weight)
+            else:  # not active in this epoch: no forwards, the term logged as 0
+                step.terms[regulariser.name] = torch.zeros((), device=batch.x.device)
+        return step.terms
 
     def after_step(self) -> None:
         """Called after each optimiser step (taken or skipped): a weight perturbation is removed here."""
@@ -158,21 +170,22 @@ class Method(nn.Module, Generic[P]):
 
     def weight_ascent_loss(self, network: nn.Module, batch: Batch, x_adv: torch.Tensor) -> torch.Tensor:
         """The loss a weight perturbation ascends, on ``network`` (a copy of the student): the method's own
-        loss with the student replaced, as AWP does for its AT and TRADES hosts."""
-        with self.student_replaced_by(network):
-            return self.loss_terms(batch, x_adv)["loss"]
+        loss with its forwards made by ``network``, as AWP does for its AT and TRADES hosts."""
+        return self.host_terms(batch, x_adv, Forwards(network))["loss"]
 
-    @contextmanager
-    def student_replaced_by(self, network: nn.Module) -> Iterator[None]:
-        student = self.student
-        self._modules["student"] = network
-        try:
-            yield
-        finally:
-            self._modules["student"] = student
+    def host_step(self, batch: Batch, x_adv: torch.Tensor, taps: Sequence[Tap] = ()) -> HostStep:
+        """The host's terms on ``batch`` and ``x_adv`` with its forwards of the student (``taps`` read in each)."""
+        forwards = Forwards(self.student, taps)
+        return HostStep(self.host_terms(batch, x_adv, forwards), forwards)
 
-    def loss_terms(self, batch: Batch, x_adv: torch.Tensor) -> LossTerms:  # pragma: no cover - abstract
-        """The method's named terms on ``batch`` and its adversarial input ``x_adv`` (all its forwards)."""
+    def loss_terms(self, batch: Batch, x_adv: torch.Tensor) -> LossTerms:
+        """The host's named terms alone (the second half of a step, for a loop of one's own)."""
+        return self.host_step(batch, x_adv).terms
+
+    def host_terms(self, batch: Batch, x_adv: torch.Tensor,
+                   forwards: Forwards) -> LossTerms:  # pragma: no cover - abstract
+        """The method's named terms on ``batch`` and its adversarial input ``x_adv``; every student forward
+        made through ``forwards``, those of :meth:`named_forwards` under their names."""
         raise NotImplementedError
 
     @classmethod

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
@@ -10,6 +12,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..structured import from_mapping
 from .base import Method, MethodParams, SettingOutOfRange, TrainAttack
+from .lifecycle import RunFacts, TrainedModels
 from .plugin import Plugin, check_combination, get_plugin
 from .registry import get_method
 
@@ -67,10 +70,12 @@ def create_method(
     attack: TrainAttack | None = None,
     teacher: nn.Module | None = None,
     plugins: PluginsGiven = (),
+    models: TrainedModels | None = None,
 ) -> Method:
     """A ready-to-train method. ``params`` may be a mapping (``{"alpha": 6}``) or the typed dataclass;
     ``plugins`` names plug-ins (``["rpat", "awp"]``), maps them to their settings
-    (``{"rpat": {"lam": 2}}``) or gives built ones (``[VFD(VFDParams(...), teacher=natural)]``).
+    (``{"rpat": {"lam": 2}}``) or gives built ones (``[VFD(VFDParams(...), teacher=natural)]``); ``models``
+    loads the trained models a plug-in names in its settings (``vfd.checkpoint``), each plug-in's ``prepare``.
 
     Example::
 
@@ -85,5 +90,57 @@ def create_method(
     if params is None or isinstance(params, Mapping):
         params = method_params(name, params)
     built = build_plugins(plugins)
-    check_combination(cls, [plugin.name for plugin in built])
+    check_combination(cls, params, [(type(plugin), plugin.params) for plugin in built])
+    for plugin in built:
+        plugin.prepare(models)
     return cls(student, params, attack if cls.attack_objective is not None else None, teacher, built)
+
+
+@dataclass(frozen=True)
+class PluginChoice:
+    cls: type[Plugin]
+    params: MethodParams
+
+
+@dataclass(frozen=True)
+class MethodChoice:
+    """A method and its plug-ins as a run chose them: typed once from the config's mappings and checked
+    (:func:`choose_method`), then carried to the resolved config and to :meth:`build`."""
+
+    cls: type[Method]
+    params: MethodParams
+    plugins: tuple[PluginChoice, ...] = ()
+
+    @property
+    def label(self) -> str:
+        """The method and its plug-ins as runs are named: ``trades+rpat+awp``."""
+        return "+".join([self.cls.name, *(plugin.cls.name for plugin in self.plugins)])
+
+    def params_mapping(self) -> dict[str, Any]:
+        """Every hyperparameter of the method, defaults included (what the resolved config holds)."""
+        return dataclasses.asdict(self.params)
+
+    def plugin_mappings(self) -> dict[str, dict[str, Any]]:
+        return {plugin.cls.name: dataclasses.asdict(plugin.params) for plugin in self.plugins}
+
+    def build(self, student: nn.Module, attack: TrainAttack | None, teacher: nn.Module | None,
+              models: TrainedModels | None) -> Method:
+        return create_method(self.cls.name, student, params=self.params, attack=attack, teacher=teacher,
+                             plugins={plugin.cls.name: plugin.params for plugin in self.plugins}, models=models)
+
+
+def choose_method(name: str, params: Mapping[str, Any], plugins: Sequence[str],
+                  plugin_settings: Mapping[str, Any], run: RunFacts) -> MethodChoice:
+    """The method ``name`` with ``params`` and its ``plugins`` with theirs, typed and checked in one line each:
+    the settings' types and ranges, the combination (:func:`~lbgat.methods.plugin.check_combination`), and
+    what the method and each plug-in refuse of the ``run`` (their ``check_run``)."""
+    cls = get_method(name)
+    typed = method_params(name, params)
+    check_plugin_settings(plugins, plugin_settings)
+    chosen = tuple(PluginChoice(get_plugin(plugin), plugin_params(plugin, plugin_settings.get(plugin)))
+                   for plugin in plugins)
+    check_combination(cls, typed, [(plugin.cls, plugin.params) for plugin in chosen])
+    cls.check_run(typed, run)
+    for plugin in chosen:
+        plugin.cls.check_run(plugin.params, run)
+    return MethodChoice(cls, typed, chosen)

@@ -15,8 +15,9 @@ from torch import nn
 from torch.func import functional_call
 
 from ..data.loader import Batch
-from .base import LossTerms, Method, add_weighted
+from .base import LossTerms, Method, MethodParams, add_weighted
 from .guidance import GuidanceParams, guidance_loss, guidance_terms, pairing_mse
+from .step import ADV, CLEAN, ForwardName, Forwards
 from .trades import kl_batchmean
 
 
@@ -96,9 +97,16 @@ class GuidedMethod(Method[GP]):
             loss = loss + alpha * self.regulariser.term(network(batch.x), logits_adv)
         return loss
 
-    def loss_terms(self, batch: Batch, x_adv: torch.Tensor) -> LossTerms:
+    @classmethod
+    def named_forwards(cls, params: MethodParams) -> frozenset[ForwardName]:
+        """f(x') always; f(x) where the regulariser's weight is not 0 (at 0 it has no graph to share)."""
+        if cls.regulariser is None or cast(Regularised, params).alpha == 0:
+            return frozenset({ADV})
+        return frozenset({CLEAN, ADV})
+
+    def host_terms(self, batch: Batch, x_adv: torch.Tensor, forwards: Forwards) -> LossTerms:
         """Forwards in the official LBGAT order: student(x'), student(x) (for the regulariser), teacher(x)."""
-        logits_adv = self.student(x_adv)
+        logits_adv = forwards.run(x_adv, ADV)
         if self.regulariser is None:
             return self.guided(batch, logits_adv)
         alpha = cast(Regularised, self.params).alpha
@@ -106,6 +114,6 @@ class GuidedMethod(Method[GP]):
         # statistics, as in the official code; without a graph its weight-0 term adds exactly +-0 to every
         # gradient it would have reached, so the step is bit-identical (tests/test_lbgat_alpha_zero.py).
         with torch.no_grad() if alpha == 0 else nullcontext():
-            logits_clean = self.student(batch.x)
+            logits_clean = forwards.run(batch.x, None if alpha == 0 else CLEAN)
         terms = self.guided(batch, logits_adv)
         return add_weighted(terms, self.regulariser.name, self.regulariser.term(logits_clean, logits_adv), alpha)

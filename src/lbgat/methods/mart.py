@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from ..data.loader import Batch
 from .base import LossTerms, Method, MethodParams
 from .registry import register_method
+from .step import ADV, CLEAN, ForwardName, Forwards
 from .underflow import softmax_with_limit
 
 LOG_EPS = 1e-12  # the official code's guards inside the logarithms and the weight
@@ -57,9 +58,13 @@ class Mart(Method[MartParams]):
     attack_objective = "ce"
     default_start = "normal"
 
-    def loss_terms(self, batch: Batch, x_adv: torch.Tensor) -> LossTerms:
-        logits_clean = self.student(batch.x)
-        logits_adv = self.student(x_adv)
+    @classmethod
+    def named_forwards(cls, params: MethodParams) -> frozenset[ForwardName]:
+        return frozenset({CLEAN, ADV})
+
+    def host_terms(self, batch: Batch, x_adv: torch.Tensor, forwards: Forwards) -> LossTerms:
+        logits_clean = forwards.run(batch.x, CLEAN)
+        logits_adv = forwards.run(x_adv, ADV)
         bce = boosted_ce(logits_adv, batch.y)
         kl = misclassification_aware_kl(logits_clean, logits_adv, batch.y)
         return {"loss": bce + self.params.beta * kl, "bce": bce, "kl": kl}

@@ -6,8 +6,9 @@ import torch
 import torch.nn.functional as F
 
 from ..data.loader import Batch
-from .base import LossTerms, Method, NoParams
+from .base import LossTerms, Method, MethodParams, NoParams
 from .registry import register_method
+from .step import ADV, ForwardName, Forwards
 
 
 @register_method
@@ -23,6 +24,10 @@ class PGDAT(Method[NoParams]):
     description = "PGD adversarial training: CE(f(x_adv), y), x_adv = CE-PGD"
     attack_objective = "ce"
 
-    def loss_terms(self, batch: Batch, x_adv: torch.Tensor) -> LossTerms:
-        ce_adv = F.cross_entropy(self.student(x_adv), batch.y)
+    @classmethod
+    def named_forwards(cls, params: MethodParams) -> frozenset[ForwardName]:
+        return frozenset({ADV})
+
+    def host_terms(self, batch: Batch, x_adv: torch.Tensor, forwards: Forwards) -> LossTerms:
+        ce_adv = F.cross_entropy(forwards.run(x_adv, ADV), batch.y)
         return {"loss": ce_adv, "ce_adv": ce_adv}

@@ -3,9 +3,10 @@
 Two kinds compose with a host without code per pair:
 
 - a **regulariser** (RPAT, VFD-Adv) adds a weighted term to the host's loss. It sees the step through
-  :class:`StepView`: the batch, the adversarial input, and the student's logits on any input, reused from
-  the host's own forwards where the host already made them (so the forwards, and BatchNorm's running
-  statistics, are those of the official code);
+  :class:`~lbgat.methods.step.StepView`: the batch, the adversarial input, and the student forwards the
+  host named (``clean``, ``adv``). It declares which it uses (:meth:`Regulariser.forward_needs`), and
+  which it makes itself where the host has none, so that the forwards, and BatchNorm's running
+  statistics, are those of the official code; a host that cannot serve a need is refused at build time;
 - a **weight perturbation** (AWP) wraps the host's step: after the host's attack it moves the student's
   weights to a worst case nearby, the host's loss and the optimiser step are taken there, and
   :meth:`WeightPerturbation.restore` removes the move after the step.
@@ -18,7 +19,7 @@ under the plug-in's name (``method.rpat.lam``).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -28,8 +29,9 @@ from ..data.loader import Batch
 from ..errors import ConfigError
 from ..structured import from_mapping
 from .base import Method, MethodParams
+from .lifecycle import RunFacts, TrainedModels, refuse_sharded_weight_perturbation
 from .registry import Registry
-from .step import StepView
+from .step import ForwardNeeds, StepView, Tap
 
 PluginKind = Literal["regulariser", "weight-perturbation"]
 
@@ -62,11 +64,25 @@ class Plugin(nn.Module):
         return None
 
     @classmethod
+    def refusal(cls, host: type[Method], host_params: MethodParams, params: MethodParams) -> str | None:
+        """Why this plug-in with ``params`` cannot join ``host`` with ``host_params`` (one line), or None."""
+        return cls.refuses(host)
+
+    @classmethod
     def summary(cls, params: MethodParams) -> str:
         """One line for reports: the plug-in and its settings (and what a reader must know of them)."""
         settings = ", ".join(f"{key}={value!r}" for key, value in dataclasses.asdict(params).items())
         note = " (a RECONSTRUCTION from the paper's abstract, not the paper's method)" if cls.reconstruction else ""
         return f"{cls.name}({settings}){note}"
+
+    @classmethod
+    def check_run(cls, params: MethodParams, run: RunFacts) -> None:
+        """Refuse, in one line and before any work, a run this plug-in cannot join (settings it needs, --compile,
+        torchrun)."""
+
+    def prepare(self, models: TrainedModels | None) -> None:
+        """Called before the host is built: load what the plug-in needs beyond its settings (VFD's teacher).
+        ``models`` is None where the caller offers no trained models (a plug-in built in Python, ready)."""
 
     def attach(self, method: Method) -> None:
         """Called once the host is built (e.g. to check the student's architecture)."""
@@ -77,10 +93,25 @@ class Regulariser(Plugin):
 
     kind = "regulariser"
 
-    def watched_modules(self, student: nn.Module) -> list[tuple[nn.Module, bool]]:
-        """Modules of the student whose features :meth:`StepView.features` should hold, each with whether
-        the feature is the module's input (True) or its output."""
-        return []
+    @classmethod
+    def forward_needs(cls, params: MethodParams) -> ForwardNeeds:
+        """The student forwards :meth:`term` uses under ``params``, and where each may come from."""
+        return ForwardNeeds()
+
+    @classmethod
+    def refusal(cls, host: type[Method], host_params: MethodParams, params: MethodParams) -> str | None:
+        """Also refused: a host that does not name a forward this regulariser takes from the host only."""
+        reason = super().refusal(host, host_params, params)
+        named = host.named_forwards(host_params)
+        missing = cls.forward_needs(params).missing_from(named)
+        if reason is None and missing:
+            reason = (f"{cls.name} takes the host's forward {missing[0]!r}, which {host.name} does not make here "
+                      f"(it names: {', '.join(sorted(named)) or 'none'})")
+        return reason
+
+    def taps(self) -> Sequence[Tap]:
+        """Inner layers of the student read in each of the step's forwards (VFD's features)."""
+        return ()
 
     def weight(self, epoch: int) -> float:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -93,6 +124,10 @@ class WeightPerturbation(Plugin):
     """A move of the student's weights between the host's attack and its loss, removed after the step."""
 
     kind = "weight-perturbation"
+
+    @classmethod
+    def check_run(cls, params: MethodParams, run: RunFacts) -> None:
+        refuse_sharded_weight_perturbation(cls.name, run)
 
     def perturb(self, method: Method, batch: Batch, x_adv: torch.Tensor) -> None:  # pragma: no cover
         raise NotImplementedError
@@ -127,21 +162,22 @@ def plugin_summaries(config_method: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def check_combination(host: type[Method], names: list[str] | tuple[str, ...]) -> None:
-    """Refuse, in one line, a combination that makes no sense: an unknown or repeated plug-in, one its host
-    does not take, or two weight perturbations."""
+def check_combination(host: type[Method], host_params: MethodParams,
+                      plugins: Sequence[tuple[type[Plugin], MethodParams]]) -> None:
+    """Refuse, in one line, a combination that makes no sense: a repeated plug-in, one its host does not take
+    (:meth:`Plugin.refusal`: also one needing a forward the host does not name under ``host_params``), or two
+    weight perturbations."""
     seen: set[str] = set()
     perturbations = []
-    for name in names:
-        cls = get_plugin(name)
+    for cls, params in plugins:
+        name = cls.name
         if name in seen:
             raise ConfigError(f"plug-in {name} is listed twice in method.plugins")
         seen.add(name)
-        reason = cls.refuses(host)
+        reason = cls.refusal(host, host_params, params)
         if reason:
             raise ConfigError(f"cannot combine {host.name} with {name}: {reason}")
         if cls.kind == "weight-perturbation":
             perturbations.append(name)
     if len(perturbations) > 1:
         raise ConfigError(f"at most one weight perturbation per method, got {', '.join(perturbations)}")
-

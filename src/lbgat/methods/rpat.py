@@ -12,7 +12,9 @@ import torch.nn.functional as F
 from ..errors import ConfigError
 from .base import MethodParams
 from .plugin import Regulariser, register_plugin
-from .step import StepView
+from .step import ADV, CLEAN, ForwardNeeds, StepView
+
+MIDPOINT = "x_mid"  # RPAT's own forward, f(r x + (1 - r) x')
 
 
 @dataclass(frozen=True)
@@ -45,8 +47,8 @@ def rpat_mse(logits_mid: torch.Tensor, logits_clean: torch.Tensor, logits_adv: t
 
 @register_plugin
 class RPAT(Regulariser):
-    """+ lam * MSE(f(r x + (1-r) x'), r f(x) + (1-r) f(x')). f(x) and f(x') are the host's own forwards where
-    it made them (PGD-AT makes f(x') only: then f(x_mid) and f(x) follow, the official order)."""
+    """+ lam * MSE(f(r x + (1-r) x'), r f(x) + (1-r) f(x')). f(x') is the host's; f(x) the host's where it names
+    one (PGD-AT makes f(x') only: then f(x_mid) and f(x) follow, the official order); f(x_mid) its own."""
 
     name = "rpat"
     description = "robust perception: lam * MSE(f(x_mid), r f(x) + (1-r) f(x_adv)), x_mid = r x + (1-r) x_adv"
@@ -61,13 +63,16 @@ class RPAT(Regulariser):
         return (f"rpat(lam={params.lam!r} on the official code's scale = {paper_lambda(params.lam, params.r):.6g} "
                 f"on the paper's, r={params.r!r}, start_epoch={params.start_epoch})")
 
+    @classmethod
+    def forward_needs(cls, params: MethodParams) -> ForwardNeeds:
+        return ForwardNeeds(host=frozenset({ADV}), host_or_own=frozenset({CLEAN}), own=frozenset({MIDPOINT}))
+
     def weight(self, epoch: int) -> float:
         return self.params.lam if epoch >= self.params.start_epoch else 0.0
 
     def term(self, step: StepView) -> torch.Tensor:
         r = self.params.r
-        x, x_adv = step.batch.x, step.x_adv
-        logits_adv = step.logits(x_adv)
-        logits_mid = step.logits(r * x + (1 - r) * x_adv)
-        logits_clean = step.logits(x)
+        logits_adv = step.logits(ADV)
+        logits_mid = step.own(MIDPOINT, r * step.batch.x + (1 - r) * step.x_adv).logits
+        logits_clean = step.logits(CLEAN)
         return rpat_mse(logits_mid, logits_clean, logits_adv, r)

@@ -1,11 +1,18 @@
-"""What a plug-in sees of one training step: the host's forwards of the student, reused by input."""
+"""One training step as a regulariser plug-in sees it: the student's forwards the host named, and the ones
+the plug-in makes itself, as its declaration allows.
+
+A host makes every student forward of its loss through :class:`Forwards` and names those a plug-in may
+reuse (``clean``: f(x), ``adv``: f(x')), a joint forward (ALP's f([x, x'])) by the rows of each. A
+regulariser declares which forwards it uses (:class:`ForwardNeeds`); the pair is checked when the method
+is built, so that a step never falls back to a forward of its own that nobody declared.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from torch import nn
@@ -13,107 +20,124 @@ from torch import nn
 from ..data.loader import Batch
 
 if TYPE_CHECKING:
-    from .base import Method
+    from .base import LossTerms
+
+CLEAN = "clean"  # f(x), the student on the clean batch
+ADV = "adv"  # f(x'), the student on the training attack's output
+ForwardName = str
 
 
-@dataclass
+class Tap(Protocol):
+    """A reading of one inner layer of a network during one forward (VFD's features)."""
+
+    def reading(self, network: nn.Module) -> AbstractContextManager[Callable[[], torch.Tensor]]:
+        """While open, the layer's value in ``network``'s forward is kept; the callable returns it."""
+        ...
+
+
+@dataclass(frozen=True)
 class Forward:
-    """One forward of the student in this step: its input, its logits, and the watched modules' features."""
+    """One forward of the student: its logits and each tap's reading (rows of a joint forward: sliced)."""
 
-    inputs: torch.Tensor
     logits: torch.Tensor
-    features: dict[int, torch.Tensor]  # by id() of the watched module
+    readings: Mapping[Tap, torch.Tensor] = field(default_factory=dict)
+
+    def rows(self, part: slice) -> Forward:
+        return Forward(self.logits[part], {tap: value[part] for tap, value in self.readings.items()})
 
 
-@dataclass
-class ForwardLog:
-    """The student's forwards in this step, found by their input tensor (identity): a plug-in asks for f(x)
-    and gets the host's own f(x) when the host made one with a graph."""
+class Forwards:
+    """The student's forwards in one step: each one made here, with the taps read, and the ones a host
+    names kept under their names."""
 
-    entries: list[Forward] = field(default_factory=list)
-    pending: dict[int, torch.Tensor] = field(default_factory=dict)  # features of the forward under way
+    def __init__(self, network: nn.Module, taps: Sequence[Tap] = ()) -> None:
+        self.network = network
+        self.taps = tuple(taps)
+        self.named: dict[ForwardName, Forward] = {}
 
-    def find(self, inputs: torch.Tensor) -> Forward | None:
-        for entry in self.entries:
-            if entry.inputs is inputs and (entry.logits.requires_grad or not torch.is_grad_enabled()):
-                return entry
-        return None
+    def run(self, inputs: torch.Tensor, name: ForwardName | None = None) -> torch.Tensor:
+        """The network's logits on ``inputs``; kept as ``name`` when given (a forward with a graph that a
+        plug-in may reuse instead of making its own)."""
+        forward = self.make(inputs)
+        if name is not None:
+            self.keep(name, forward)
+        return forward.logits
 
+    def joint(self, inputs: torch.Tensor, rows: Mapping[ForwardName, slice]) -> torch.Tensor:
+        """One forward over inputs stacked along the batch, each part named by its rows (ALP's [x, x'])."""
+        forward = self.make(inputs)
+        for name, part in rows.items():
+            self.keep(name, forward.rows(part))
+        return forward.logits
 
-def penultimate(model: nn.Module) -> nn.Module:
-    """The model's last linear layer: its input is the penultimate feature (after global pooling)."""
-    linears = [module for module in model.modules() if isinstance(module, nn.Linear)]
-    if not linears:
-        raise ValueError(f"{type(model).__name__} has no linear layer to take the penultimate feature from")
-    return linears[-1]
+    def make(self, inputs: torch.Tensor) -> Forward:
+        if not self.taps:
+            return Forward(self.network(inputs))
+        with ExitStack() as stack:
+            reads = [(tap, stack.enter_context(tap.reading(self.network))) for tap in self.taps]
+            logits = self.network(inputs)
+        return Forward(logits, {tap: read() for tap, read in reads})
 
-
-def watch(module: nn.Module, store: Callable[[nn.Module, torch.Tensor], None], *, takes_input: bool) -> Any:
-    """A hook handing ``store`` the module's input (its first argument) or its output, flattened per example."""
-    if takes_input:
-        def before(hooked: nn.Module, args: tuple[Any, ...]) -> None:
-            store(hooked, args[0].flatten(1))
-        return module.register_forward_pre_hook(before)
-
-    def after(hooked: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> None:
-        store(hooked, output.flatten(1))
-    return module.register_forward_hook(after)
-
-
-@contextmanager
-def recording(student: nn.Module, log: ForwardLog, watched: Sequence[tuple[nn.Module, bool]] = ()
-              ) -> Iterator[ForwardLog]:
-    """Record every forward of ``student`` (its top-level call) into ``log`` for the block, with the
-    features of each ``(module, takes_input)`` watched."""
-
-    def begin(module: nn.Module, args: tuple[Any, ...]) -> None:
-        log.pending = {}
-
-    def end(module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> None:
-        if args and isinstance(args[0], torch.Tensor) and isinstance(output, torch.Tensor):
-            log.entries.append(Forward(args[0], output, log.pending))
-        log.pending = {}
-
-    def store(module: nn.Module, features: torch.Tensor) -> None:
-        log.pending[id(module)] = features
-
-    handles = [student.register_forward_pre_hook(begin), student.register_forward_hook(end)]
-    handles += [watch(module, store, takes_input=takes_input) for module, takes_input in watched]
-    try:
-        yield log
-    finally:
-        for handle in handles:
-            handle.remove()
+    def keep(self, name: ForwardName, forward: Forward) -> None:
+        if name in self.named:
+            raise RuntimeError(f"two forwards are named {name!r} in one step")
+        self.named[name] = forward
 
 
-@dataclass
+@dataclass(frozen=True)
+class HostStep:
+    """A host's loss on one batch: its named terms, and its forwards (the named ones for the plug-ins)."""
+
+    terms: LossTerms
+    forwards: Forwards
+
+
+@dataclass(frozen=True)
+class ForwardNeeds:
+    """The student forwards a regulariser uses in one step, by where each comes from.
+
+    ``host``: the host's own (a host that does not name one is refused when the method is built);
+    ``host_or_own``: the host's where it names them, else one the plug-in makes itself, updating BatchNorm's
+    statistics as its official code does (RPAT's f(x) after PGD-AT); ``own``: forwards only the plug-in makes
+    (RPAT's f(x_mid)), BatchNorm-updating too."""
+
+    host: frozenset[ForwardName] = frozenset()
+    host_or_own: frozenset[ForwardName] = frozenset()
+    own: frozenset[ForwardName] = frozenset()
+
+    def missing_from(self, named: frozenset[ForwardName]) -> list[ForwardName]:
+        """The forwards it takes only from a host, which a host naming ``named`` does not make."""
+        return sorted(self.host - named)
+
+
+@dataclass(frozen=True)
 class StepView:
-    """What a regulariser sees of one training step."""
+    """What a regulariser sees of one step: the batch, x', the step's forwards and its own declaration."""
 
-    method: Method
     batch: Batch
     x_adv: torch.Tensor
-    log: ForwardLog
+    forwards: Forwards
+    needs: ForwardNeeds
 
-    @property
-    def student(self) -> nn.Module:
-        return self.method.student
+    def forward(self, name: ForwardName) -> Forward:
+        """The host's forward ``name``; where the host has none and the declaration allows, one made now on
+        its input and kept under the name (a second plug-in asking for it reuses it)."""
+        found = self.forwards.named.get(name)
+        if found is not None:
+            return found
+        if name not in self.needs.host_or_own:
+            raise RuntimeError(f"no forward {name!r} in this step, and the plug-in does not declare it may make it")
+        self.forwards.run(self.inputs(name), name)
+        return self.forwards.named[name]
 
-    def forward(self, inputs: torch.Tensor) -> Forward:
-        """The student's forward on ``inputs``: the host's own on that very tensor if it made one with a
-        graph, otherwise a new one (recorded, so a later request reuses it)."""
-        found = self.log.find(inputs)
-        if found is None:
-            recorded = len(self.log.entries)
-            logits = self.student(inputs)
-            if len(self.log.entries) == recorded:  # the hooks did not run (a compiled student): keep it anyway
-                self.log.entries.append(Forward(inputs, logits, {}))
-            found = self.log.entries[-1]
-        return found
+    def own(self, name: ForwardName, inputs: torch.Tensor) -> Forward:
+        """A forward only this plug-in makes (declared in ``needs.own``), never shared."""
+        if name not in self.needs.own:
+            raise RuntimeError(f"the plug-in makes a forward {name!r} it does not declare")
+        return self.forwards.make(inputs)
 
-    def logits(self, inputs: torch.Tensor) -> torch.Tensor:
-        return self.forward(inputs).logits
+    def inputs(self, name: ForwardName) -> torch.Tensor:
+        return {CLEAN: self.batch.x, ADV: self.x_adv}[name]
 
-    def features(self, inputs: torch.Tensor, module: nn.Module) -> torch.Tensor:
-        """The watched ``module``'s features in the student's forward on ``inputs``."""
-        return self.forward(inputs).features[id(module)]
+    def logits(self, name: ForwardName) -> torch.Tensor:
+        return self.forward(name).logits

@@ -11,6 +11,7 @@ from torch import nn
 from ..data.loader import Batch
 from .base import LossTerms, Method, MethodParams
 from .registry import register_method
+from .step import ADV, CLEAN, ForwardName, Forwards
 from .underflow import softmax_with_limit
 
 
@@ -48,23 +49,28 @@ class Trades(Method[TradesParams]):
     attack_objective = "kl"
     default_start = "normal"
 
-    def loss_terms(self, batch: Batch, x_adv: torch.Tensor) -> LossTerms:
-        if self.params.adversarial_first:
-            logits_adv = self.student(x_adv)
-            kl = kl_batchmean(self.student(batch.x), logits_adv)
-            ce = F.cross_entropy(self.student(batch.x), batch.y)
-            return {"loss": ce + self.params.alpha * kl, "ce": ce, "kl": kl}
-        return self.terms_of(self.student, batch, x_adv)
+    @classmethod
+    def named_forwards(cls, params: MethodParams) -> frozenset[ForwardName]:
+        return frozenset({CLEAN, ADV})
 
-    def terms_of(self, network: nn.Module, batch: Batch, x_adv: torch.Tensor) -> LossTerms:
-        """TRADES' terms on ``network`` with the forwards of ``trades_loss``: f(x), f(x'), f(x)."""
-        logits_clean = network(batch.x)
+    def host_terms(self, batch: Batch, x_adv: torch.Tensor, forwards: Forwards) -> LossTerms:
+        """The first f(x) is the one named ``clean`` (a plug-in's f(x)), whichever order the forwards run in."""
+        if self.params.adversarial_first:
+            logits_adv = forwards.run(x_adv, ADV)
+            kl = kl_batchmean(forwards.run(batch.x, CLEAN), logits_adv)
+            ce = F.cross_entropy(forwards.run(batch.x), batch.y)
+            return {"loss": ce + self.params.alpha * kl, "ce": ce, "kl": kl}
+        return self.terms_in_trades_order(forwards, batch, x_adv)
+
+    def terms_in_trades_order(self, forwards: Forwards, batch: Batch, x_adv: torch.Tensor) -> LossTerms:
+        """TRADES' terms with the forwards of ``trades_loss``: f(x), f(x'), f(x)."""
+        logits_clean = forwards.run(batch.x, CLEAN)
         ce = F.cross_entropy(logits_clean, batch.y)
-        logits_adv = network(x_adv)
-        kl = kl_batchmean(network(batch.x), logits_adv)
+        logits_adv = forwards.run(x_adv, ADV)
+        kl = kl_batchmean(forwards.run(batch.x), logits_adv)
         return {"loss": ce + self.params.alpha * kl, "ce": ce, "kl": kl}
 
     def weight_ascent_loss(self, network: nn.Module, batch: Batch, x_adv: torch.Tensor) -> torch.Tensor:
         """AWP ascends the TRADES loss in TRADES-AWP's ``calc_awp`` order, f(x), f(x'), f(x), whatever the
         order of the step's own forwards."""
-        return self.terms_of(network, batch, x_adv)["loss"]
+        return self.terms_in_trades_order(Forwards(network), batch, x_adv)["loss"]

@@ -3,7 +3,10 @@ code, no full text; methods.md section 9.4). Label results of runs that use it a
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -11,8 +14,9 @@ from torch import nn
 
 from ..errors import ConfigError
 from .base import Method, MethodParams
+from .lifecycle import RunFacts, TrainedModels
 from .plugin import Regulariser, register_plugin
-from .step import ForwardLog, StepView, penultimate, recording
+from .step import ADV, CLEAN, Forward, ForwardNeeds, Forwards, StepView, Tap
 
 LAYERS = ("penultimate", "logits")  # or the name of a module of the student (its output, flattened)
 DISTANCES = ("mse", "cosine")
@@ -47,6 +51,14 @@ def feature_distance(student: torch.Tensor, teacher: torch.Tensor, distance: str
     return (1 - F.cosine_similarity(student, teacher, dim=1)).mean()
 
 
+def penultimate(model: nn.Module) -> nn.Module:
+    """The model's last linear layer: its input is the penultimate feature (after global pooling)."""
+    linears = [module for module in model.modules() if isinstance(module, nn.Linear)]
+    if not linears:
+        raise ValueError(f"{type(model).__name__} has no linear layer to take the penultimate feature from")
+    return linears[-1]
+
+
 def feature_module(network: nn.Module, layer: str) -> tuple[nn.Module, bool] | None:
     """(module, its input is the feature) for ``layer``; None for the logits."""
     if layer == "logits":
@@ -58,6 +70,33 @@ def feature_module(network: nn.Module, layer: str) -> tuple[nn.Module, bool] | N
         raise ConfigError(f"vfd.layer {layer!r} is not a module of {type(network).__name__}; use penultimate, "
                           f"logits or one of: {', '.join(name for name in modules if name)[:300]}")
     return modules[layer], False
+
+
+class FeatureTap:
+    """The feature at one inner layer in one forward of a network, flattened per example. The models hand out
+    no inner features, so a hook on that layer reads it, held only while :meth:`reading` is open."""
+
+    def __init__(self, layer: str) -> None:
+        self.layer = layer
+
+    @contextmanager
+    def reading(self, network: nn.Module) -> Iterator[Callable[[], torch.Tensor]]:
+        found = feature_module(network, self.layer)
+        assert found is not None, "the logits need no tap"
+        module, takes_input = found
+        kept: list[torch.Tensor] = []
+
+        def before(hooked: nn.Module, args: tuple[Any, ...]) -> None:
+            kept.append(args[0].flatten(1))
+
+        def after(hooked: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> None:
+            kept.append(output.flatten(1))
+
+        handle = module.register_forward_pre_hook(before) if takes_input else module.register_forward_hook(after)
+        try:
+            yield lambda: kept[-1]
+        finally:
+            handle.remove()
 
 
 @register_plugin
@@ -73,6 +112,7 @@ class VFD(Regulariser):
 
     def __init__(self, params: MethodParams, teacher: nn.Module | None = None) -> None:
         super().__init__(params)
+        self.tap = None if self.params.layer == "logits" else FeatureTap(self.params.layer)
         self.teacher: nn.Module | None = None
         if teacher is not None:
             self.set_teacher(teacher)
@@ -82,6 +122,20 @@ class VFD(Regulariser):
         for parameter in teacher.parameters():
             parameter.requires_grad_(False)
         self.teacher = teacher.eval()
+
+    @classmethod
+    def check_run(cls, params: MethodParams, run: RunFacts) -> None:
+        assert isinstance(params, VFDParams)
+        if run.compiled:
+            raise ConfigError("vfd reads the student's features through a hook on one layer, which a compiled student "
+                              "does not run; drop --compile")
+        if not params.checkpoint:
+            raise ConfigError("vfd distils from a naturally trained model: set --set method.vfd.checkpoint=PATH "
+                              "(an lbgat checkpoint, e.g. a run of --method natural)")
+
+    def prepare(self, models: TrainedModels | None) -> None:
+        if self.teacher is None and models is not None:
+            self.set_teacher(models(self.params.checkpoint, "vfd.checkpoint"))
 
     def attach(self, method: Method) -> None:
         if self.teacher is None:
@@ -95,35 +149,33 @@ class VFD(Regulariser):
             self.teacher.eval()  # frozen: BatchNorm keeps its running statistics
         return self
 
-    def watched_modules(self, student: nn.Module) -> list[tuple[nn.Module, bool]]:
-        found = feature_module(student, self.params.layer)
-        return [found] if found is not None else []
+    @classmethod
+    def forward_needs(cls, params: MethodParams) -> ForwardNeeds:
+        assert isinstance(params, VFDParams)
+        return ForwardNeeds(host=frozenset({ADV}), host_or_own=frozenset({CLEAN}) if params.clean else frozenset())
+
+    def taps(self) -> Sequence[Tap]:
+        return () if self.tap is None else (self.tap,)
 
     def weight(self, epoch: int) -> float:
         return self.params.lam
 
+    def features(self, forward: Forward) -> torch.Tensor:
+        return forward.logits if self.tap is None else forward.readings[self.tap]
+
     def teacher_features(self, x: torch.Tensor) -> torch.Tensor:
         assert self.teacher is not None
-        found = feature_module(self.teacher, self.params.layer)
-        log = ForwardLog()
-        with torch.no_grad(), recording(self.teacher, log, [found] if found else []):
-            self.teacher(x)
-        entry = log.entries[-1]
-        return entry.logits if found is None else entry.features[id(found[0])]
+        with torch.no_grad():
+            return self.features(Forwards(self.teacher, self.taps()).make(x))
 
     def term(self, step: StepView) -> torch.Tensor:
         target = self.teacher_features(step.batch.x)
-        found = feature_module(step.student, self.params.layer)
-
-        def student_features(inputs: torch.Tensor) -> torch.Tensor:
-            return step.logits(inputs) if found is None else step.features(inputs, found[0])
-
-        features_adv = student_features(step.x_adv)
+        features_adv = self.features(step.forward(ADV))
         if features_adv.shape != target.shape:
             raise ConfigError(f"vfd: the student's {self.params.layer} features are {tuple(features_adv.shape[1:])}, "
                               f"the teacher's {tuple(target.shape[1:])}; distil from a teacher of the student's "
                               "architecture or choose another vfd.layer")
         loss = feature_distance(features_adv, target, self.params.distance)
         if self.params.clean:
-            loss = loss + feature_distance(student_features(step.batch.x), target, self.params.distance)
+            loss = loss + feature_distance(self.features(step.forward(CLEAN)), target, self.params.distance)
         return loss

@@ -15,20 +15,19 @@ from torch import nn
 from ..checkpoints.checkpoint import check_checkpoint_path
 from ..checkpoints.loading import LoadedModel, PlainStateDictError, load_for_eval
 from ..checkpoints.model_spec import ModelSpec
-from ..config import TrainConfig, default_decay_epochs, threat_profile
+from ..config import AutoFacts, TrainConfig, threat_profile
 from ..data import Dataset, get_dataset_info, load_dataset
 from ..data.loader import Augment, DeviceLoader
 from ..errors import ConfigError
-from ..methods import Method, TrainAttack, create_method, get_method, method_params
-from ..methods.factory import build_plugins, check_plugin_settings, plugin_params
-from ..methods.plugin import check_combination
+from ..methods import Method, TrainAttack
+from ..methods.factory import MethodChoice, choose_method
+from ..methods.lifecycle import RunFacts
 from ..methods.teachers import FrozenEnsemble
-from ..methods.vfd import VFD, VFDParams
-from ..models import default_teacher, get_model_entry
+from ..models import get_model_entry
 from ..runtime.precision import Precision
 from ..runtime.rng import Stream, permutation
 from ..runtime.world import World, device_for, resolve_device
-from ..settings import check_ranges
+from ..settings import check_ranges, resolve_auto
 from . import parallel
 from .gpu import sync_bn_warnings
 
@@ -38,11 +37,19 @@ def _require(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-def validate(config: TrainConfig, *, dataset_given: bool = False) -> None:
-    """Reject impossible or inconsistent settings before any data is read or network built."""
-    get_method(config.method.name)
-    method_params(config.method.name, config.method.params)
-    _validate_plugins(config)
+def choose(config: TrainConfig, world: World | None = None) -> MethodChoice:
+    """The config's method and plug-ins, typed and checked once (what :func:`validate` returns, carried on to
+    :func:`resolve` and :func:`build_parts`)."""
+    processes = world.size if world is not None else 1
+    method = config.method
+    return choose_method(method.name, method.params, method.plugins, method.plugin_params,
+                         RunFacts(compiled=config.compile, processes=processes))
+
+
+def validate(config: TrainConfig, *, dataset_given: bool = False, world: World | None = None) -> MethodChoice:
+    """Reject impossible or inconsistent settings before any data is read or network built; the method
+    and its plug-ins, typed and checked, are returned to be carried on."""
+    method = choose(config, world)
     if not dataset_given:
         get_dataset_info(config.data.name)
     for name in (config.model, config.teacher):
@@ -51,7 +58,7 @@ def validate(config: TrainConfig, *, dataset_given: bool = False) -> None:
     # The choices and ranges declared at each setting (lbgat.config, lbgat.settings.setting); the
     # cross-field and special checks follow.
     check_ranges(config)
-    _validate_teacher(config)
+    _validate_teacher(config, method)
     _require(all(epoch >= 1 for epoch in config.schedule.decay_epochs or []), "schedule.decay_epochs must be >= 1")
     _require(config.out != "", "out must name a folder, not an empty string")
     device = resolve_device(config.device)
@@ -59,25 +66,11 @@ def validate(config: TrainConfig, *, dataset_given: bool = False) -> None:
         check_compile_toolchain(device)
     _require(not config.sync_bn or device.type == "cuda",
              "sync_bn needs GPUs: PyTorch's SyncBatchNorm runs only on CUDA (drop --sync-bn on CPU)")
+    return method
 
 
-def _validate_plugins(config: TrainConfig) -> None:
-    """The plug-ins exist, their settings type-check, and the host takes them (one line, before any work)."""
-    plugins = config.method.plugins
-    check_plugin_settings(plugins, config.method.plugin_params)
-    check_combination(get_method(config.method.name), plugins)
-    for name in plugins:
-        settings = plugin_params(name, config.method.plugin_params.get(name))
-        if isinstance(settings, VFDParams) and config.compile:
-            raise ConfigError("vfd reads the student's features through forward hooks, which a compiled student "
-                              "does not run; drop --compile")
-        if isinstance(settings, VFDParams) and not settings.checkpoint:
-            raise ConfigError("vfd distils from a naturally trained model: set --set method.vfd.checkpoint=PATH "
-                              "(an lbgat checkpoint, e.g. a run of --method natural)")
-
-
-def _validate_teacher(config: TrainConfig) -> None:
-    method_cls = get_method(config.method.name)
+def _validate_teacher(config: TrainConfig, method: MethodChoice) -> None:
+    method_cls = method.cls
     checkpoints = config.teacher_checkpoints
     if method_cls.frozen_teacher:
         _require(bool(checkpoints), f"{method_cls.name} trains against a frozen natural teacher: give its "
@@ -90,7 +83,7 @@ def _validate_teacher(config: TrainConfig) -> None:
         _require(not checkpoints, f"{method_cls.name} has no teacher, but teacher_checkpoints is set")
         _require(config.teacher is None, f"{method_cls.name} has no teacher, but teacher is set "
                                          f"({config.teacher}); drop --teacher")
-    if method_params(config.method.name, config.method.params).__dict__.get("separate_bn"):
+    if method_cls.shares_student_weights(method.params):
         _require(config.teacher is None or config.teacher == config.model,
                  f"separate_bn shares the student's weights with the teacher, so teacher must equal model "
                  f"({config.teacher} != {config.model})")
@@ -126,57 +119,18 @@ def _dataset_allows_flips(name: str) -> bool:
         return True
 
 
-def resolve(config: TrainConfig, image_shape: tuple[int, int, int]) -> TrainConfig:
-    """Every ``None``/``"auto"`` setting replaced by its concrete value for this data and method."""
-    method_cls = get_method(config.method.name)
+def resolve(config: TrainConfig, image_shape: tuple[int, int, int], method: MethodChoice | None = None) -> TrainConfig:
+    """Every ``None``/``"auto"`` setting replaced by its concrete value for this data and ``method`` (the
+    config's, as :func:`validate` returned it; each setting's resolver is declared with it in lbgat.config),
+    every method and plug-in setting written out."""
+    method = method or choose(config)
+    facts = AutoFacts(image_shape, threat_profile(image_shape[0]), _dataset_allows_flips(config.data.name),
+                      method.cls, method.params, method.label)
+    resolved = resolve_auto(config, facts)
+    written = dataclasses.replace(config.method, params=method.params_mapping(), plugin_params=method.plugin_mappings())
+    resolved = dataclasses.replace(resolved, method=written)
     channels, height, width = image_shape
-    profile = threat_profile(channels)
-    params = dataclasses.asdict(method_params(config.method.name, config.method.params))
-    flips_ok = _dataset_allows_flips(config.data.name)
-    data = dataclasses.replace(
-        config.data,
-        crop_padding=profile.crop_padding if config.data.crop_padding is None else config.data.crop_padding,
-        flip=(profile.flip and flips_ok) if config.data.flip is None else config.data.flip,
-    )
-    attack = dataclasses.replace(
-        config.attack,
-        eps=profile.eps if config.attack.eps is None else config.attack.eps,
-        step_size=profile.train_step_size if config.attack.step_size is None else config.attack.step_size,
-        steps=profile.train_steps if config.attack.steps is None else config.attack.steps,
-        start=method_cls.default_start if config.attack.start == "auto" else config.attack.start,
-        bn_mode=method_cls.default_bn_mode if config.attack.bn_mode == "auto" else config.attack.bn_mode,
-        objective=(method_cls.attack_objective or "auto") if config.attack.objective == "auto"
-        else config.attack.objective,
-    )
-    val = dataclasses.replace(
-        config.val,
-        eps=profile.eps if config.val.eps is None else config.val.eps,
-        step_size=profile.eval_step_size if config.val.step_size is None else config.val.step_size,
-        steps=profile.eval_steps if config.val.steps is None else config.val.steps,
-    )
-    schedule = dataclasses.replace(
-        config.schedule,
-        decay_epochs=default_decay_epochs(config.schedule.epochs)
-        if config.schedule.decay_epochs is None else config.schedule.decay_epochs,
-        warmup=method_cls.default_warmup if config.schedule.warmup is None else config.schedule.warmup,
-    )
-    model = profile.default_model if config.model is None else config.model
-    teacher = None
-    separate_bn = bool(params.get("separate_bn"))
-    if method_cls.uses_teacher and not method_cls.frozen_teacher:
-        if separate_bn:
-            teacher = model
-        else:
-            teacher = default_teacher(channels, height) if config.teacher is None else config.teacher
-    plugin_settings = {name: dataclasses.asdict(plugin_params(name, config.method.plugin_params.get(name)))
-                       for name in config.method.plugins}
-    label = "+".join([config.method.name, *config.method.plugins])
-    out = config.out or str(Path("runs") / f"{config.data.name}-{label}-{model}-s{config.seed}")
-    method = dataclasses.replace(config.method, params=params, plugin_params=plugin_settings)
-    resolved = dataclasses.replace(
-        config, method=method, model=model, teacher=teacher,
-        data=data, attack=attack, val=val, schedule=schedule, out=out,
-    )
+    model, teacher = resolved.model, resolved.teacher
     for arch in filter(None, (model, teacher)):
         entry = get_model_entry(arch)
         if entry.input_shape is not None and tuple(entry.input_shape) != (channels, height, width):
@@ -185,6 +139,20 @@ def resolve(config: TrainConfig, image_shape: tuple[int, int, int]) -> TrainConf
             role = "--model" if arch == model else "--teacher"
             raise ConfigError(f"{arch} needs {needed} inputs but {config.data.name} has {given}; choose another {role}")
     return resolved
+
+
+def train_attack(config: TrainConfig) -> TrainAttack:
+    """The method's training attack from the resolved config, every field named: a renamed setting fails
+    here instead of leaving the attack at a default."""
+    attack = config.attack
+    assert attack.eps is not None and attack.step_size is not None and attack.steps is not None, "not resolved"
+    return TrainAttack(
+        eps=attack.eps, step_size=attack.step_size, steps=attack.steps,
+        start=attack.start, start_std=attack.start_std,  # type: ignore[arg-type]  # checked against STARTS
+        bn_mode=attack.bn_mode,  # type: ignore[arg-type]  # checked against BN_MODES
+        objective=None if attack.objective == "auto" else attack.objective,  # type: ignore[arg-type]
+        compiled=config.compile,
+    )
 
 
 def split_holdout(num_train: int, val_size: int, split_seed: int,
@@ -255,11 +223,11 @@ def load_natural_model(entry: str, dataset: Dataset, what: str) -> LoadedModel:
     return model
 
 
-def load_teacher(config: TrainConfig, dataset: Dataset, teacher: nn.Module | None) -> nn.Module:
+def load_teacher(config: TrainConfig, dataset: Dataset, teacher: nn.Module | None, frozen: bool) -> nn.Module:
     """BGAT: the frozen ensemble of ``teacher_checkpoints``. LBGAT: ``teacher`` started from the one
     checkpoint given (same architecture; the optimiser state is not carried over)."""
     loaded = [load_natural_model(entry, dataset, "teacher checkpoint") for entry in config.teacher_checkpoints]
-    if get_method(config.method.name).frozen_teacher:
+    if frozen:
         return FrozenEnsemble([model.model for model in loaded])
     (start,) = loaded
     if teacher is None or start.spec.arch != config.teacher:
@@ -282,10 +250,13 @@ def _check_batches_fit(world: World, train_loader: DeviceLoader, val_loader: Dev
                 "batch size or data.train_size / data.val_size")
 
 
-def build_parts(config: TrainConfig, dataset: Dataset, world: World | None = None) -> RunParts:
-    """Networks, method, optimiser and loaders for a resolved config; under ``torchrun`` (``world``
-    with several processes) this process's shard of the data and the DDP module around the method."""
+def build_parts(config: TrainConfig, dataset: Dataset, world: World | None = None,
+                method: MethodChoice | None = None) -> RunParts:
+    """Networks, method, optimiser and loaders for a resolved config and its ``method`` (as :func:`validate`
+    returned it); under ``torchrun`` (``world`` with several processes) this process's shard of the data and
+    the DDP module around the method."""
     world = world or World()
+    method_choice = method or choose(config, world)
     device = device_for(world, resolve_device(config.device))
     if world.is_main:
         for warning in sync_bn_warnings(config, world):
@@ -299,25 +270,13 @@ def build_parts(config: TrainConfig, dataset: Dataset, world: World | None = Non
     student = student_spec.build()
     teacher = teacher_spec.build() if teacher_spec is not None else None
     if config.teacher_checkpoints:
-        teacher = load_teacher(config, dataset, teacher)
-    # Each field of the method's attack takes the resolved attack setting of the same name.
-    resolved = {field.name: getattr(config.attack, field.name) for field in dataclasses.fields(TrainAttack)
-                if hasattr(config.attack, field.name)}
-    resolved["objective"] = None if config.attack.objective == "auto" else config.attack.objective
-    attack = TrainAttack(**resolved, compiled=config.compile)
-    if world.sharded and get_method(config.method.name).perturbs_weights:
-        raise ConfigError(f"{config.method.name} under torchrun is not supported yet (each process would perturb "
-                          "the weights by its own share of the batch); train on one process")
-    plugins = build_plugins({name: plugin_params(name, config.method.plugin_params.get(name))
-                             for name in config.method.plugins})
-    for plugin in plugins:
-        if isinstance(plugin, VFD):
-            plugin.set_teacher(load_natural_model(plugin.params.checkpoint, dataset, "vfd.checkpoint").model)
-        if world.sharded and (plugin.kind == "weight-perturbation"):
-            raise ConfigError(f"{plugin.name} under torchrun is not supported yet (each process would perturb "
-                              "the weights by its own share of the batch); train on one process")
-    method = create_method(config.method.name, student, params=config.method.params, attack=attack,
-                           teacher=teacher, plugins=plugins)
+        teacher = load_teacher(config, dataset, teacher, method_choice.cls.frozen_teacher)
+    attack = train_attack(config)
+
+    def trained_model(entry: str, what: str) -> nn.Module:
+        return load_natural_model(entry, dataset, what).model
+
+    method = method_choice.build(student, attack, teacher, trained_model)
     method.to(device)
     if config.channels_last:
         method.to(memory_format=torch.channels_last)

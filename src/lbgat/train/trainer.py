@@ -27,6 +27,7 @@ from ..data.identity import check_same_data
 from ..errors import CheckpointError, ConfigError
 from ..evaluate.specs import AttackSpec
 from ..evaluate.suite import run_suite
+from ..methods.factory import MethodChoice
 from ..runtime.arithmetic import describe_arithmetic, deterministic_algorithms, float32_mode
 from ..runtime.provenance import code_version
 from ..runtime.world import World, device_for, process_group, resolve_device, world_from_environment
@@ -400,7 +401,7 @@ def _train(config: TrainConfig, resume: bool, progress: bool, argv: list[str] | 
            world: World) -> TrainResult:
     if dataset is not None:
         config = dataclasses.replace(config, data=dataclasses.replace(config.data, name=dataset.name, root=None))
-    validate(config, dataset_given=dataset is not None)
+    method = validate(config, dataset_given=dataset is not None, world=world)
     # With the input shape known up front (every registered dataset serves exactly its registered shape),
     # model/input mismatches and run-directory clashes are reported before any data is read; a user's
     # folder is read first, since only its images tell their shape.
@@ -408,17 +409,17 @@ def _train(config: TrainConfig, resume: bool, progress: bool, argv: list[str] | 
     if image_shape is None:
         dataset = load_data(config)
         image_shape = dataset.image_shape
-    resolved = resolve(config, image_shape)
+    resolved = resolve(config, image_shape, method)
     run_dir = Path(resolved.out)
     check_writable(run_dir, "run directory")
     # One writer per run directory (rank 0 of a torchrun job writes for all), taken before the checks of
     # what the folder holds so that two runs started at once cannot both pass them.
     with folder_lock(run_dir, "run directory", enabled=world.is_main):
-        return _train_in(run_dir, config, resolved, resume, progress, argv, dataset, world)
+        return _train_in(run_dir, config, resolved, method, resume, progress, argv, dataset, world)
 
 
-def _train_in(run_dir: Path, config: TrainConfig, resolved: TrainConfig, resume: bool, progress: bool,
-              argv: list[str] | None, dataset: Dataset | None, world: World) -> TrainResult:
+def _train_in(run_dir: Path, config: TrainConfig, resolved: TrainConfig, method: MethodChoice, resume: bool,
+              progress: bool, argv: list[str] | None, dataset: Dataset | None, world: World) -> TrainResult:
     checkpoint = check_run_dir(run_dir, resume)
     if dataset is None:
         dataset = load_data(config)
@@ -429,7 +430,7 @@ def _train_in(run_dir: Path, config: TrainConfig, resolved: TrainConfig, resume:
         unchecked = check_same_data(checkpoint.meta, dataset)
         if unchecked and world.is_main:
             print(f"warning: {unchecked}", file=sys.stderr)
-    parts = build_parts(resolved, dataset, world)
+    parts = build_parts(resolved, dataset, world, method)
     check_disk_space(run_dir, parts)
     parallel.barrier()  # every rank has checked the run directory before rank 0 writes into it
     trainer = Trainer(parts, run_dir, progress=progress)
