@@ -6,7 +6,7 @@ import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar
+from typing import ClassVar, Generic, TypeVar
 
 import torch
 from torch import nn
@@ -17,10 +17,17 @@ from ..data.loader import Batch
 from ..errors import ConfigError
 from ..runtime.rng import Stream
 from .lifecycle import RunFacts, refuse_sharded_weight_perturbation
-from .step import ForwardName, Forwards, HostStep, StepView, Tap
-
-if TYPE_CHECKING:
-    from .plugin import Plugin, Regulariser, WeightPerturbation
+from .step import (
+    ForwardName,
+    Forwards,
+    HostStep,
+    LossTerms,
+    PerturbationPart,
+    PluginPart,
+    RegulariserPart,
+    StepView,
+    Tap,
+)
 
 
 @dataclass(frozen=True)
@@ -37,7 +44,6 @@ class TrainAttack:
     compiled: bool = False  # the attack's step and projection as one torch.compile'd kernel
 
 
-LossTerms = dict[str, torch.Tensor]
 """A method's named scalar terms on one batch. ``"loss"`` is what the optimiser minimises; the others are
 what it is made of, logged under their names in this order."""
 
@@ -111,7 +117,7 @@ class Method(nn.Module, Generic[P]):
     perturbs_weights: ClassVar[bool] = False  # its step moves the weights and after_step moves them back
 
     def __init__(self, student: nn.Module, params: P, attack: TrainAttack | None,
-                 teacher: nn.Module | None = None, plugins: Sequence[Plugin] = ()) -> None:
+                 teacher: nn.Module | None = None, plugins: Sequence[PluginPart] = ()) -> None:
         super().__init__()
         if not isinstance(params, self.Params):
             raise TypeError(f"{self.name} expects {self.Params.__name__}, got {type(params).__name__}")
@@ -127,7 +133,7 @@ class Method(nn.Module, Generic[P]):
         # perturbation (lbgat.methods.plugin.check_combination), which holds no state between steps.
         self.regularisers = nn.ModuleList([p for p in plugins if p.kind == "regulariser"])
         perturbations = [p for p in plugins if p.kind == "weight-perturbation"]
-        self.weight_perturbation: WeightPerturbation | None = perturbations[0] if perturbations else None
+        self.weight_perturbation: PerturbationPart | None = perturbations[0] if perturbations else None
         for plugin in plugins:
             plugin.attach(self)
 
@@ -154,7 +160,7 @@ class Method(nn.Module, Generic[P]):
         taps = [tap for plugin in self.regularisers for tap in plugin.taps()]
         step = self.host_step(batch, x_adv, taps)
         for plugin in self.regularisers:
-            regulariser: Regulariser = plugin  # type: ignore[assignment]
+            regulariser: RegulariserPart = plugin  # type: ignore[assignment]
             weight = regulariser.weight(batch.epoch)
             if weight:
                 view = StepView(batch, x_adv, step.forwards, regulariser.forward_needs(regulariser.params))

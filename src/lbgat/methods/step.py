@@ -12,15 +12,14 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
 from ..data.loader import Batch
 
-if TYPE_CHECKING:
-    from .base import LossTerms
+LossTerms = dict[str, torch.Tensor]  # a step's named terms; "loss" is the one optimised
 
 CLEAN = "clean"  # f(x), the student on the clean batch
 ADV = "adv"  # f(x'), the student on the training attack's output
@@ -141,3 +140,35 @@ class StepView:
 
     def logits(self, name: ForwardName) -> torch.Tensor:
         return self.forward(name).logits
+
+
+class RegulariserPart(Protocol):
+    """What a host's step uses of a regulariser plug-in (lbgat.methods.plugin.Regulariser), seen from the host:
+    the host never imports the plug-ins, so that a plug-in is one file that depends on its hosts, not back."""
+
+    name: str
+    params: Any
+
+    def taps(self) -> Sequence[Tap]: ...
+
+    def weight(self, epoch: int) -> float: ...
+
+    def forward_needs(self, params: Any) -> ForwardNeeds: ...
+
+    def term(self, step: StepView) -> torch.Tensor: ...
+
+
+class PerturbationPart(Protocol):
+    """What a host's step uses of a weight-perturbation plug-in (lbgat.methods.plugin.WeightPerturbation)."""
+
+    def perturb(self, method: Any, batch: Batch, x_adv: torch.Tensor) -> None: ...
+
+    def restore(self) -> None: ...
+
+
+class PluginPart(Protocol):
+    """What a host does with any plug-in it is given: tell its kind and attach it."""
+
+    kind: str
+
+    def attach(self, method: Any) -> None: ...
