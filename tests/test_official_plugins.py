@@ -27,6 +27,8 @@ from typing import Any
 
 import pytest
 
+from lbgat.config import build_config, load_yaml
+from lbgat.recipes import find_recipe
 from official_machines import DATA, load_manifest, machine_key, stored_for_this_machine
 from official_plugin_setting import SCENARIOS, lbgat_step
 from official_plugin_storage import attack_as_stored, decode, differences, load_stored, stored_forwards, stored_settings
@@ -88,3 +90,20 @@ def test_stored_outputs_say_where_they_come_from(entry: dict[str, Any]) -> None:
             forwards = stored_forwards(stored, name, setting)
             assert forwards and all(re.fullmatch(r"(train|eval):(x|x_adv|other)", f) for f in forwards), name
 
+
+# The shipped recipe that reproduces each compared official code (configs/recipes).
+RECIPES = {"recipes/mart-cifar10-wrn34-10": "mart", "recipes/awp-at-cifar10-preact-resnet18": "pgd-at+awp",
+           "recipes/awp-trades-cifar10-wrn34-10": "trades+awp", "recipes/iseat-cifar10-wrn34-10": "iseat",
+           "recipes/rpat-pgd-at-cifar10-resnet18": "pgd-at+rpat", "recipes/rpat-trades-cifar10-resnet18": "trades+rpat",
+           "recipes/rpat-mart-cifar10-resnet18": "mart+rpat"}
+
+
+@pytest.mark.parametrize(("recipe", "scenario"), sorted(RECIPES.items()))
+def test_each_recipe_runs_the_attack_its_official_comparison_verified(recipe: str, scenario: str) -> None:
+    """issue 22: a recipe reproduces its official code by default, so it carries the attack settings with which
+    lbgat's step matched the official one (the clipped start and AT_AWP's delta iterate included)."""
+    attack = build_config(load_yaml(find_recipe(recipe))).attack
+    expected = SCENARIOS[scenario]
+    assert (attack.start, attack.iterate, attack.bn_mode, attack.steps) == (
+        expected.start, expected.iterate, expected.bn_mode, expected.steps)
+    assert attack.eps == pytest.approx(expected.eps) and attack.step_size == pytest.approx(expected.step_size)
