@@ -2,8 +2,10 @@
 built with lbgat only.
 
 The same weights, batch and attack start were given to the official code (LBGAT ``lbgat_loss`` and
-TRADES ``trades_loss``, see docs/reproduction.md) to produce the stored hashes; tests/test_official_steps.py
-runs lbgat's step on them and compares.
+TRADES ``trades_loss``, see docs/reproduction.md) to produce the stored hashes, in every setting of
+tests/official_settings.py (seeds, batch sizes, plain and perturbed weights); tests/test_official_steps.py
+runs lbgat's step on them and compares, bit for bit. The first setting's hashes are per tensor; the others'
+per group of tensors (``group_hashes``: x_adv, loss, grad, after), which keeps the file small.
 """
 
 from __future__ import annotations
@@ -17,10 +19,10 @@ from lbgat.data.loader import Batch
 from lbgat.methods import Method, TrainAttack, create_method
 from lbgat.models import create_model
 from lbgat.runtime.rng import Stream
-from test_models import deterministic_inputs, deterministic_state
+from official_settings import FIRST, Setting, initial_state, make_batch
 
 STUDENT, TEACHER = "wrn-16-2", "resnet18-lbgat"  # official WideResNet(depth=16, widen_factor=2), ResNet18_cifar()
-NUM_CLASSES, BATCH_SIZE, SEED, EPOCH = 10, 8, 1, 0
+NUM_CLASSES, EPOCH = 10, 0
 EPS, STEP_SIZE, STEPS = 0.031, 0.007, 10  # the official scripts' CIFAR settings
 LR, MOMENTUM, WEIGHT_DECAY = 0.1, 0.9, 2e-4
 # name: (lbgat method, its params, the official loss and its beta)
@@ -31,21 +33,19 @@ SCENARIOS: dict[str, tuple[str, dict[str, float], str, float]] = {
 }
 
 
-def networks(uses_teacher: bool) -> dict[str, nn.Module]:
-    """lbgat's student (and teacher) in train mode with ``deterministic_state`` weights."""
+def networks(uses_teacher: bool, setting: Setting) -> dict[str, nn.Module]:
+    """lbgat's student (and teacher) in train mode with the setting's weights."""
     names = {"student": STUDENT, **({"teacher": TEACHER} if uses_teacher else {})}
     built = {}
     for role, name in names.items():
         model = create_model(name, num_classes=NUM_CLASSES)
-        model.load_state_dict(deterministic_state(model))
+        model.load_state_dict(initial_state(model, setting))
         built[role] = model.train()
     return built
 
 
-def batch() -> Batch:
-    x = deterministic_inputs(BATCH_SIZE, (3, 32, 32))
-    y = torch.arange(BATCH_SIZE) % NUM_CLASSES
-    return Batch(x, y, torch.arange(BATCH_SIZE), epoch=EPOCH, seed=SEED)
+def batch(setting: Setting) -> Batch:
+    return make_batch(setting, EPOCH)
 
 
 def start_noise(step_batch: Batch) -> torch.Tensor:
@@ -69,6 +69,18 @@ def sha256(tensor: torch.Tensor) -> str:
     return hashlib.sha256(tensor.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
 
 
+def group_hashes(tensors: dict[str, torch.Tensor]) -> dict[str, str]:
+    """One sha256 per group of tensors (the part of the name before "/": x_adv, loss, grad, after), over each
+    tensor's name, shape and bytes in name order: bit-identical groups, and no tensor added or dropped."""
+    hashes: dict[str, hashlib._Hash] = {}
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        digest = hashes.setdefault(name.split("/", 1)[0], hashlib.sha256())
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}:".encode())
+        digest.update(tensor.numpy().tobytes())
+    return {group: digest.hexdigest() for group, digest in hashes.items()}
+
+
 def record(x_adv: torch.Tensor, loss: torch.Tensor, nets: dict[str, nn.Module],
            gradients: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Every tensor a step produces, by name: the attack's output, the loss, each gradient, and each
@@ -86,10 +98,10 @@ def gradients_of(nets: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
             if p.grad is not None}
 
 
-def lbgat_step(scenario: str) -> dict[str, torch.Tensor]:
-    """One lbgat training step of ``scenario`` in the setting above, every tensor it produced by name."""
+def lbgat_step(scenario: str, setting: Setting = FIRST) -> dict[str, torch.Tensor]:
+    """One lbgat training step of ``scenario`` in ``setting``, every tensor it produced by name."""
     name = SCENARIOS[scenario][0]
-    nets = networks(uses_teacher=name != "trades")
+    nets = networks(name != "trades", setting)
     method = lbgat_method(scenario, nets)
     captured = {}
     adversarial = method.adversarial
@@ -102,7 +114,7 @@ def lbgat_step(scenario: str) -> dict[str, torch.Tensor]:
     sgd = optimizer(nets)
     method.train()
     sgd.zero_grad(set_to_none=True)
-    loss = method(batch())["loss"]
+    loss = method(batch(setting))["loss"]
     loss.backward()
     gradients = gradients_of(nets)
     sgd.step()

@@ -9,7 +9,7 @@ from typing import get_args
 
 import pytest
 
-from lbgat.attacks import BN_MODES, NORMS, OBJECTIVES, STARTS, BNMode, Norm, Objective, Start
+from lbgat.attacks import BN_MODES, ITERATES, NORMS, OBJECTIVES, STARTS, BNMode, Iterate, Norm, Objective, Start
 from lbgat.cli import build_parser
 from lbgat.config import ON_NAN_ACTIONS, build_config
 from lbgat.data.download import DOWNLOADABLE
@@ -47,13 +47,14 @@ def test_every_choice_flag_holds_its_constant() -> None:
 
 def test_the_typed_names_and_their_tuples_agree() -> None:
     """issue 14 item 3: each attack setting's Literal type and its tuple of values are one spelling."""
-    assert (STARTS, NORMS, BN_MODES, OBJECTIVES) == tuple(map(get_args, (Start, Norm, BNMode, Objective)))
+    assert (STARTS, NORMS, BN_MODES, OBJECTIVES, ITERATES) == tuple(
+        map(get_args, (Start, Norm, BNMode, Objective, Iterate)))
     assert PRECISIONS == ("fp32", *DTYPES)
 
 
 @pytest.mark.parametrize(("setting", "constant"), [("on_nan", ON_NAN_ACTIONS), ("precision", PRECISIONS),
                                                    ("attack.start", STARTS), ("attack.bn_mode", BN_MODES),
-                                                   ("attack.objective", OBJECTIVES)])
+                                                   ("attack.objective", OBJECTIVES), ("attack.iterate", ITERATES)])
 def test_training_validation_accepts_exactly_the_constant(setting: str, constant: tuple[str, ...]) -> None:
     """issue 14 item 3: every value of the constant passes validation; any other is refused, naming the values."""
     for value in constant:

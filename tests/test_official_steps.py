@@ -6,7 +6,9 @@ commits and setting recorded there and in docs/reproduction.md): the attack's ou
 gradient, each parameter and buffer after the step. The official code is not needed here: the same
 weights, batch and attack start are rebuilt with lbgat (tests/official_step_setting.py), one lbgat step
 is run, and every tensor must be bit-identical. Issue 14 (acceptance: a stored official output of a
-whole training step before the refactor).
+whole training step before the refactor); issue 22: in every setting of tests/official_settings.py (3 seeds x
+batch 8 and 16 x plain and perturbed weights; the first setting with a hash per tensor, the others per group
+of tensors).
 
 The hashes are of float32 CPU kernels (torch 2.13, one thread), stored per machine: the same torch
 version and CPU capability (AVX512) round differently on an Intel Xeon and an AMD EPYC, so the step was
@@ -25,7 +27,8 @@ import pytest
 
 import official_machines
 from official_machines import DATA, MATCHED, load_manifest, machine_key, stored_for_this_machine
-from official_step_setting import SCENARIOS, lbgat_step, sha256
+from official_settings import FIRST, SETTINGS, Setting
+from official_step_setting import SCENARIOS, group_hashes, lbgat_step, sha256
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +54,24 @@ def test_step_is_bit_identical_to_the_official_step(scenario: str, stored: dict[
     assert loss == official["loss"]
 
 
+@pytest.mark.parametrize("setting", SETTINGS[1:], ids=lambda setting: setting.key)
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_step_is_bit_identical_in_every_other_setting(scenario: str, setting: Setting, stored: dict[str, Any],
+                                                      one_thread: None) -> None:
+    official = stored["scenarios"][scenario].get("settings", {}).get(setting.key)
+    if official is None:
+        pytest.skip(f"this machine's file holds {FIRST.key} only (stored before issue 22): rerun "
+                    "tools/official_compare/lbgat_trades_steps.py here to store every setting")
+    ours = lbgat_step(scenario, setting)
+    mine = group_hashes(ours)
+    differing = sorted(group for group in set(mine) | set(official["groups"])
+                       if mine.get(group) != official["groups"].get(group))
+    loss = ours["loss"].item()
+    assert not differing, (f"{scenario} in {setting.key}: {differing} differ from the official step (loss {loss!r}, "
+                           f"official {official['loss']!r})")
+    assert loss == official["loss"]
+
+
 @pytest.mark.parametrize("entry", load_manifest()["machines"], ids=machine_key)
 def test_every_stored_machine_says_where_its_hashes_come_from(entry: dict[str, Any]) -> None:
     """Each machine's file (whichever machine runs the test) names the official commits, holds every
@@ -63,6 +84,10 @@ def test_every_stored_machine_says_where_its_hashes_come_from(entry: dict[str, A
         "f7f33f0ea7d2b1ee89741144604b29624057f44a", "6e8e11b7c281371c2f027ffadfbaea80361f09de"}
     counts = {name: len(scenario["sha256"]) for name, scenario in stored["scenarios"].items()}
     assert counts == {"lbgat-trades-alpha6": 338, "lbgat-trades-alpha0": 338, "trades-beta6": 154}
+    for name, scenario in stored["scenarios"].items():  # every setting, or (before issue 22) the first only
+        assert sorted(scenario.get("settings", {})) in ([], sorted(setting.key for setting in SETTINGS[1:])), name
+        assert all(set(entry["groups"]) == {"x_adv", "loss", "grad", "after"}
+                   for entry in scenario.get("settings", {}).values()), name
 
 
 def test_every_stored_file_belongs_to_one_machine() -> None:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from .attacks import BN_MODES, OBJECTIVES, STARTS
+from .attacks import BN_MODES, ITERATES, OBJECTIVES, STARTS
 from .data import get_dataset_info, list_datasets
 from .errors import ConfigError
 from .methods import get_method
@@ -91,7 +91,8 @@ class AttackConfig:
     eps: float | None = setting(None, minimum=0, maximum=1, message=_IN_UNIT, auto=lambda facts, _: facts.profile.eps)
     step_size: float | None = setting(None, above=0, auto=lambda facts, _: facts.profile.train_step_size)
     steps: int | None = setting(None, minimum=1, auto=lambda facts, _: facts.profile.train_steps)
-    # uniform | normal | none; auto: the method's convention
+    # uniform | uniform-clipped (then clipped to [0, 1], as AT_AWP and advertorch) | normal | none;
+    # auto: the method's convention
     start: str = setting("auto", choices=("auto", *STARTS), auto=lambda facts, _: facts.method.default_start)
     # ce | kl | cw; auto: the method's own (e.g. KL for TRADES, CE for PGD-AT; none without an attack)
     objective: str = setting("auto", choices=("auto", *OBJECTIVES),
@@ -99,6 +100,9 @@ class AttackConfig:
     start_std: float = setting(0.001, minimum=0)  # scale of the "normal" start (TRADES/LBGAT)
     # BatchNorm mode while crafting (eval: TRADES/LBGAT; train: Madry, ISEAT); auto: the method's convention
     bn_mode: str = setting("auto", choices=("auto", *BN_MODES), auto=lambda facts, _: facts.method.default_bn_mode)
+    # What the attack keeps between steps: x (x', lbgat's PGD) or delta (the perturbation, AT_AWP's
+    # arithmetic: one float32 rounding apart per step, which train-mode BatchNorm turns into other steps)
+    iterate: str = setting("x", choices=ITERATES)
     # Ramp eps (and the step size with it) linearly from 0 over the first N epochs, step by step.
     # Off (0) in every paper recipe; small networks on MNIST at eps 0.3 need it to leave chance level.
     eps_warmup_epochs: int = setting(0, minimum=0)

@@ -178,30 +178,6 @@ def batchnorm_untouched_on_calls(model: nn.Module, calls: set[int]) -> Iterator[
             handle.remove()
 
 
-class SkipNextClamp:
-    """Replaces ``module.<name>`` (an official clamp function) with one that returns its input unchanged on
-    the calls listed (counting from 1), and clamps as before otherwise: used to take out the clipping of a
-    random start to [0, 1], which lbgat's attack does not do (its start is clipped by the first step's
-    projection only)."""
-
-    def __init__(self, module: Any, name: str, skipped: set[int]) -> None:
-        self.module, self.name, self.skipped, self.calls = module, name, skipped, 0
-        self.original: Callable[..., torch.Tensor] = getattr(module, name)
-
-    def __enter__(self) -> SkipNextClamp:
-        def clamp(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-            self.calls += 1
-            return tensor if self.calls in self.skipped else self.original(tensor, *args, **kwargs)
-
-        setattr(self.module, self.name, clamp)
-        return self
-
-    def __exit__(self, kind: object, *exc: object) -> None:
-        setattr(self.module, self.name, self.original)
-        if kind is None and self.skipped and self.calls < max(self.skipped):
-            raise AssertionError(f"{self.name} was called {self.calls} times, fewer than the skipped calls")
-
-
 class BackwardLog:
     """Every ``tensor.backward()`` of the block, by the tensor (a detached copy): the official loss is the
     last one before the optimiser's step."""

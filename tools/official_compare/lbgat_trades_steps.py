@@ -11,8 +11,10 @@ is extracted into a temporary folder and its files are imported from there: LBGA
 ``models/resnetcifar.py`` ``ResNet18_cifar()`` (the teacher); TRADES ``trades.py`` ``trades_loss``. Each
 step is the training scripts' ``loss = ..._loss(...)``, ``loss.backward()``, ``optimizer.step()`` on the
 weights, batch and start draw of tests/official_step_setting.py, with ``torch.randn`` returning lbgat's
-start draw and ``.cuda()`` a no-op. The file is written for this machine (tests/official_machines.py) and
-entered in tests/data/official_machines.json; ``--check`` then runs lbgat's step and lists what differs.
+start draw and ``.cuda()`` a no-op, in every setting of tests/official_settings.py (the first with a hash
+per tensor, the others per group of tensors). The file is written for this machine
+(tests/official_machines.py) and entered in tests/data/official_machines.json; ``--check`` then runs
+lbgat's step and lists what differs.
 """
 
 from __future__ import annotations
@@ -24,10 +26,13 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from official_settings import Setting
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -38,14 +43,14 @@ REPOSITORIES = {  # option: (repository, commit named in shared/spec/methods.md 
 FILES = {"lbgat": ["lbgat.py", "models/wideresnet.py", "models/resnetcifar.py"], "trades": ["trades.py"]}
 
 
-def official_step(scenario: str, lbgat_tree: Path, trades_tree: Path) -> dict[str, torch.Tensor]:
-    """One official step of ``scenario`` (tests/official_step_setting.py SCENARIOS), every tensor by the
-    names lbgat's ``lbgat_step`` gives them."""
+def official_step(scenario: str, setting: Setting, lbgat_tree: Path, trades_tree: Path) -> dict[str, torch.Tensor]:
+    """One official step of ``scenario`` (tests/official_step_setting.py SCENARIOS) in ``setting``, every
+    tensor by the names lbgat's ``lbgat_step`` gives them."""
     from harness import ForwardLog, StartDraw, on_cpu
     from official_steps import module_from_file  # its name "lbgat" is lbgat's package: loaded by path
 
+    from official_settings import initial_state
     from official_step_setting import (
-        BATCH_SIZE,
         EPS,
         NUM_CLASSES,
         SCENARIOS,
@@ -57,7 +62,6 @@ def official_step(scenario: str, lbgat_tree: Path, trades_tree: Path) -> dict[st
         record,
         start_noise,
     )
-    from test_models import deterministic_state
 
     _, _, function, beta = SCENARIOS[scenario]
     wideresnet = module_from_file(lbgat_tree / "models" / "wideresnet.py", "official_wideresnet")
@@ -69,10 +73,9 @@ def official_step(scenario: str, lbgat_tree: Path, trades_tree: Path) -> dict[st
     else:
         loss_module = module_from_file(trades_tree / "trades.py", "official_trades")
     for net in nets.values():
-        net.load_state_dict(deterministic_state(net))
+        net.load_state_dict(initial_state(net, setting))
         net.train()
-    step_batch = batch()
-    assert len(step_batch.x) == BATCH_SIZE
+    step_batch = batch(setting)
     sgd = optimizer(nets)  # the scripts' SGD: one group per network, student first
     forwards = ForwardLog(nets["student"])
     arguments = {"x_natural": step_batch.x, "y": step_batch.y, "optimizer": sgd, "step_size": STEP_SIZE,
@@ -96,21 +99,32 @@ def official_step(scenario: str, lbgat_tree: Path, trades_tree: Path) -> dict[st
 
 def produce(lbgat_tree: Path, trades_tree: Path, sources: dict[str, dict[str, Any]]) -> dict[str, Any]:
     from official_machines import describe, this_machine
-    from official_step_setting import SCENARIOS, sha256
+    from official_settings import FIRST, SETTINGS
+    from official_step_setting import SCENARIOS, group_hashes, sha256
 
     machine = this_machine()
-    scenarios = {}
+    scenarios: dict[str, Any] = {}
     for name in SCENARIOS:
-        tensors = official_step(name, lbgat_tree, trades_tree)
-        scenarios[name] = {"loss": tensors["loss"].item(),
-                           "sha256": {key: sha256(value) for key, value in tensors.items()}}
-        print(f"{name}: official step recorded ({len(tensors)} tensors, loss {scenarios[name]['loss']!r})")
+        entry: dict[str, Any] = {"settings": {}}
+        for setting in SETTINGS:
+            tensors = official_step(name, setting, lbgat_tree, trades_tree)
+            loss = tensors["loss"].item()
+            if setting == FIRST:
+                entry.update(loss=loss, sha256={key: sha256(value) for key, value in tensors.items()})
+            else:
+                entry["settings"][setting.key] = {"loss": loss, "groups": group_hashes(tensors)}
+        scenarios[name] = entry
+        print(f"{name}: official step recorded in {len(SETTINGS)} settings (loss in {FIRST.key} {entry['loss']!r})")
     previous = json.loads((ROOT / "tests" / "data" / "official_steps.json").read_text())
     return {
-        "what": previous["what"],
+        "what": previous["what"].rstrip(".") + "; settings after the first (tests/official_settings.py): one "
+                "sha256 per group of tensors (tests/official_step_setting.py group_hashes)",
         "official_code": {"lbgat_loss": {**sources["lbgat"], "files": FILES["lbgat"]},
                           "trades_loss": {**sources["trades"], "files": FILES["trades"]}},
-        "setting": previous["setting"],
+        "setting": {**previous["setting"], "settings": (
+            f"{', '.join(s.key for s in SETTINGS)} (tests/official_settings.py: the batch's seed and label "
+            "rotation, batch size, deterministic_state weights plain or perturbed); "
+            f"{FIRST.key} is the batch and weights above")},
         "produced": {"date": datetime.date.today().isoformat(), **machine, "threads": torch.get_num_threads(),
                      "float_dtype": "float32", "device": f"CPU, 1 thread, {describe(machine)}",
                      "by": "tools/official_compare/lbgat_trades_steps.py"},
@@ -118,21 +132,41 @@ def produce(lbgat_tree: Path, trades_tree: Path, sources: dict[str, dict[str, An
     }
 
 
+def differing(stored: dict[str, Any], name: str, setting: Setting, ours: dict[str, torch.Tensor]) -> list[str]:
+    """The tensors (first setting) or groups of tensors (the others) of lbgat's step that are not bit-identical
+    to the official step's (missing ones included)."""
+    from official_settings import FIRST
+    from official_step_setting import group_hashes, sha256
+
+    scenario = stored["scenarios"][name]
+    if setting == FIRST:
+        official = scenario["sha256"]
+        return [key for key, tensor in ours.items() if sha256(tensor) != official.get(key)] + sorted(
+            set(official) - set(ours))
+    official = scenario["settings"][setting.key]["groups"]
+    mine = group_hashes(ours)
+    return sorted(group for group in set(official) | set(mine) if official.get(group) != mine.get(group))
+
+
 def check(path: Path) -> bool:
-    """lbgat's step against the stored hashes of ``path``: True where every tensor is bit-identical."""
-    from official_step_setting import SCENARIOS, lbgat_step, sha256
+    """lbgat's step against the stored hashes of ``path`` in every setting: True where all are bit-identical."""
+    from official_settings import FIRST, SETTINGS
+    from official_step_setting import SCENARIOS, lbgat_step
 
     stored = json.loads(path.read_text())
     same = True
     for name in SCENARIOS:
-        ours = lbgat_step(name)
-        official = stored["scenarios"][name]["sha256"]
-        differing = [key for key, tensor in ours.items() if sha256(tensor) != official.get(key)]
-        differing += sorted(set(official) - set(ours))
-        loss = ours["loss"].item()
-        print(f"{name}: {len(differing)} of {len(official)} tensors differ; loss lbgat {loss!r}, official "
-              f"{stored['scenarios'][name]['loss']!r}{': ' + ', '.join(differing[:6]) if differing else ''}")
-        same = same and not differing
+        for setting in SETTINGS:
+            if setting != FIRST and setting.key not in stored["scenarios"][name].get("settings", {}):
+                print(f"{name} {setting.key}: not stored (a file from before issue 22)")
+                continue
+            ours = lbgat_step(name, setting)
+            different = differing(stored, name, setting, ours)
+            official_loss = (stored["scenarios"][name] if setting == FIRST
+                             else stored["scenarios"][name]["settings"][setting.key])["loss"]
+            print(f"{name} {setting.key}: {len(different)} differ; loss lbgat {ours['loss'].item()!r}, official "
+                  f"{official_loss!r}{': ' + ', '.join(different[:6]) if different else ''}")
+            same = same and not different
     return same
 
 
@@ -187,7 +221,7 @@ def main() -> None:
         if options.lbgat:  # just stored: say so in the file
             stored = json.loads(out.read_text())
             stored["lbgat_at_the_time"] = ("bit-identical to the official output in every stored tensor (338 per "
-                                           "LBGAT scenario, 154 for TRADES)")
+                                           "LBGAT scenario, 154 for TRADES) of every setting")
             out.write_text(json.dumps(stored, indent=1) + "\n")
 
 

@@ -1,5 +1,6 @@
 """One training step per scenario, run by the official code (its functions, in its order), on lbgat's
-setting (tests/official_plugin_setting.py): the same wrn-10-1 weights, batch, start draw and SGD.
+setting (tests/official_plugin_setting.py, tests/official_settings.py): the same wrn-10-1 weights, batch,
+start draw and SGD, in one of the settings (seed, batch size, plain or perturbed weights).
 
 Each function takes the folder of a plain checkout of the official repository and returns what the step
 produced: the tensors (x_adv, the loss and its terms, every gradient, every parameter and buffer after
@@ -24,7 +25,6 @@ from harness import (
     ForwardLog,
     Recorder,
     RecordingSGD,
-    SkipNextClamp,
     StartDraw,
     batchnorm_untouched_on_calls,
     functions_from_file,
@@ -37,30 +37,14 @@ from torch import nn
 
 from lbgat.models import create_model
 from official_plugin_setting import MODEL, NUM_CLASSES, SCENARIOS, Scenario, batch, start_draw
-from test_models import deterministic_state
+from official_settings import Setting, initial_state
 
 Result = dict[str, Any]
-# Whether the official attacks keep clipping their uniform start to [0, 1] (run_comparison --keep-start-clip):
-# off by default, as lbgat's uniform start is not clipped; on, to store the official behaviour as it is.
-KEEP_START_CLIP = False
-
-
-def start_clip_calls() -> set[int]:
-    """The clamp calls SkipNextClamp takes out: the first (the start's clipping), unless it is kept."""
-    return set() if KEEP_START_CLIP else {1}
-
-
-def start_clip_note(what: str) -> str:
-    if KEEP_START_CLIP:
-        return f"{what}; kept (--keep-start-clip)"
-    return f"{what}; lbgat's start is not clipped (the first step's projection clips it): made the identity"
-
-
-def official_network(scenario: Scenario) -> nn.Module:
+def official_network(scenario: Scenario, setting: Setting) -> nn.Module:
     """The same wrn-10-1 and weights as the lbgat side, without input normalisation: an official script
     that normalises does it outside the model (AT_AWP's ``normalize``), and its own code does it here."""
     model = create_model(MODEL, num_classes=NUM_CLASSES)
-    model.load_state_dict(deterministic_state(model))
+    model.load_state_dict(initial_state(model, setting))
     return model.train()
 
 
@@ -91,7 +75,7 @@ def module_from_file(path: Path, name: str) -> types.ModuleType:
 # --- MART (YisenWang/MART) --------------------------------------------------------------------------
 
 
-def mart(repo: Path) -> Result:
+def mart(repo: Path, setting: Setting) -> Result:
     """train_wideresnet.py's train(): optimizer.zero_grad(); loss = mart_loss(...); loss.backward();
     optimizer.step() (then a print of loss.item(), nothing else)."""
     scenario = SCENARIOS["mart"]
@@ -100,7 +84,7 @@ def mart(repo: Path) -> Result:
     recorder = Recorder()
     official.F = module_with(F, recorder, "cross_entropy", "nll_loss")
     official.torch = module_with(torch, recorder, "sum")
-    model, step_batch = official_network(scenario), batch(scenario)
+    model, step_batch = official_network(scenario, setting), batch(scenario, setting)
     forwards, optimizer = ForwardLog(model), sgd(scenario, model)
     draw = start_draw(step_batch, "normal")
     assert draw is not None
@@ -130,7 +114,7 @@ def mart_terms(loss: torch.Tensor, recorder: Recorder, batch_size: int) -> dict[
 # --- AWP (csdongxian/AWP) ---------------------------------------------------------------------------
 
 
-def pgd_at_awp(repo: Path) -> Result:
+def pgd_at_awp(repo: Path, setting: Setting) -> Result:
     """AT_AWP/train_cifar10.py main(), one batch of epoch 0 with the defaults (--attack pgd, --restarts 1,
     --norm l_inf, --awp-gamma 0.01, --awp-warmup 0, lr 0.1 at epoch 0, proxy SGD lr 0.01)."""
     scenario = SCENARIOS["pgd-at+awp"]
@@ -139,8 +123,8 @@ def pgd_at_awp(repo: Path) -> Result:
     with on_cpu():
         script = importlib.import_module("train_cifar10")
         utils_awp = importlib.import_module("utils_awp")
-    model, proxy = official_network(scenario), official_network(scenario)
-    step_batch = batch(scenario)
+    model, proxy = official_network(scenario, setting), official_network(scenario, setting)
+    step_batch = batch(scenario, setting)
     X, y = step_batch.x, step_batch.y  # noqa: N806 (the script's names)
     forwards = ForwardLog(model)
     opt = sgd(scenario, model)
@@ -152,7 +136,8 @@ def pgd_at_awp(repo: Path) -> Result:
     draw = start_draw(step_batch, "uniform")
     assert draw is not None
     notes = [
-        start_clip_note("attack_pgd clips its uniform start to [0, 1] (delta = clamp(delta, 0 - X, 1 - X))"),
+        "attack_pgd clips its uniform start to [0, 1] (delta = clamp(delta, 0 - X, 1 - X)) and keeps the "
+        "perturbation delta between steps: kept (lbgat attack.start uniform-clipped, attack.iterate delta)",
         "attack_pgd's restart-selection forward (model(normalize(X + delta)) after the last step, train mode) "
         "updates BatchNorm's running statistics; lbgat has no such forward: the buffers were restored "
         "around that one forward (its output is unchanged)",
@@ -164,7 +149,7 @@ def pgd_at_awp(repo: Path) -> Result:
         "normalize(X) with cifar10_mean/std is applied by the script outside the model; lbgat applies the "
         "same (x - mean) / std inside the model (create_model(mean=, std=)): kept",
     ]
-    with on_cpu(), StartDraw("uniform", draw).installed(), SkipNextClamp(script, "clamp", start_clip_calls()):
+    with on_cpu(), StartDraw("uniform", draw).installed():
         model.train()  # the model's state at the first batch of epoch 0
         opt.param_groups[0].update(lr=scenario.lr)  # lr_schedule(epoch + (i + 1) / len) = lr_max at epoch 0
         with batchnorm_untouched_on_calls(model, {scenario.steps + 1}):
@@ -187,7 +172,7 @@ def pgd_at_awp(repo: Path) -> Result:
     return result(x_adv, {"loss": robust_loss, "ce_adv": robust_loss}, opt, model, seen, notes)
 
 
-def trades_awp(repo: Path) -> Result:
+def trades_awp(repo: Path, setting: Setting) -> Result:
     """trades_AWP/train_trades_cifar.py train() itself on a one-batch loader, epoch 10 (its --awp-warmup:
     AWP on from epoch 10), with the script's defaults (beta 6, gamma 0.005, proxy SGD at --lr 0.1)."""
     scenario = SCENARIOS["trades+awp"]
@@ -225,8 +210,8 @@ def trades_awp(repo: Path) -> Result:
     }
     script = folder / "train_trades_cifar.py"
     functions_from_file(script, ("perturb_input", "train"), namespace)
-    model, proxy = official_network(scenario), official_network(scenario)
-    step_batch = batch(scenario)
+    model, proxy = official_network(scenario, setting), official_network(scenario, setting)
+    step_batch = batch(scenario, setting)
     forwards, backward_log = ForwardLog(model), BackwardLog()
     optimizer = sgd(scenario, model, backward_log)
     proxy_optim = torch.optim.SGD(proxy.parameters(), lr=scenario.plugins["awp"]["eta"])
@@ -260,7 +245,7 @@ def trades_awp(repo: Path) -> Result:
 # --- ISEAT (TreeLLi/ISEAT) ---------------------------------------------------------------------------
 
 
-def iseat(repo: Path, awp_on: bool) -> Result:
+def iseat(repo: Path, setting: Setting, awp_on: bool) -> Result:
     """src/utils/train.py update() itself on a one-batch loader, epoch 0, with the objects train() builds
     (model, tmp_model, awp_proxy with SGD lr awp_eta, the AWP, SGD lr 0.1 momentum 0.9 wd 5e-4)."""
     scenario = SCENARIOS["iseat" if awp_on else "iseat-no-awp"]
@@ -291,12 +276,12 @@ def iseat(repo: Path, awp_on: bool) -> Result:
         annealing=scenario.params["stage_epochs"], lam=scenario.params["lam"], awp_gamma=gamma,
         awp_eta=scenario.params["awp_eta"], warm_start=False, eps=scenario.eps, eps_step=scenario.step_size,
         max_iter=scenario.steps, random_init=False, device="cpu", advt=True, log_pbtc=25, rank=0)
-    model, step_batch = official_network(scenario), batch(scenario)
+    model, step_batch = official_network(scenario, setting), batch(scenario, setting)
     forwards, backward_log = ForwardLog(model), BackwardLog()
     optimizer = sgd(scenario, model, backward_log)
     if awp_on:
-        tmp_model = official_network(scenario).train()
-        awp_proxy = official_network(scenario)
+        tmp_model = official_network(scenario, setting).train()
+        awp_proxy = official_network(scenario, setting)
         awp_opt = torch.optim.SGD(awp_proxy.parameters(), lr=args.awp_eta)
         awp = awp_module.AdvWeightPerturb(model=model, proxy=awp_proxy, proxy_optim=awp_opt, gamma=gamma)
         tmp_opt = torch.optim.SGD(tmp_model.parameters(), lr=scenario.lr, momentum=scenario.momentum,
@@ -352,21 +337,19 @@ def _rpat_options(scenario: Scenario) -> types.SimpleNamespace:
         beta=scenario.params.get("beta", scenario.params.get("alpha")))
 
 
-def pgd_at_rpat(repo: Path) -> Result:
+def pgd_at_rpat(repo: Path, setting: Setting) -> Result:
     """adv_train_ra.py train() itself on a one-batch loader, epoch 1 (the first), with the adversary
     attack_module builds: EvalBN(advertorch PGDAttack(CE, eps 8/255, eps_iter 2/255, 10 steps, rand_init,
     clip [0, 1]))."""
     scenario = SCENARIOS["pgd-at+rpat"]
     _rpat_imports(repo)
     advertorch_attacks = importlib.import_module("advertorch.attacks")
-    projected = importlib.import_module("advertorch.attacks.iterative_projected_gradient")
-    attack_utils = importlib.import_module("advertorch.attacks.utils")
     attack_module = importlib.import_module("adv_lib.attack")
     train_module = importlib.import_module("training.adv_train.adv_train_ra")
     recorder = Recorder()
     train_module.criterion_ra = recorder.wrap("mse", nn.MSELoss())
     criterion = nn.CrossEntropyLoss()
-    model, step_batch = official_network(scenario), batch(scenario)
+    model, step_batch = official_network(scenario, setting), batch(scenario, setting)
     forwards, backward_log = ForwardLog(model), BackwardLog()
     optimizer = sgd(scenario, model, backward_log)
     pgd = advertorch_attacks.PGDAttack(model, loss_fn=criterion, clip_min=0, clip_max=1, eps=scenario.eps,
@@ -381,15 +364,13 @@ def pgd_at_rpat(repo: Path) -> Result:
 
     draw = start_draw(step_batch, "uniform")
     assert draw is not None
-    notes = [start_clip_note("advertorch clips its uniform start to [0, 1] twice (delta = clamp(x + delta, 0, 1) - x "
-                             "at the end of rand_init_delta and again in PGDAttack.perturb)"),
+    notes = ["advertorch clips its uniform start to [0, 1] twice (delta = clamp(x + delta, 0, 1) - x at the end of "
+             "rand_init_delta and again in PGDAttack.perturb): kept (lbgat attack.start uniform-clipped)",
              "advertorch's attack calls loss.backward() (the model's parameters collect gradients during the "
              "attack); train() zeroes them (optimizer.zero_grad()) before the loss's backward: no effect",
              "train() computes loss = loss_adv_ce; loss += lam * loss_ra in place, so the logged 'LossC' is the "
              "total loss, not the CE (logging only; the stored 'ce' is the CE)"]
-    with on_cpu(), StartDraw("uniform", draw).installed(), backward_log.installed(), \
-            SkipNextClamp(attack_utils, "clamp", start_clip_calls()), \
-            SkipNextClamp(projected, "clamp", start_clip_calls()):
+    with on_cpu(), StartDraw("uniform", draw).installed(), backward_log.installed():
         model.train()
         train_module.train(_rpat_options(scenario), 1, model, recorder.wrap("ce", criterion), optimizer,
                            _Scheduler(), [(step_batch.x, step_batch.y)], recorded_adversary)
@@ -398,7 +379,7 @@ def pgd_at_rpat(repo: Path) -> Result:
     return result(x_adv, terms, optimizer, model, forwards.describe(step_batch.x, x_adv), notes)
 
 
-def trades_rpat(repo: Path) -> Result:
+def trades_rpat(repo: Path, setting: Setting) -> Result:
     """adv_trades_ra.py train() itself on a one-batch loader, epoch 1, with RPAT's defaults (generate_trades
     with --alpha 2/255, eps 8/255, 10 steps; beta 6; lam 1; RA_ip_rate 0.5)."""
     scenario = SCENARIOS["trades+rpat"]
@@ -416,7 +397,7 @@ def trades_rpat(repo: Path) -> Result:
         return captured["x_adv"]
 
     train_module.generate_trades = recorded_generate
-    model, step_batch = official_network(scenario), batch(scenario)
+    model, step_batch = official_network(scenario, setting), batch(scenario, setting)
     forwards, backward_log = ForwardLog(model), BackwardLog()
     optimizer = sgd(scenario, model, backward_log)
     draw = start_draw(step_batch, "normal")
@@ -431,7 +412,7 @@ def trades_rpat(repo: Path) -> Result:
     return result(x_adv, terms, optimizer, model, forwards.describe(step_batch.x, x_adv), [])
 
 
-def mart_rpat(repo: Path) -> Result:
+def mart_rpat(repo: Path, setting: Setting) -> Result:
     """adv_mart_ra.py train() itself on a one-batch loader, epoch 1 (mart_loss_ra: MART's attack with
     --alpha 2/255, eps 8/255; beta 6; lam 1; RA_ip_rate 0.5)."""
     scenario = SCENARIOS["mart+rpat"]
@@ -442,7 +423,7 @@ def mart_rpat(repo: Path) -> Result:
     mart_module.criterion_ra = recorder.wrap("mse", nn.MSELoss())
     mart_module.F = module_with(F, recorder, "cross_entropy", "nll_loss")
     mart_module.torch = module_with(torch, recorder, "sum")
-    model, step_batch = official_network(scenario), batch(scenario)
+    model, step_batch = official_network(scenario, setting), batch(scenario, setting)
     forwards, backward_log = ForwardLog(model), BackwardLog()
     optimizer = sgd(scenario, model, backward_log)
     draw = start_draw(step_batch, "normal")
@@ -461,8 +442,8 @@ STEPS = {
     "mart": ("mart", mart),
     "pgd-at+awp": ("awp", pgd_at_awp),
     "trades+awp": ("awp", trades_awp),
-    "iseat": ("iseat", lambda repo: iseat(repo, awp_on=True)),
-    "iseat-no-awp": ("iseat", lambda repo: iseat(repo, awp_on=False)),
+    "iseat": ("iseat", lambda repo, setting: iseat(repo, setting, awp_on=True)),
+    "iseat-no-awp": ("iseat", lambda repo, setting: iseat(repo, setting, awp_on=False)),
     "pgd-at+rpat": ("rpat", pgd_at_rpat),
     "trades+rpat": ("rpat", trades_rpat),
     "mart+rpat": ("rpat", mart_rpat),

@@ -5,11 +5,13 @@ They follow the input's device and dtype, never move data, and always restore th
 
 from .modes import BN_MODES, BNMode, model_mode
 from .objectives import OBJECTIVES, Objective, cross_entropy_sum, cw_margin_sum, kl_from_clean_sum
-from .pgd import NORMS, STARTS, Norm, Start, fgsm, pgd
+from .pgd import ITERATES, NORMS, STARTS, Iterate, Norm, Start, fgsm, pgd
 
 __all__ = [
     "BN_MODES",
     "BNMode",
+    "ITERATES",
+    "Iterate",
     "NORMS",
     "Norm",
     "OBJECTIVES",

@@ -1,5 +1,10 @@
 """PGD in L-infinity (sign steps) and L2 (normalised-gradient steps), with projection onto the
-epsilon-ball and [0, 1] after every step; FGSM / FGM as its one-step case."""
+epsilon-ball and [0, 1] after every step; FGSM / FGM as its one-step case.
+
+Two official codes round differently from lbgat's default, and each is offered as an option so that a
+recipe reproducing it takes its exact steps (docs/reproduction.md): AT_AWP and advertorch clip the uniform
+start to [0, 1] (``start="uniform-clipped"``), and AT_AWP keeps the perturbation delta between steps
+rather than x' (``iterate="delta"``; :func:`_delta_pgd`)."""
 
 from __future__ import annotations
 
@@ -16,10 +21,14 @@ from .half import batch_coupled, scaled_input_gradients, under_fp16_autocast
 from .modes import BNMode, model_mode
 from .objectives import OBJECTIVES, Objective, cross_entropy_sum, cw_margin_sum, kl_from_clean_sum
 
-Start = Literal["uniform", "normal", "none"]
+Start = Literal["uniform", "uniform-clipped", "normal", "none"]
 STARTS: tuple[str, ...] = get_args(Start)
 Norm = Literal["Linf", "L2"]
 NORMS: tuple[str, ...] = get_args(Norm)
+# What the attack carries from one step to the next: the iterate x' (lbgat, TRADES, MART), or the
+# perturbation delta with x' = x + delta (AT_AWP); the two differ by one float32 rounding per step.
+Iterate = Literal["x", "delta"]
+ITERATES: tuple[str, ...] = get_args(Iterate)
 
 
 def _per_example_l2(tensor: torch.Tensor) -> torch.Tensor:
@@ -30,6 +39,7 @@ def _per_example_l2(tensor: torch.Tensor) -> torch.Tensor:
 def start_noise(
     x: torch.Tensor, start: Start, eps: float, start_std: float, rng: ExampleRNG | None, stream: int, norm: Norm
 ) -> torch.Tensor:
+    """The start's offset from x (``"uniform-clipped"`` draws as ``"uniform"``: the caller clips x + noise)."""
     if start == "none":
         return torch.zeros_like(x)
     shape = tuple(x.shape[1:])
@@ -85,9 +95,13 @@ def _ascent_step(grad: torch.Tensor, step_size: float, norm: Norm) -> torch.Tens
     return step_size * grad / _per_example_l2(grad).clamp_min(1e-12)
 
 
-def _check(eps: float, step_size: float, steps: int, objective: str, start: str, norm: str) -> None:
+def _check(eps: float, step_size: float, steps: int, objective: str, start: str, norm: str, iterate: str) -> None:
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    if iterate not in ITERATES:
+        raise ValueError(f"iterate must be one of {ITERATES}, got {iterate!r}")
+    if iterate == "delta" and norm != "Linf":
+        raise ValueError("iterate 'delta' (AT_AWP's arithmetic) is L-infinity only")
     if eps < 0:
         raise ValueError(f"eps must be >= 0, got {eps}")
     if steps < 0:
@@ -98,6 +112,24 @@ def _check(eps: float, step_size: float, steps: int, objective: str, start: str,
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
     if start not in STARTS:
         raise ValueError(f"start must be one of {STARTS}, got {start!r}")
+
+
+def _delta_pgd(x: torch.Tensor, noise: torch.Tensor, start: Start, gradient: Callable[[torch.Tensor], torch.Tensor],
+               eps: float, step_size: float, steps: int) -> torch.Tensor:
+    """L-infinity PGD on the perturbation, in AT_AWP's ``attack_pgd`` arithmetic: delta + a sign(g) clipped to
+    [-eps, eps], then to [-x, 1 - x] (``max(min(delta, 1 - x), 0 - x)``); the model sees x + delta, and the
+    result is clip(x + delta, 0, 1). The same real numbers as the x' iterate, rounded once per step
+    elsewhere: where BatchNorm runs in train mode during the attack, that rounding flips the sign of
+    near-zero input gradients and the two attacks part by whole steps."""
+    upper, lower = 1.0 - x, 0.0 - x
+    delta = torch.max(torch.min(noise, upper), lower) if start == "uniform-clipped" else noise
+    for _ in range(steps):
+        grad = gradient(x + delta)  # d/d(x + delta) is d/d delta: the official gradient, bit for bit
+        delta = torch.clamp(delta + step_size * torch.sign(grad), min=-eps, max=eps)
+        delta = torch.max(torch.min(delta, upper), lower)
+    if steps == 0:
+        delta = torch.max(torch.min(torch.clamp(delta, min=-eps, max=eps), upper), lower)
+    return torch.clamp(x + delta, min=0.0, max=1.0)
 
 
 def pgd(
@@ -116,6 +148,7 @@ def pgd(
     stream: int = Stream.EVAL_ATTACK_START,
     bn_mode: BNMode = "eval",
     norm: Norm = "Linf",
+    iterate: Iterate = "x",
     compiled: bool = False,
 ) -> torch.Tensor:
     """Projected gradient ascent on ``objective``; returns the final iterate, detached.
@@ -128,13 +161,16 @@ def pgd(
             ``"uniform"`` start is then a random direction at a radius uniform in [0, eps]).
         objective: ``"ce"`` (cross-entropy), ``"cw"`` (CW margin with ``kappa``) or ``"kl"``
             (TRADES: KL between the clean and the adversarial prediction).
-        start: ``"uniform"`` x + U(-eps, eps) (PGD-20 of TRADES' evaluation), ``"normal"``
-            x + start_std * N(0, I) (the TRADES/LBGAT training attack) or ``"none"``. As in the
-            official code the start is not clipped to [0, 1] before the first step.
+        start: ``"uniform"`` x + U(-eps, eps) (PGD-20 of TRADES' evaluation), ``"uniform-clipped"`` the
+            same clipped to [0, 1] (AT_AWP, advertorch), ``"normal"`` x + start_std * N(0, I) (the
+            TRADES/LBGAT training attack) or ``"none"``. As in the official codes, only
+            ``"uniform-clipped"`` is clipped before the first step; the first projection clips the others.
+        iterate: ``"x"`` keeps x' between steps (x' + a sign(g), projected; TRADES, MART, Madry) and
+            ``"delta"`` keeps the perturbation (AT_AWP; L-infinity only; see :func:`_delta_pgd`).
         rng: per-example randomness (see :mod:`lbgat.runtime.rng`); None uses torch's global generator.
         bn_mode: mode the model runs in during the attack; the caller's modes are restored.
-        compiled: L-infinity only: run the step and projection as one torch.compile'd kernel (same
-            arithmetic, in the iterate's dtype, fp32).
+        compiled: L-infinity with ``iterate="x"`` only: run the step and projection as one
+            torch.compile'd kernel (same arithmetic, in the iterate's dtype, fp32).
 
     Only input gradients are computed (``torch.autograd.grad`` w.r.t. the input), and the clean
     prediction the KL objective compares against is computed once, not at every step.
@@ -143,14 +179,14 @@ def pgd(
     (:mod:`lbgat.attacks.half`), so gradients that would underflow fp16 still give a step; the
     fp32 and bf16 paths are untouched.
     """
-    _check(eps, step_size, steps, objective, start, norm)
+    _check(eps, step_size, steps, objective, start, norm, iterate)
     if objective != "kl" and y is None:
         raise ValueError(f"objective {objective!r} needs labels")
     x = x.detach()
     project = _Projection(x, eps, norm)
-    x_adv = x + start_noise(x, start, eps, start_std, rng, stream, norm)
+    noise = start_noise(x, start, eps, start_std, rng, stream, norm)
     update, step_tensor = None, None
-    if compiled and norm == "Linf":
+    if compiled and norm == "Linf" and iterate == "x":
         # The step size as a tensor: a Python float would be baked into the compiled code, and the
         # eps warm-up changes it at every training step. Filled on the device: torch.tensor() would copy
         # it from the host and wait for the device.
@@ -163,8 +199,9 @@ def pgd(
         if objective == "kl":
             with torch.no_grad():
                 clean_probs = F.softmax(model(x), dim=1)
-        for _ in range(steps):
-            x_adv.requires_grad_(True)
+
+        def gradient(x_adv: torch.Tensor) -> torch.Tensor:
+            x_adv = x_adv.detach().requires_grad_(True)
             with torch.enable_grad():
                 logits = forward(x_adv)
                 if objective == "ce":
@@ -173,7 +210,15 @@ def pgd(
                     loss = cw_margin_sum(logits, y, kappa)
                 else:
                     loss = kl_from_clean_sum(logits, clean_probs)
-            (grad,) = torch.autograd.grad(loss, x_adv)
+            return torch.autograd.grad(loss, x_adv)[0]
+
+        if iterate == "delta":
+            return _delta_pgd(x, noise, start, gradient, eps, step_size, steps).detach()
+        x_adv = x + noise
+        if start == "uniform-clipped":
+            x_adv = x_adv.clamp(0.0, 1.0)
+        for _ in range(steps):
+            grad = gradient(x_adv)
             if update is not None:
                 x_adv = update(x_adv.detach(), grad, project.lower, project.upper, step_tensor)
             else:

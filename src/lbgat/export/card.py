@@ -112,7 +112,10 @@ def _schedule(config: dict[str, Any]) -> str:
 def _attack(attack: dict[str, Any]) -> str:
     start = attack.get("start")
     start_text = {"normal": f"normal start (std {_number(attack.get('start_std'))})", "uniform": "uniform start",
+                  "uniform-clipped": "uniform start clipped to [0, 1]",
                   "none": "no random start"}.get(str(start), f"start {start}")
+    if attack.get("iterate") == "delta":
+        start_text += ", the perturbation kept between steps (AT_AWP's arithmetic)"
     steps = attack.get("steps")
     described = (f"L∞ PGD, {str(attack.get('objective', '?')).upper()} objective, eps {_number(attack.get('eps'))}, "
                  f"{steps} step{'' if steps == 1 else 's'} of {_number(attack.get('step_size'))}, {start_text}, "

@@ -11,7 +11,7 @@ from typing import ClassVar, Generic, TypeVar
 import torch
 from torch import nn
 
-from ..attacks import BNMode, Objective, Start, pgd
+from ..attacks import BNMode, Iterate, Objective, Start, pgd
 from ..attacks.input_only import input_only
 from ..data.loader import Batch
 from ..errors import ConfigError
@@ -41,6 +41,7 @@ class TrainAttack:
     start_std: float = 0.001
     bn_mode: BNMode = "eval"
     objective: Objective | None = None  # None: the method's own (its ``attack_objective``)
+    iterate: Iterate = "x"  # "delta": AT_AWP's arithmetic (lbgat.attacks.pgd)
     compiled: bool = False  # the attack's step and projection as one torch.compile'd kernel
 
 
@@ -211,7 +212,7 @@ class Method(nn.Module, Generic[P]):
             objective=self.attack.objective or self.attack_objective, start=self.attack.start,
             start_std=self.attack.start_std,
             rng=batch.rng, stream=Stream.TRAIN_ATTACK_START, bn_mode=self.attack.bn_mode,
-            compiled=self.attack.compiled,
+            iterate=self.attack.iterate, compiled=self.attack.compiled,
         )
 
     def trained_networks(self) -> dict[str, nn.Module]:

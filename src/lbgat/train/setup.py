@@ -151,6 +151,7 @@ def train_attack(config: TrainConfig) -> TrainAttack:
         start=attack.start, start_std=attack.start_std,  # type: ignore[arg-type]  # checked against STARTS
         bn_mode=attack.bn_mode,  # type: ignore[arg-type]  # checked against BN_MODES
         objective=None if attack.objective == "auto" else attack.objective,  # type: ignore[arg-type]
+        iterate=attack.iterate,  # type: ignore[arg-type]  # checked against ITERATES
         compiled=config.compile,
     )
 
