@@ -1,4 +1,4 @@
-"""The settings every stored official step is run in (issue 22 item 3): seeds x batch sizes x initial states.
+"""The settings every stored official step is run in: seeds x batch sizes x initial states.
 
 One setting can be lucky: an attack's sign steps amplify a rounding difference only where an input gradient
 is near zero, so a difference of arithmetic can pass in one setting and change x_adv by whole steps in

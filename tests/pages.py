@@ -1,4 +1,4 @@
-"""Checks that a page lbgat wrote shows hostile text as text (issue 21 item 1), shared by the escaping tests.
+"""Checks that a page lbgat wrote shows hostile text as text, shared by the escaping tests.
 
 ``assert_literal_markdown`` reads Markdown the way CommonMark and GitHub's tables do, as far as structure
 goes: outside code (fenced blocks, inline code spans) no unescaped "<" may start a tag or an autolink, no "&"

@@ -1,4 +1,4 @@
-"""The official codes' attack arithmetic offered as options (issue 22 item 3): AT_AWP's perturbation iterate
+"""The official codes' attack arithmetic offered as options: AT_AWP's perturbation iterate
 (``iterate="delta"``) and AT_AWP's and advertorch's clipped uniform start (``start="uniform-clipped"``).
 
 What each keeps (the eps-ball, [0, 1]), how it differs from lbgat's default, and that the whole attack is

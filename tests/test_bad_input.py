@@ -101,7 +101,7 @@ def rewritten(source: Path, target: Path, *, meta=None, state=None) -> Path:
 # ---------------------------------------------------------------------------------------- item 4: recipes
 
 def test_a_recipe_of_random_bytes_is_one_line(tmp_path: Path) -> None:
-    """issue 12 item 4: `head -c 3000 /dev/urandom > b.yaml; T --config b.yaml` gave a UnicodeDecodeError."""
+    """`head -c 3000 /dev/urandom > b.yaml; T --config b.yaml` gave a UnicodeDecodeError."""
     recipe = tmp_path / "b.yaml"
     recipe.write_bytes(random_bytes(3000))
     line = one_line_refusal(run_cli(*TRADES, "--max-steps", "1", "--config", str(recipe), "--out",
@@ -121,7 +121,7 @@ def test_a_recipe_of_random_bytes_is_one_line(tmp_path: Path) -> None:
     ("optim: {1: 2, lr: 3}\n", "unknown setting 'optim.1'"),
 ])
 def test_recipes_that_are_not_settings_are_one_line(tmp_path: Path, capsys, text: str, message: str) -> None:
-    """issue 12 item 4: a YAML file that is not a mapping of settings."""
+    """A YAML file that is not a mapping of settings."""
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(text)
     assert main([*TRADES, "--config", str(recipe), "--out", str(tmp_path / "r")]) == 2
@@ -130,7 +130,7 @@ def test_recipes_that_are_not_settings_are_one_line(tmp_path: Path, capsys, text
 
 
 def test_a_directory_or_fifo_as_the_recipe_is_one_line(tmp_path: Path, capsys) -> None:
-    """issue 12 item 4: --config naming a folder or a FIFO (never opened: a FIFO would block)."""
+    """--config naming a folder or a FIFO (never opened: a FIFO would block)."""
     (tmp_path / "folder").mkdir()
     os.mkfifo(tmp_path / "fifo")
     for name, message in (("folder", "is a directory"), ("fifo", "is not a regular file")):
@@ -158,7 +158,7 @@ def test_seeds_beyond_64_bits_are_one_line(tmp_path: Path, capsys, flags: list[s
     ("-2.5e-4", -2.5e-4), ("1.0e+30", 1e30), ("1e30", 1e30), ("0.031", 0.031), ("1_000.5", 1000.5), ("2", 2.0),
 ])
 def test_every_float_a_person_types_is_a_float(tmp_path: Path, typed: str, value: float) -> None:
-    """issue 12 item 5: YAML 1.1 read 1e-3 as a string, so --set optim.lr=1e-3 was "not a float"."""
+    """YAML 1.1 read 1e-3 as a string, so --set optim.lr=1e-3 was "not a float"."""
     assert build_config(None, None, [f"optim.lr={typed}"]).optim.lr == value
     assert build_config(None, None, [f"method.alpha={typed}"]).method.params["alpha"] == value
     recipe = tmp_path / "recipe.yaml"
@@ -169,7 +169,7 @@ def test_every_float_a_person_types_is_a_float(tmp_path: Path, typed: str, value
 
 
 def test_integers_stay_integers_and_strings_stay_strings() -> None:
-    """issue 12 item 5: the float reader must not turn integers (or words) into floats."""
+    """The float reader must not turn integers (or words) into floats."""
     assert parse_override("attack.steps=3") == ("attack.steps", 3)
     assert parse_override("method.alpha=6") == ("method.alpha", 6)
     assert build_config(None, None, ["schedule.epochs=1_000"]).schedule.epochs == 1000
@@ -180,7 +180,7 @@ def test_integers_stay_integers_and_strings_stay_strings() -> None:
 
 @pytest.mark.parametrize("typed", [".inf", "-.inf", ".nan", "1e400"])
 def test_non_finite_floats_are_refused(typed: str) -> None:
-    """issue 12 item 5: infinity and NaN mean nothing for any setting (lr, eps, alpha, ...)."""
+    """Infinity and NaN mean nothing for any setting (lr, eps, alpha, ...)."""
     with pytest.raises(ConfigError, match="must be a finite number"):
         build_config(None, None, [f"optim.lr={typed}"])
     config = build_config(None, {"method.name": "trades"}, [f"method.alpha={typed}"])
@@ -198,7 +198,7 @@ def test_set_lr_in_scientific_notation_trains(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------- item 6: teachers
 
 def test_a_teacher_for_a_method_without_one_is_refused(tmp_path: Path) -> None:
-    """issue 12 item 6: --teacher with natural was dropped silently (the run said teacher: null)."""
+    """--teacher with natural was dropped silently (the run said teacher: null)."""
     line = one_line_refusal(run_cli("train", "--method", "natural", "--model", "tiny-cnn", "--teacher", "tiny-cnn",
                                     "--max-steps", "1", "--no-progress", "--out", str(tmp_path / "r")))
     assert "natural has no teacher, but teacher is set (tiny-cnn)" in line
@@ -207,7 +207,7 @@ def test_a_teacher_for_a_method_without_one_is_refused(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("method", ["natural", "pgd-at", "trades", "alp"])
 def test_teacher_settings_of_a_method_without_a_teacher_are_errors(method: str, tmp_path: Path) -> None:
-    """issue 12 item 6: both the teacher architecture and teacher checkpoints."""
+    """Both the teacher architecture and teacher checkpoints."""
     with pytest.raises(ConfigError, match=f"{method} has no teacher, but teacher is set"):
         validate(build_config(None, {"method.name": method, "teacher": "tiny-cnn"}))
     with pytest.raises(ConfigError, match=f"{method} has no teacher, but teacher_checkpoints is set"):
@@ -215,7 +215,7 @@ def test_teacher_settings_of_a_method_without_a_teacher_are_errors(method: str, 
 
 
 def test_a_recipes_teacher_is_for_the_methods_that_have_one() -> None:
-    """issue 12 item 6: one recipe serves several methods (the demo's names a teacher for LBGAT+TRADES and
+    """One recipe serves several methods (the demo's names a teacher for LBGAT+TRADES and
     also trains natural, PGD-AT and TRADES), so only a teacher asked for on the command line is an error."""
     recipe = load_yaml(find_recipe("cpu/mnist-5k-demo"))
     assert recipe["teacher"] == "tiny-cnn"
@@ -269,7 +269,7 @@ MALFORMED = {
 
 @pytest.mark.parametrize("case", sorted(MALFORMED))
 def test_malformed_metadata_is_one_line_in_eval_and_resume(run: Path, tmp_path: Path, capsys, case: str) -> None:
-    """issue 12 item 8: metadata checked once, when read, for what eval needs and what --resume needs."""
+    """Metadata checked once, when read, for what eval needs and what --resume needs."""
     change, in_eval, in_resume = MALFORMED[case]
     meta = load_checkpoint(run / "last.pt").meta
     bad = rewritten(run / "last.pt", tmp_path / "bad.pt", meta=change(dict(meta)))
@@ -290,7 +290,7 @@ def test_malformed_metadata_is_one_line_in_eval_and_resume(run: Path, tmp_path: 
 
 def test_a_checkpoint_describing_a_model_that_cannot_be_built_is_one_line(run: Path, tmp_path: Path,
                                                                          capsys) -> None:
-    """issue 12 item 8: a student "for 1x1000000000 inputs" gave a RuntimeError traceback while building it."""
+    """A student "for 1x1000000000 inputs" gave a RuntimeError traceback while building it."""
     meta = load_checkpoint(run / "last.pt").meta
     bad = rewritten(run / "last.pt", tmp_path / "huge.pt", meta={**meta, "student": {**meta["student"],
                                                                                     "image_size": 10**9}})
@@ -299,7 +299,7 @@ def test_a_checkpoint_describing_a_model_that_cannot_be_built_is_one_line(run: P
 
 
 def test_a_checkpoint_without_optimiser_state_cannot_be_resumed(run: Path, tmp_path: Path, capsys) -> None:
-    """issue 12 item 8: a checkpoint without optimiser state (best.pt) as last.pt."""
+    """A checkpoint without optimiser state (best.pt) as last.pt."""
     resumed = copy_run(run, tmp_path / "run")
     (resumed / "last.prev.pt").unlink()
     checkpoint = load_checkpoint(run / "last.pt")
@@ -319,7 +319,7 @@ def with_nan_weights(run: Path, target: Path, *, value: float = float("nan")) ->
 
 
 def test_a_checkpoint_with_nan_weights_is_refused_naming_the_tensor(run: Path, tmp_path: Path) -> None:
-    """issue 12 item 9: NaN weights were evaluated and reported with rc 0."""
+    """NaN weights were evaluated and reported with rc 0."""
     bad = with_nan_weights(run, tmp_path / "nan.pt")
     line = one_line_refusal(run_cli("eval", str(bad), *EVAL, "--out", str(tmp_path / "eval")))
     assert "student.features.conv1.weight holds 10 NaN values" in line
@@ -352,7 +352,7 @@ def test_non_finite_weights_are_refused_in_every_loading_path(run: Path, tmp_pat
 # ---------------------------------------------------------------------------------------- item 10: damage vs tampering
 
 def test_random_bytes_as_last_checkpoint_fall_back_to_the_previous_one(run: Path, tmp_path: Path) -> None:
-    """issue 12 item 10: `head -c 1343600 /dev/urandom > run/last.pt; T --max-steps 3 --resume` said
+    """`head -c 1343600 /dev/urandom > run/last.pt; T --max-steps 3 --resume` said
     "contains pickled code" and did not fall back to the valid last.prev.pt."""
     resumed = copy_run(run, tmp_path / "run")
     (resumed / "last.pt").write_bytes(random_bytes(1343600))
@@ -388,7 +388,7 @@ DAMAGE = {
 
 @pytest.mark.parametrize("case", sorted(DAMAGE))
 def test_damaged_files_are_damage_not_tampering(run: Path, tmp_path: Path, case: str) -> None:
-    """issue 12 item 10: random, truncated or rewritten bytes are damage (CheckpointError, not unsafe)."""
+    """Random, truncated or rewritten bytes are damage (CheckpointError, not unsafe)."""
     path = tmp_path / "damaged.pt"
     path.write_bytes(DAMAGE[case]((run / "last.pt").read_bytes()))
     with pytest.raises(CheckpointError) as refused:
@@ -408,7 +408,7 @@ GARBLED = {
 
 @pytest.mark.parametrize("case", sorted(GARBLED))
 def test_a_torch_archive_with_a_garbled_pickle_is_damage(run: Path, tmp_path: Path, case: str) -> None:
-    """issue 12 item 10: the zip is intact, its data.pkl is noise or names a damaged spelling of a torch
+    """The zip is intact, its data.pkl is noise or names a damaged spelling of a torch
     global (found by flipping random bytes of a checkpoint)."""
     path = torch_zip_with_changed_pickle(run / "last.pt", tmp_path / "garbled.pt", GARBLED[case])
     with zipfile.ZipFile(path) as changed, zipfile.ZipFile(run / "last.pt") as original:
@@ -451,7 +451,7 @@ def test_a_file_that_names_a_python_global_is_tampering(tmp_path: Path, kind: st
 
 
 def test_a_malicious_last_checkpoint_is_refused_not_skipped(run: Path, tmp_path: Path) -> None:
-    """issue 12 item 10: tampering stops --resume (no fallback), nothing runs, no file changes."""
+    """Tampering stops --resume (no fallback), nothing runs, no file changes."""
     resumed = copy_run(run, tmp_path / "run")
     marker = tmp_path / "PWNED"
     write_tampered("pickle protocol 5", resumed / "last.pt", marker)
@@ -480,7 +480,7 @@ def test_a_nan_stop_before_any_checkpoint_says_none_was_written(tmp_path: Path) 
     (["--checkpoint-every", "1"], "the last good checkpoint is {out}/last.pt"),
 ])
 def test_a_nan_stop_names_a_checkpoint_only_if_one_exists(tmp_path: Path, capsys, extra, expected) -> None:
-    """issue 12 item 11: also with --on-nan skip; a step checkpoint written before the NaN is named."""
+    """Also with --on-nan skip; a step checkpoint written before the NaN is named."""
     out = tmp_path / "r"
     status = main(["train", "--method", "natural", "--model", "tiny-cnn", "--batch-size", "8", "--max-steps", "6",
                    "--set", "optim.lr=1e30", "--set", "log_every=1", "--no-progress", "--out", str(out), *extra])

@@ -79,7 +79,7 @@ def test_gpu_speed_benchmark_runs_its_variants_on_cpu(capsys, tmp_path: Path) ->
 
 
 def test_compile_attack_benchmark_counts_the_weight_gradients_of_the_compiled_attack(capsys, tmp_path: Path) -> None:
-    """issue 13 item 7: through the compiled network every attack step computes the weight gradients."""
+    """Through the compiled network every attack step computes the weight gradients."""
     output = run_benchmark("compile_attack", ["--model", "tiny-cnn", "--batch-size", "2", "--attack-steps", "2",
                                               "--repeats", "1", "--threads", "1", "--backend", "aot_eager",
                                               "--data-root", str(tmp_path / "absent")], capsys)
@@ -90,7 +90,7 @@ def test_compile_attack_benchmark_counts_the_weight_gradients_of_the_compiled_at
 
 
 def test_gpu_correctness_benchmark_runs_on_cpu(capsys) -> None:
-    """Issue 13: the device check script runs its checks on CPU too (tiny sizes; the fp16 rows must show
+    """The device check script runs its checks on CPU too (tiny sizes; the fp16 rows must show
     the old attack's zero gradients and lbgat's none)."""
     output = run_benchmark("gpu_correctness", ["--device", "cpu", "--checks", "1,3", "--train-steps", "2",
                                                "--examples", "8", "--attack-steps", "1"], capsys)

@@ -1,4 +1,4 @@
-"""Each set of allowed values is written once (issue 14 item 3): the flags, the validation and the
+"""Each set of allowed values is written once: the flags, the validation and the
 messages that list the values all read the one constant."""
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def _choices(parser: argparse.ArgumentParser, dest: str) -> object:
 
 
 def test_every_choice_flag_holds_its_constant() -> None:
-    """issue 14 item 3: argparse's choices are the constants themselves, not copies of their values."""
+    """Argparse's choices are the constants themselves, not copies of their values."""
     parser = build_parser()
     train, evaluate = _subcommand(parser, "train"), _subcommand(parser, "eval")
     assert _choices(train, "on_nan") is ON_NAN_ACTIONS
@@ -46,7 +46,7 @@ def test_every_choice_flag_holds_its_constant() -> None:
 
 
 def test_the_typed_names_and_their_tuples_agree() -> None:
-    """issue 14 item 3: each attack setting's Literal type and its tuple of values are one spelling."""
+    """Each attack setting's Literal type and its tuple of values are one spelling."""
     assert (STARTS, NORMS, BN_MODES, OBJECTIVES, ITERATES) == tuple(
         map(get_args, (Start, Norm, BNMode, Objective, Iterate)))
     assert PRECISIONS == ("fp32", *DTYPES)
@@ -56,7 +56,7 @@ def test_the_typed_names_and_their_tuples_agree() -> None:
                                                    ("attack.start", STARTS), ("attack.bn_mode", BN_MODES),
                                                    ("attack.objective", OBJECTIVES), ("attack.iterate", ITERATES)])
 def test_training_validation_accepts_exactly_the_constant(setting: str, constant: tuple[str, ...]) -> None:
-    """issue 14 item 3: every value of the constant passes validation; any other is refused, naming the values."""
+    """Every value of the constant passes validation; any other is refused, naming the values."""
     for value in constant:
         validate(build_config(None, None, [f"{setting}={value}"]))
     with pytest.raises(ConfigError, match=f"^{setting} must be ") as error:
@@ -65,7 +65,7 @@ def test_training_validation_accepts_exactly_the_constant(setting: str, constant
 
 
 def test_evaluation_messages_list_the_constants() -> None:
-    """issue 14 item 3: the eval checks refuse with the values of the constants (messages unchanged)."""
+    """The eval checks refuse with the values of the constants (messages unchanged)."""
     with pytest.raises(ConfigError, match="^--norm must be Linf or L2, got 'L1'$"):
         check_request(EvalRequest(checkpoint=Path("unused.pt"), norm="L1"))
     with pytest.raises(ConfigError, match="^AutoAttack norm must be Linf or L2, got 'L1'$"):
@@ -75,7 +75,7 @@ def test_evaluation_messages_list_the_constants() -> None:
 
 
 def test_the_attack_list_is_chosen_in_one_place() -> None:
-    """issue 14 item 3: --attacks, else the protocol's list, else DEFAULT_ATTACKS (once, for checks and plan)."""
+    """--attacks, else the protocol's list, else DEFAULT_ATTACKS (once, for checks and plan)."""
     assert requested_attacks(EvalRequest(checkpoint=Path("unused.pt"))) == DEFAULT_ATTACKS
     for name, preset in PROTOCOLS.items():
         assert requested_attacks(EvalRequest(checkpoint=Path("unused.pt"), protocol=name)) == preset["attacks"]
@@ -83,7 +83,7 @@ def test_the_attack_list_is_chosen_in_one_place() -> None:
 
 
 def test_attack_names_come_from_one_table() -> None:
-    """issue 14 item 3: the parser, its messages and `lbgat eval --help` list the names of ATTACK_NAMES."""
+    """The parser, its messages and `lbgat eval --help` list the names of ATTACK_NAMES."""
     for name, kind in ATTACK_NAMES.items():
         text = name if name in STEPLESS else f"{name}7"
         (spec,) = parse_attacks(text, eps=0.1, step_size=0.01, default_steps=20)

@@ -207,7 +207,7 @@ def test_listings(capsys) -> None:
     lbgat_trades = lines[lines.index(next(line for line in lines if line.startswith("  lbgat-trades "))) + 1]
     assert "beta=1.0" in lbgat_trades and "alpha=6.0" in lbgat_trades and "separate_bn=False" in lbgat_trades
     assert "guidance knobs: guidance='mse', mse_reduction='mean', student_ce=0.0" in methods
-    # issue 15: what each method takes, and what each plug-in joins and where it comes from
+    # What each method takes, and what each plug-in joins and where it comes from
     natural = lines[lines.index(next(line for line in lines if line.startswith("  natural "))) + 2]
     assert natural.strip() == "plug-ins: none"
     assert "plug-ins: awp, rpat, vfd" in methods and "joins: alp, bgat" in methods

@@ -1,4 +1,4 @@
-"""Issue 20 part 3: a run whose predictions collapse to one class is flagged at the epoch it happens (the
+"""A run whose predictions collapse to one class is flagged at the epoch it happens (the
 training log line and metrics.jsonl), and the evaluation's sanity check "predictions not collapsed to one
 class" fails for it and marks every number of its report."""
 

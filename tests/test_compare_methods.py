@@ -1,4 +1,4 @@
-"""Issue 21 items 11 and 12: what `lbgat compare --methods` can say.
+"""What `lbgat compare --methods` can say.
 
 Item 11: several plug-ins could not be written (`trades:plugins=[rpat,awp]` was split at its comma into
 "unknown method 'awp]'"); now commas inside brackets belong to the value, and `trades+rpat+awp` (the name

@@ -75,7 +75,7 @@ def test_invalid_settings_are_rejected_by_validate(override: str, message: str) 
 
 
 def test_eps_zero_is_legal() -> None:
-    """issue 14 item 6: eps 0 passes validation and stays 0 through resolution: a value, not "unset"
+    """Eps 0 passes validation and stays 0 through resolution: a value, not "unset"
     (it is not replaced by the dataset's default radius). That PGD at eps 0 gives x back exactly is
     held by tests/test_attacks.py."""
     config = build_config(None, None, ["attack.eps=0"])

@@ -1,4 +1,4 @@
-"""A run's data is identified by its content, not its path (issue 12 item 14)."""
+"""A run's data is identified by its content, not its path."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def trained(tmp_path: Path, monkeypatch, capsys) -> Path:
 
 
 def test_resume_with_the_data_folder_spelled_differently_or_moved(trained: Path, tmp_path: Path, capsys) -> None:
-    """issue 12 item 14: `./data_mv/`, an absolute path, and the folder after a move all resume."""
+    """`./data_mv/`, an absolute path, and the folder after a move all resume."""
     steps = 1
     for spelling in ("./data_mv/", str(tmp_path / "data_mv"), "moved/data"):
         if spelling == "moved/data":
@@ -53,7 +53,7 @@ def test_resume_with_the_data_folder_spelled_differently_or_moved(trained: Path,
 
 
 def test_resume_with_different_data_is_refused_in_one_line(trained: Path, tmp_path: Path, capsys) -> None:
-    """issue 12 item 14: other content under the same path is refused, naming the split; the run is untouched."""
+    """Other content under the same path is refused, naming the split; the run is untouched."""
     before = digests(trained)
     shutil.rmtree(tmp_path / "data_mv")
     write_cifar10(tmp_path / "data_mv", per_batch=4, seed=1)  # same layout and sizes, other images
@@ -65,7 +65,7 @@ def test_resume_with_different_data_is_refused_in_one_line(trained: Path, tmp_pa
 
 
 def test_a_checkpoint_from_before_fingerprints_resumes_with_a_warning(trained: Path, capsys) -> None:
-    """issue 12 item 14: nothing can be checked for an older run; it resumes and says so."""
+    """Nothing can be checked for an older run; it resumes and says so."""
     old = load_checkpoint(trained / "last.pt")
     del old.meta["dataset"]["fingerprint"]
     save_checkpoint(trained / "last.pt", old.meta, old.state, old.optimizer)
@@ -74,7 +74,7 @@ def test_a_checkpoint_from_before_fingerprints_resumes_with_a_warning(trained: P
 
 
 def test_fingerprint_is_the_content_not_the_files(tmp_path: Path) -> None:
-    """issue 12 item 14: other serialisations of the same arrays match; other arrays do not."""
+    """Other serialisations of the same arrays match; other arrays do not."""
     write_cifar10(tmp_path / "a")
     write_cifar10(tmp_path / "b", legacy_numpy_names=True)  # other file bytes, same arrays
     write_cifar10(tmp_path / "c", seed=1)
@@ -87,7 +87,7 @@ def test_fingerprint_is_the_content_not_the_files(tmp_path: Path) -> None:
 
 
 def test_eval_report_records_the_test_split_fingerprint(trained: Path, tmp_path: Path, capsys) -> None:
-    """issue 12 item 14: report.json says which data was evaluated, by content."""
+    """Report.json says which data was evaluated, by content."""
     out = tmp_path / "eval"
     assert main(["eval", str(trained / "last.pt"), "--num-examples", "4", "--batch-size", "4", "--check-n", "0",
                  "--no-progress", "--out", str(out)]) == 0

@@ -279,7 +279,7 @@ sys.exit(status)
 
 
 def test_no_rank_exits_on_a_stop_before_rank_zero_saved(tmp_path: Path) -> None:
-    """issue 13 item 6: a stop signal reaching every worker (as a scheduler sends it) must not let
+    """A stop signal reaching every worker (as a scheduler sends it) must not let
     rank 1 exit while rank 0 still writes last.pt: torchrun stops the whole job once one worker exits
     non-zero and kills the rest 30 s later. Every rank meets rank 0 after its save, then exits."""
     script, times, out = tmp_path / "slow_stop_save.py", tmp_path / "times", tmp_path / "run"

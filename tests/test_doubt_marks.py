@@ -1,4 +1,4 @@
-"""Issue 20 part 3: a sanity check that doubts a number is marked beside that number wherever it is shown
+"""A sanity check that doubts a number is marked beside that number wherever it is shown
 (the evaluation's report.md, the printed compare table, the demo's summary.md/summary.json, `lbgat report`'s
 Markdown, HTML and trade-off figure, the export's model card), with the stronger attack's number, and the
 verdict-to-number mapping of lbgat.evaluate.doubts is the one that every page applies."""

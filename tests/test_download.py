@@ -179,7 +179,7 @@ def test_unknown_dataset_and_scheme_are_config_errors(data_root: Path) -> None:
     assert_untouched(data_root)
 
 
-# --- verifying and repairing a folder that is there (issue 12 item 13) -----------------------------
+# --- verifying and repairing a folder that is there -----------------------------
 
 
 @pytest.fixture
@@ -192,7 +192,7 @@ def downloaded(cifar10_archive: Path, data_root: Path) -> Path:
 def test_a_removed_batch_is_named_then_restored_from_the_kept_archive(
     cifar10_archive: Path, data_root: Path, downloaded: Path, capsys
 ) -> None:
-    """issue 12 item 13: `rm data_batch_3`; training/info name the file and the command, which repairs it."""
+    """`rm data_batch_3`; training/info name the file and the command, which repairs it."""
     original = (downloaded / "data_batch_3").read_bytes()
     (downloaded / "data_batch_3").unlink()
     assert main(["data", "info", "cifar10", "--root", str(data_root)]) == 2
@@ -212,7 +212,7 @@ def test_a_removed_batch_is_named_then_restored_from_the_kept_archive(
 def test_a_damaged_batch_is_replaced_and_kept_aside_downloading_again_without_an_archive(
     cifar10_archive: Path, data_root: Path, downloaded: Path, capsys
 ) -> None:
-    """issue 12 item 13: a truncated batch is named on training; download fetches the archive again
+    """A truncated batch is named on training; download fetches the archive again
     (the kept one was removed), replaces the batch and keeps the damaged bytes as test_batch.damaged."""
     (data_root / "cifar-10-python.tar.gz").unlink()
     (downloaded / "notes.txt").write_text("mine")
@@ -240,7 +240,7 @@ def test_a_damaged_batch_is_replaced_and_kept_aside_downloading_again_without_an
 def test_something_unknown_in_the_way_is_one_line_and_nothing_changes(
     cifar10_archive: Path, data_root: Path, downloaded: Path, obstacle: str
 ) -> None:
-    """issue 12 item 13: lbgat replaces only files it can account for."""
+    """Lbgat replaces only files it can account for."""
     path = downloaded / "data_batch_2"
     path.unlink()
     if obstacle == "folder":
@@ -268,7 +268,7 @@ def test_a_file_where_the_dataset_folder_belongs_is_in_the_way(data_root: Path, 
 def test_official_checksums_readable_copies_of_ones_own_are_left_alone(
     cifar10_archive: Path, data_root: Path, downloaded: Path, monkeypatch, capsys
 ) -> None:
-    """issue 12 item 13: against known per-file checksums (here those of the generated archive, standing
+    """Against known per-file checksums (here those of the generated archive, standing
     in for torchvision's official list) an intact folder verifies; a file that reads cleanly but differs
     is reported and left alone; a missing one is restored."""
     official = download.SOURCES["cifar10"]
@@ -290,7 +290,7 @@ def test_official_checksums_readable_copies_of_ones_own_are_left_alone(
 
 def test_tiny_imagenet_missing_val_image_is_named_and_restored(tmp_path: Path, data_root: Path, monkeypatch,
                                                                capsys) -> None:
-    """issue 12 item 13: without a kept archive the folder's structure is checked; a missing listed image
+    """Without a kept archive the folder's structure is checked; a missing listed image
     sends download to the archive, which restores it."""
     monkeypatch.setenv("LBGAT_CACHE_DIR", str(tmp_path / "cache"))
     write_tiny_imagenet(tmp_path / "source")

@@ -1,4 +1,4 @@
-"""``lbgat export`` (issue 16 item 4): safetensors in the official key layout plus a model card; ``lbgat eval``
+"""``lbgat export``: safetensors in the official key layout plus a model card; ``lbgat eval``
 and ``lbgat.load_model`` read the folder back; bad input is refused in one line before anything is written."""
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ class OfficialWideResNet(nn.Module):
 
 
 def test_export_loads_back_with_identical_outputs_and_records_its_source(tiny_run: Path, tmp_path: Path) -> None:
-    """issue 16 item 4: export -> lbgat.load_model(DIR) computes what the checkpoint computes; the header says
+    """Export -> lbgat.load_model(DIR) computes what the checkpoint computes; the header says
     what the model is; config.yaml is a usable recipe; the card says "not evaluated" and how to evaluate."""
     out = tmp_path / "export"
     assert main(["export", str(tiny_run / "last.pt"), "--out", str(out)]) == 0
@@ -127,7 +127,7 @@ def test_export_loads_back_with_identical_outputs_and_records_its_source(tiny_ru
 
 @pytest.mark.parametrize("arch", ["wrn-10-1", "wrn-16-2"])
 def test_a_wideresnet_export_loads_strictly_into_the_official_class(arch: str, tmp_path: Path) -> None:
-    """issue 16 item 4: the TRADES/LBGAT (and RobustBench sub_block1=True) WideResNet loads model.safetensors with
+    """The TRADES/LBGAT (and RobustBench sub_block1=True) WideResNet loads model.safetensors with
     strict=True and computes the same logits; wrn-10-1, built without sub_block1, gets one in the file."""
     run, out = tmp_path / "run", tmp_path / "export"
     assert main(["train", "--method", "natural", "--model", arch, "--dataset", "cifar10", "--data-root",
@@ -149,7 +149,7 @@ def test_a_wideresnet_export_loads_strictly_into_the_official_class(arch: str, t
 
 
 def test_eval_reads_an_export_end_to_end(tiny_run: Path, tmp_path: Path) -> None:
-    """issue 16 item 4: `lbgat eval EXPORT_DIR` through the real command line; the report names the export's
+    """`lbgat eval EXPORT_DIR` through the real command line; the report names the export's
     weights and the checkpoint they came from."""
     out = tmp_path / "export"
     assert main(["export", str(tiny_run / "last.pt"), "--out", str(out)]) == 0
@@ -166,7 +166,7 @@ def test_eval_reads_an_export_end_to_end(tiny_run: Path, tmp_path: Path) -> None
 
 
 def test_the_card_shows_the_evaluation_of_this_checkpoint_and_not_a_stale_one(tmp_path: Path, capsys) -> None:
-    """issue 16 item 4: an `lbgat eval` report beside the checkpoint goes into the card when it evaluated these
+    """An `lbgat eval` report beside the checkpoint goes into the card when it evaluated these
     exact bytes (sha256); after the run went on, that report is named as stale and left out."""
     run = tmp_path / "run"
     assert main([*TINY_RUN, "--max-steps", "1", "--out", str(run)]) == 0
@@ -189,7 +189,7 @@ def test_the_card_shows_the_evaluation_of_this_checkpoint_and_not_a_stale_one(tm
 
 def test_a_refused_export_is_one_line_with_a_non_zero_exit_and_writes_nothing(tiny_run: Path, tmp_path: Path,
                                                                             capsys) -> None:
-    """issue 16 item 4: a non-empty --out, a missing, unreadable or non-lbgat input, an --out that is a file or
+    """A non-empty --out, a missing, unreadable or non-lbgat input, an --out that is a file or
     cannot be written: one line, exit != 0, every file as it was and nothing added."""
     occupied = tmp_path / "occupied"
     occupied.mkdir()
@@ -231,7 +231,7 @@ def test_a_refused_export_is_one_line_with_a_non_zero_exit_and_writes_nothing(ti
 
 
 def test_reading_an_export_back_is_strict_and_refuses_what_is_not_one(tiny_run: Path, tmp_path: Path) -> None:
-    """issue 16 item 4: a folder that is not an export, a damaged or foreign safetensors file and an extra key
+    """A folder that is not an export, a damaged or foreign safetensors file and an extra key
     are each refused in one line (CheckpointError), by load_model and by `lbgat eval`."""
     out = tmp_path / "export"
     assert main(["export", str(tiny_run / "last.pt"), "--out", str(out)]) == 0
@@ -269,7 +269,7 @@ def test_reading_an_export_back_is_strict_and_refuses_what_is_not_one(tiny_run: 
 
 def test_a_normalising_model_keeps_its_normalisation_in_the_header_and_the_card(tiny_run: Path,
                                                                                tmp_path: Path) -> None:
-    """issue 16 item 4: the mean/std that lbgat applies inside the model is not in the weights: the header
+    """The mean/std that lbgat applies inside the model is not in the weights: the header
     records it, load_model puts it back, and the card tells users of other code to apply it themselves."""
     from lbgat.checkpoints.checkpoint import load_checkpoint, save_checkpoint
 
@@ -297,7 +297,7 @@ def test_a_normalising_model_keeps_its_normalisation_in_the_header_and_the_card(
 ])
 def test_each_key_layout_round_trips_and_names_a_class_only_where_one_exists(arch: str, shape: tuple[int, int],
                                                                              layout: str) -> None:
-    """issue 16 item 4: to_official then from_official gives the state dict back, tensor for tensor; only
+    """To_official then from_official gives the state dict back, tensor for tensor; only
     wrn-10-1 gains keys (its sub_block1); an input the official classes cannot take is said to be a limitation."""
     from lbgat.models import create_model
     from lbgat.models.official import key_layout
@@ -320,7 +320,7 @@ def test_each_key_layout_round_trips_and_names_a_class_only_where_one_exists(arc
 @pytest.mark.parametrize("out_exists", [False, True])
 def test_a_failed_write_takes_back_what_the_export_wrote(tiny_run: Path, tmp_path: Path, monkeypatch, capsys,
                                                          out_exists: bool) -> None:
-    """issue 16 item 4: a full disk at the second file: one line, and the export leaves nothing behind (its first
+    """A full disk at the second file: one line, and the export leaves nothing behind (its first
     file removed; --out removed too when the export created it, kept empty when it was there)."""
     import errno
 

@@ -1,4 +1,4 @@
-"""Nothing lost, nothing overwritten (issue 12): --fresh deletes only demo outputs, temporary files are
+"""Nothing lost, nothing overwritten: --fresh deletes only demo outputs, temporary files are
 created safely, output folders are checked before any work, paths the system refuses and full disks
 are one line, and every JSON file lbgat writes is strict JSON."""
 
@@ -73,7 +73,7 @@ def fake_demo_run(folder: Path) -> None:
 
 
 def test_demo_fresh_refuses_a_folder_holding_anything_it_did_not_write(tmp_path: Path) -> None:
-    """issue 12 item 1: `demo --quick --fresh --out d` on d-quick with a user's files deletes nothing."""
+    """`demo --quick --fresh --out d` on d-quick with a user's files deletes nothing."""
     folder = tmp_path / "d-quick"
     (folder / "thesis").mkdir(parents=True)
     (folder / "thesis" / "chapter1.tex").write_text("years of work")
@@ -89,7 +89,7 @@ def test_demo_fresh_refuses_a_folder_holding_anything_it_did_not_write(tmp_path:
 
 
 def test_demo_fresh_never_deletes_through_a_link_or_a_stranger_in_a_run_folder(tmp_path: Path) -> None:
-    """issue 12 item 1: a symlink, or an unknown file inside a demo run folder, refuses --fresh."""
+    """A symlink, or an unknown file inside a demo run folder, refuses --fresh."""
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "keep.txt").write_text("keep")
@@ -113,7 +113,7 @@ def test_demo_fresh_never_deletes_through_a_link_or_a_stranger_in_a_run_folder(t
 
 
 def test_quick_folder_stays_inside_a_folder_without_a_name() -> None:
-    """issue 12 item 15: Path('.').name is '', which with_name cannot take."""
+    """Path('.').name is '', which with_name cannot take."""
     assert quick_folder(Path(".")) == Path("demo-quick")
     assert quick_folder(Path("/")) == Path("/demo-quick")
     assert quick_folder(Path("..")) == Path("../demo-quick")
@@ -121,7 +121,7 @@ def test_quick_folder_stays_inside_a_folder_without_a_name() -> None:
 
 
 def test_demo_quick_into_the_current_folder_then_fresh_deletes_only_what_it_wrote(tmp_path: Path) -> None:
-    """issue 12 items 15 and 1: `demo --quick --out .` runs (it was a traceback); --fresh on the real demo
+    """`demo --quick --out .` runs (it was a traceback); --fresh on the real demo
     outputs refuses while a stranger is among them and then removes exactly the demo's files (issue 16: the
     report folder and compare.json included)."""
     (tmp_path / "precious.txt").write_text("x\n")
@@ -129,7 +129,7 @@ def test_demo_quick_into_the_current_folder_then_fresh_deletes_only_what_it_wrot
     assert result.returncode == 0, result.stderr
     runs = tmp_path / "demo-quick"
     assert (runs / "summary.md").is_file()
-    # issue 16 item 2: the demo ends by writing the report and saying where report.html is; --fresh below
+    # The demo ends by writing the report and saying where report.html is; --fresh below
     # removes the report folder and compare.json as the demo's own.
     assert (runs / "report" / "report.html").is_file() and (runs / "report" / "figures" / "tradeoff.png").is_file()
     assert result.stdout.strip().splitlines()[-1].endswith(str(Path("demo-quick") / "report" / "report.html"))
@@ -155,7 +155,7 @@ def test_demo_quick_into_the_current_folder_then_fresh_deletes_only_what_it_wrot
 # ----------------------------------------------------------------------------- safe temporary files
 
 def test_atomic_writes_never_follow_a_planted_link_and_leave_nothing_on_error(tmp_path: Path) -> None:
-    """issue 12 item 2: the temporary name is unpredictable and created exclusively; errors clean up."""
+    """The temporary name is unpredictable and created exclusively; errors clean up."""
     victim = tmp_path / "victim.txt"
     victim.write_text("precious")
     out = tmp_path / "out"
@@ -178,7 +178,7 @@ def test_atomic_writes_never_follow_a_planted_link_and_leave_nothing_on_error(tm
 
 
 def test_eval_and_train_never_write_through_a_link_at_a_temporary_name(checkpoint: Path, tmp_path: Path) -> None:
-    """issue 12 item 2: `ln -s victim o/.report.json.tmp; lbgat eval CKPT --out o` leaves the victim alone."""
+    """`ln -s victim o/.report.json.tmp; lbgat eval CKPT --out o` leaves the victim alone."""
     victim = tmp_path / "victim.txt"
     victim.write_text("precious\n")
     out, run = tmp_path / "o", tmp_path / "run"
@@ -250,7 +250,7 @@ def test_append_line_never_follows_a_link(tmp_path: Path) -> None:
 
 def test_eval_out_that_cannot_be_a_folder_is_refused_before_any_work(checkpoint: Path, tmp_path: Path,
                                                                       monkeypatch, capsys) -> None:
-    """issue 12 item 3: an existing file as --out, or a folder under a file, fails before loading anything."""
+    """An existing file as --out, or a folder under a file, fails before loading anything."""
     from lbgat.evaluate import runner
 
     def no_work(*args, **kwargs):
@@ -286,7 +286,7 @@ def in_read_only_folder(folder: Path, *command: str, prepare: str = "") -> subpr
 
 @pytest.mark.skipif(not _read_only_mount_works(), reason="needs `unshare -m` and mount (root in a container)")
 def test_eval_into_a_read_only_folder_is_refused_before_any_work(checkpoint: Path, tmp_path: Path) -> None:
-    """issue 12 item 3: a read-only --out, and the default eval-<stem> beside a checkpoint in a read-only
+    """A read-only --out, and the default eval-<stem> beside a checkpoint in a read-only
     folder, are one line before the evaluation runs (before: a traceback after the whole evaluation)."""
     folder = tmp_path / "ro"
     folder.mkdir()
@@ -303,7 +303,7 @@ def test_eval_into_a_read_only_folder_is_refused_before_any_work(checkpoint: Pat
 
 @pytest.mark.parametrize("case", ["train-out", "eval-out", "checkpoint", "data-root"])
 def test_a_path_too_long_is_one_line(case: str, checkpoint: Path, tmp_path: Path) -> None:
-    """issue 12 item 7: ENAMETOOLONG from a 300-character name was an OSError traceback."""
+    """ENAMETOOLONG from a 300-character name was an OSError traceback."""
     long = tmp_path / LONG_NAME
     args = {
         "train-out": [*TRAIN, "--max-steps", "1", "--out", str(tmp_path / "runs" / LONG_NAME)],
@@ -353,7 +353,7 @@ def test_check_writable_reports_a_name_too_long_under_a_missing_folder(tmp_path:
 
 def test_a_checkpoint_that_cannot_be_written_stops_with_one_line_and_resumes(tmp_path: Path, monkeypatch,
                                                                              capsys) -> None:
-    """issue 12 item 12: ENOSPC at a later checkpoint was a traceback; now one line says the previous
+    """ENOSPC at a later checkpoint was a traceback; now one line says the previous
     checkpoint is intact, no partial file is left, and --resume continues from it."""
     from lbgat.checkpoints import checkpoint as checkpoint_module
 

@@ -1,4 +1,4 @@
-"""Issue 21 item 4: every float flag of every command refuses NaN and infinities as it is read, in one line
+"""Every float flag of every command refuses NaN and infinities as it is read, in one line
 (`lbgat eval ... --cw-kappa nan` was accepted and reported CW above clean accuracy).
 
 The flags are found by walking the real parsers, so a float flag added later without ``finite_float`` fails
@@ -76,7 +76,7 @@ def test_finite_values_still_read_as_before() -> None:
 
 
 def test_a_newline_in_a_name_keeps_the_error_on_one_line(tmp_path: Path, capsys) -> None:
-    """Issue 21: one line on stderr, whatever the user named their folders (a newline or an escape sequence)."""
+    """One line on stderr, whatever the user named their folders (a newline or an escape sequence)."""
     folder = tmp_path / "a\nlbgat eval: error: forged\x1b[31m"
     assert main(["eval", str(folder / "last.pt")]) != 0
     lines = capsys.readouterr().err.strip().splitlines()

@@ -1,4 +1,4 @@
-"""Issue 21 item 7: a full disk. `lbgat report` (leaving only figures/tradeoff.png), `lbgat eval` (two chained
+"""A full disk. `lbgat report` (leaving only figures/tradeoff.png), `lbgat eval` (two chained
 tracebacks) and `lbgat export` ended in an ENOSPC traceback; now each is one line saying what could not be
 written and what is intact, as training's checkpoints already did.
 

@@ -78,7 +78,7 @@ def fp32_and_scaled_fp16_input_gradients(model: nn.Module, x: torch.Tensor, y: t
 
 
 def test_fp16_input_gradients_are_scaled_back_and_never_zero() -> None:
-    """Issue 13 item 1: through the scaling wrapper every example has a non-zero fp16 input gradient with
+    """Through the scaling wrapper every example has a non-zero fp16 input gradient with
     (nearly) the fp32 gradient's value and sign."""
     model, x, y = confident_model()
     reference, grad = fp32_and_scaled_fp16_input_gradients(model, x, y, per_example=True)
@@ -92,7 +92,7 @@ def test_fp16_input_gradients_are_scaled_back_and_never_zero() -> None:
 
 
 def test_the_fp16_attack_moves_as_the_fp32_one() -> None:
-    """Issue 13 item 1: at a logit margin of about 20, CE-PGD under fp16 autocast steps every example and
+    """At a logit margin of about 20, CE-PGD under fp16 autocast steps every example and
     brings the accuracy down as fp32 does (before the fix: about half the examples never moved)."""
     model, x, y = confident_model()
     settings = {"eps": 0.1, "step_size": 0.02, "steps": 10, "start": "none"}
@@ -105,7 +105,7 @@ def test_the_fp16_attack_moves_as_the_fp32_one() -> None:
 
 
 def test_the_fp16_kl_attack_moves_from_the_trades_start() -> None:
-    """Issue 13 item 1: the TRADES attack (KL objective, x + 0.001 N(0, I)) under fp16 leaves its start
+    """The TRADES attack (KL objective, x + 0.001 N(0, I)) under fp16 leaves its start
     for every example (before the fix its gradient was all zeros)."""
     model, x, y = confident_model()
     rng = ExampleRNG(0, 0, torch.arange(len(x)))
@@ -115,7 +115,7 @@ def test_the_fp16_kl_attack_moves_from_the_trades_start() -> None:
 
 
 def test_fp16_attack_with_train_mode_batchnorm_follows_the_fp32_gradient() -> None:
-    """Issue 13 item 1: with BatchNorm in train mode (examples interact) one scale serves the batch, and the
+    """With BatchNorm in train mode (examples interact) one scale serves the batch, and the
     gradient still points where fp32's does."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(),
@@ -137,7 +137,7 @@ def test_fp16_evaluation_model_gives_every_example_a_gradient() -> None:
 
 
 def test_the_training_step_autocast_region_has_no_weight_cache() -> None:
-    """Issue 13 item 2: the step's autocast region does not cache weight casts (a cast made under the
+    """The step's autocast region does not cache weight casts (a cast made under the
     attack's no_grad would be reused without gradient history on torch < 2.10)."""
     for name in ("bf16", "fp16"):
         with Precision(name, CPU).autocast():
@@ -148,7 +148,7 @@ def test_the_training_step_autocast_region_has_no_weight_cache() -> None:
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 @pytest.mark.parametrize("name", ["trades", "lbgat-trades", "bgat-trades"])
 def test_every_student_weight_trained_in_fp32_gets_a_gradient_under_autocast(name: str, precision: str) -> None:
-    """Issue 13 item 2: after one step under autocast, every student weight that gets a gradient in fp32
+    """After one step under autocast, every student weight that gets a gradient in fp32
     also gets a non-zero one."""
     def gradients(autocast) -> dict[str, torch.Tensor | None]:
         method = make_method(name)
@@ -175,7 +175,7 @@ def tiny_run(tmp_path: Path, name: str, *overrides: str, resume: bool = False, *
 
 
 def test_float32_mode_sets_ieee_unless_tf32_is_asked_and_restores() -> None:
-    """Issue 13 item 3: IEEE fp32 convolutions and matmuls by default, TF32 only when asked, and torch's own
+    """IEEE fp32 convolutions and matmuls by default, TF32 only when asked, and torch's own
     settings back afterwards (set with the non-deprecated per-backend API)."""
     backends = (torch.backends.cudnn.conv, torch.backends.cuda.matmul)
     before = [backend.fp32_precision for backend in backends]
@@ -187,7 +187,7 @@ def test_float32_mode_sets_ieee_unless_tf32_is_asked_and_restores() -> None:
 
 
 def test_arithmetic_is_recorded_in_provenance_and_reports(tmp_path: Path) -> None:
-    """Issue 13 items 3 and 4: provenance.json and every report say what float32 was and whether kernels
+    """Provenance.json and every report say what float32 was and whether kernels
     were deterministic; on CPU TF32 is recorded as n/a."""
     from lbgat.cli import main
 
@@ -208,14 +208,14 @@ def test_arithmetic_is_recorded_in_provenance_and_reports(tmp_path: Path) -> Non
 
 @pytest.mark.parametrize("flag", ["tf32", "deterministic"])
 def test_arithmetic_settings_may_not_change_on_resume(tmp_path: Path, flag: str) -> None:
-    """Issue 13 items 3 and 4: TF32 and deterministic kernels change what is computed, so a resume keeps them."""
+    """TF32 and deterministic kernels change what is computed, so a resume keeps them."""
     tiny_run(tmp_path, "run", max_steps=1)
     with pytest.raises(ConfigError, match=flag):
         tiny_run(tmp_path, "run", resume=True, **{flag: True})
 
 
 def test_cli_takes_tf32_and_deterministic(tmp_path: Path) -> None:
-    """Issue 13 items 3 and 4: `lbgat train --tf32 --deterministic` reach the config."""
+    """`lbgat train --tf32 --deterministic` reach the config."""
     from lbgat.cli import main
 
     out = tmp_path / "run"
@@ -227,7 +227,7 @@ def test_cli_takes_tf32_and_deterministic(tmp_path: Path) -> None:
 
 
 def test_checkpoints_hold_no_cuda_generator_states(tmp_path: Path, monkeypatch) -> None:
-    """Issue 13 item 4: CUDA RNG states were saved and never restored; training randomness is the counter
+    """CUDA RNG states were saved and never restored; training randomness is the counter
     hash, so they are no longer saved, and a checkpoint that holds them still resumes."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [torch.zeros(16, dtype=torch.uint8)])
@@ -244,7 +244,7 @@ def test_checkpoints_hold_no_cuda_generator_states(tmp_path: Path, monkeypatch) 
 
 
 def test_deterministic_sets_the_cublas_workspace_before_cuda_starts(monkeypatch) -> None:
-    """Issue 13 item 4: --deterministic puts CUBLAS_WORKSPACE_CONFIG=:4096:8 into the environment while CUDA
+    """--deterministic puts CUBLAS_WORKSPACE_CONFIG=:4096:8 into the environment while CUDA
     has not started, and refuses in one line when CUDA already runs without it."""
     monkeypatch.delenv(CUBLAS_WORKSPACE, raising=False)
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
@@ -285,13 +285,13 @@ def check_inputs() -> CheckInputs:
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_batch_check_tolerates_low_precision_rounding(precision: str) -> None:
-    """Issue 13 item 5: a bf16/fp16 rounding difference between batchings passes (it failed at 1e-4)."""
+    """A bf16/fp16 rounding difference between batchings passes (it failed at 1e-4)."""
     result = batch_independence_check(AutocastModel(BatchSizeRounding(), CPU, precision), check_inputs())
     assert result.verdict == "pass", result.detail
 
 
 def test_batch_check_still_catches_train_mode_batchnorm_in_bf16() -> None:
-    """Issue 13 item 5: the wider tolerance still fails a model whose BatchNorm is in train mode."""
+    """The wider tolerance still fails a model whose BatchNorm is in train mode."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(),
                           nn.Linear(8 * 8 * 8, 10))

@@ -1,4 +1,4 @@
-"""Issue 13 items 7-10: the attack under --compile takes input-only gradients, the training loop
+"""The attack under --compile takes input-only gradients, the training loop
 avoids per-step host syncs without changing what it computes, loaders share one device copy of the
 data, and the GPU settings (bf16 support, cudnn.benchmark, --sync-bn) are checked or warned about."""
 
@@ -63,7 +63,7 @@ def lbgat_trades(student: nn.Module, teacher: nn.Module):
 
 
 def test_the_training_attack_runs_the_compiled_student_with_frozen_weights() -> None:
-    """issue 13 item 7: with the student compiled in place (nn.Module.compile(), as --compile does), the
+    """With the student compiled in place (nn.Module.compile(), as --compile does), the
     attack calls the compiled forward with no parameter requiring a gradient, the training forwards
     call it with every trainable parameter requiring one, and the flags are as they were afterwards."""
     student, teacher = tiny_networks()
@@ -130,7 +130,7 @@ def test_a_compiled_network_computes_weight_gradients_the_attack_view_does_not()
 
 
 def test_loaders_of_the_same_data_share_one_device_copy() -> None:
-    """issue 13 item 9: the training and held-out loaders (and any other) of one dataset hold one copy
+    """The training and held-out loaders (and any other) of one dataset hold one copy
     of it per device, not one each. The meta device stands in for a GPU: a real copy, no memory."""
     from lbgat.data.base import ImageSet
     from lbgat.data.loader import DeviceLoader, shared_on_device
@@ -146,7 +146,7 @@ def test_loaders_of_the_same_data_share_one_device_copy() -> None:
 
 
 def test_bf16_needs_it_in_hardware_on_the_requested_gpu(monkeypatch) -> None:
-    """issue 13 item 10: torch.cuda.is_bf16_supported() says yes for a V100 (emulated bf16) and asks
+    """Torch.cuda.is_bf16_supported() says yes for a V100 (emulated bf16) and asks
     about the current GPU; the check asks about the GPU the run uses, for bf16 in hardware."""
     from lbgat.errors import ConfigError
     from lbgat.runtime.precision import check_precision
@@ -163,7 +163,7 @@ def test_bf16_needs_it_in_hardware_on_the_requested_gpu(monkeypatch) -> None:
 
 
 def test_cudnn_autotuning_is_on_for_gpu_training_unless_deterministic() -> None:
-    """issue 13 item 10: cudnn.benchmark for the fixed shapes of training, off with --deterministic,
+    """Cudnn.benchmark for the fixed shapes of training, off with --deterministic,
     and the caller's setting back afterwards."""
     from lbgat.train.gpu import cudnn_autotune
 
@@ -177,7 +177,7 @@ def test_cudnn_autotuning_is_on_for_gpu_training_unless_deterministic() -> None:
 
 
 def test_sync_bn_warns_where_it_does_nothing_or_costs_a_collective_per_attack_step() -> None:
-    """issue 13 item 10: one line each; nothing for the ordinary case (torchrun, eval-mode attack)."""
+    """One line each; nothing for the ordinary case (torchrun, eval-mode attack)."""
     import dataclasses
 
     from lbgat.config import TrainConfig
@@ -195,7 +195,7 @@ def test_sync_bn_warns_where_it_does_nothing_or_costs_a_collective_per_attack_st
 
 
 def test_a_loader_moves_each_epochs_order_to_the_device_once(monkeypatch) -> None:
-    """issue 13 item 8: no host-to-device copy per batch (on a GPU each one makes the host wait for the
+    """No host-to-device copy per batch (on a GPU each one makes the host wait for the
     device); the meta device stands in for a GPU."""
     from lbgat.data.base import ImageSet
     from lbgat.data.loader import Augment, DeviceLoader
@@ -218,7 +218,7 @@ def test_a_loader_moves_each_epochs_order_to_the_device_once(monkeypatch) -> Non
 
 
 def test_ranks_agree_on_a_stop_every_few_steps_and_at_every_boundary(tmp_path, monkeypatch) -> None:
-    """issue 13 item 8: the stop flag's all-reduce (a host sync) runs every STOP_CHECK_EVERY steps and
+    """The stop flag's all-reduce (a host sync) runs every STOP_CHECK_EVERY steps and
     at log intervals, checkpoints and epoch ends, the same steps on every rank, not after every step.
     (A one-process run standing in for a distributed one: the all-reduce is recorded, not run.)"""
     import torch.distributed as dist
@@ -251,7 +251,7 @@ def test_a_network_wrapped_by_torch_compile_is_frozen_too() -> None:
 
 
 def test_held_out_validation_attacks_the_student_with_frozen_weights(tmp_path) -> None:
-    """issue 13 item 7: the validation PGD under --compile runs the compiled forward with frozen weights too."""
+    """The validation PGD under --compile runs the compiled forward with frozen weights too."""
     from lbgat.config import build_config
     from lbgat.train.setup import build_parts, load_data, resolve
     from lbgat.train.trainer import Trainer

@@ -1,4 +1,4 @@
-"""Issue 21 item 1: reports that cannot be turned against their reader. Hostile text (script, an <img> with
+"""Reports that cannot be turned against their reader. Hostile text (script, an <img> with
 onerror, a line break and a heading, table pipes, backticks, links to javascript:, entities, a comment) in
 every field that reaches a page: the report's title, run folder names, method names, their settings and
 plug-in settings (a teacher checkpoint's path), model names, evaluation folders, checkpoint paths and hashes,

@@ -1,4 +1,4 @@
-"""Issue 20 part 4: every accuracy's 95% interval (Wilson) and the paired comparison of two models on the same
+"""Every accuracy's 95% interval (Wilson) and the paired comparison of two models on the same
 test images (exact McNemar, Newcombe's paired interval), checked against published values and independent
 computations, and as the report states them."""
 

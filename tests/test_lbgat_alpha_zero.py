@@ -1,4 +1,4 @@
-"""Issue 14 item 7: LBGAT+TRADES (and every guided method with a regulariser) at alpha = 0 runs the
+"""LBGAT+TRADES (and every guided method with a regulariser) at alpha = 0 runs the
 student's clean forward without a graph, and the step stays bit-identical to the graph-building path
 (the official computation)."""
 

@@ -1,4 +1,4 @@
-"""Issue 21 item 6: one folder, one writer. Two `lbgat compare ... --out cc` at once both trained cc/natural;
+"""One folder, one writer. Two `lbgat compare ... --out cc` at once both trained cc/natural;
 now train, eval, compare, report, export and demo hold a lock on the folder they write (``.lbgat.lock``, an
 flock the OS releases when the holder dies), and a second writer is refused in one line naming the holder's
 pid, before anything is written.

@@ -1,4 +1,4 @@
-"""The method contract (issue 14 item 4): typed hyperparameters, the training step as attack then loss
+"""The method contract: typed hyperparameters, the training step as attack then loss
 terms, one ``guided`` for BGAT and LBGAT, one reader of ``separate_bn``, and one place where a term joins
 a method's loss. The terms' values are checked against the formulas in test_methods.py."""
 
@@ -40,18 +40,18 @@ TERM_NAMES = {
 
 @pytest.mark.parametrize("name", sorted(TERM_NAMES))
 def test_every_method_returns_its_named_terms_in_the_same_order(name: str) -> None:
-    """issue 14 item 4: the refactor keeps each method's terms and their order."""
+    """The refactor keeps each method's terms and their order."""
     assert list(make_method(name)(make_batch())) == TERM_NAMES[name]
 
 
 def test_guidance_knobs_add_their_terms_before_the_teachers() -> None:
-    """issue 14 item 4: the student CE and the KL guidance keep their places among the terms."""
+    """The student CE and the KL guidance keep their places among the terms."""
     terms = make_method("lbgat-trades", {"alpha": 1.0, "guidance": "kl", "student_ce": 0.5})(make_batch())
     assert list(terms) == ["kl_guidance", "ce_student", "ce_teacher", "loss", "kl"]
 
 
 def test_every_methods_hyperparameters_are_typed_method_params() -> None:
-    """issue 14 item 4: params are a MethodParams dataclass, not ``object``."""
+    """Params are a MethodParams dataclass, not ``object``."""
     for method in list_methods():
         assert issubclass(method.Params, MethodParams) and dataclasses.is_dataclass(method.Params), method.name
         assert isinstance(method_params(method.name), MethodParams)
@@ -59,7 +59,7 @@ def test_every_methods_hyperparameters_are_typed_method_params() -> None:
 
 @pytest.mark.parametrize("name", sorted(set(TERM_NAMES) - {"natural"}))
 def test_a_step_is_its_attack_then_its_loss_terms(name: str) -> None:
-    """issue 14 item 4: the two halves a step wrapper (AWP, issue 15) calls give the step bit for bit."""
+    """The two halves a step wrapper (AWP, issue 15) calls give the step bit for bit."""
     method = make_method(name)
     halves = copy.deepcopy(method)
     batch = make_batch(seed=3)
@@ -76,7 +76,7 @@ def test_a_step_is_its_attack_then_its_loss_terms(name: str) -> None:
 
 
 def test_the_guided_methods_share_one_guided_and_declare_their_regulariser() -> None:
-    """issue 14 item 4: BGAT and LBGAT are GuidedMethods with one ``guided``; the +TRADES/+ALP
+    """BGAT and LBGAT are GuidedMethods with one ``guided``; the +TRADES/+ALP
     combinations name their regulariser, weighted by their params' alpha."""
     guided = {method.name for method in list_methods() if issubclass(method, GuidedMethod)}
     assert guided == {"lbgat", "lbgat-trades", "lbgat-alp", "bgat", "bgat-trades", "bgat-alp"}
@@ -91,7 +91,7 @@ def test_the_guided_methods_share_one_guided_and_declare_their_regulariser() -> 
 
 
 def test_a_regulariser_without_alpha_is_refused_when_the_class_is_defined() -> None:
-    """issue 14 item 4: the weight a guided method's regulariser needs is declared, not probed."""
+    """The weight a guided method's regulariser needs is declared, not probed."""
     with pytest.raises(TypeError, match="has no alpha"):
         class Unweighted(GuidedMethod[LbgatParams]):  # noqa: F841 - defining it is the test
             Params = LbgatParams
@@ -99,7 +99,7 @@ def test_a_regulariser_without_alpha_is_refused_when_the_class_is_defined() -> N
 
 
 def test_separate_bn_is_read_in_one_place() -> None:
-    """issue 14 item 4: ``shares_student_weights`` answers for every method from its typed params."""
+    """``shares_student_weights`` answers for every method from its typed params."""
     for method in list_methods():
         shares = method.shares_student_weights(method_params(method.name))
         assert shares is False, method.name
@@ -111,7 +111,7 @@ def test_separate_bn_is_read_in_one_place() -> None:
 
 @pytest.mark.parametrize("name", sorted(TERM_NAMES))
 def test_a_term_joins_any_methods_loss_through_add_weighted(name: str) -> None:
-    """issue 14 item 4: the seam a regulariser plug-in (issue 15) uses on any host, without per-pair code."""
+    """The seam a regulariser plug-in uses on any host, without per-pair code."""
     method = make_method(name)
     terms = method(make_batch(seed=2))
     before = terms["loss"].detach().clone()
@@ -124,7 +124,7 @@ def test_a_term_joins_any_methods_loss_through_add_weighted(name: str) -> None:
 
 
 def test_a_frozen_teacher_is_not_among_the_trained_networks() -> None:
-    """issue 14 item 4: one rule for every method (BGAT no longer overrides it)."""
+    """One rule for every method (BGAT no longer overrides it)."""
     for method in list_methods():
         built = make_method(method.name)
         expected = ["student", "teacher"] if method.uses_teacher and not method.frozen_teacher else ["student"]

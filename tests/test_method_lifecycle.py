@@ -1,4 +1,4 @@
-"""One lifecycle for methods and plug-ins (issue 22 item 2): the trainer checks, prepares and builds them
+"""One lifecycle for methods and plug-ins: the trainer checks, prepares and builds them
 through their hooks and names none of them; their settings are typed once per run and carried."""
 
 from __future__ import annotations

@@ -100,7 +100,7 @@ RECIPES = {"recipes/mart-cifar10-wrn34-10": "mart", "recipes/awp-at-cifar10-prea
 
 @pytest.mark.parametrize(("recipe", "scenario"), sorted(RECIPES.items()))
 def test_each_recipe_runs_the_attack_its_official_comparison_verified(recipe: str, scenario: str) -> None:
-    """issue 22: a recipe reproduces its official code by default, so it carries the attack settings with which
+    """A recipe reproduces its official code by default, so it carries the attack settings with which
     lbgat's step matched the official one (the clipped start and AT_AWP's delta iterate included)."""
     attack = build_config(load_yaml(find_recipe(recipe))).attack
     expected = SCENARIOS[scenario]

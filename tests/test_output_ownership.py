@@ -1,4 +1,4 @@
-"""Output folders hold only what lbgat wrote (issue 21 items 2, 3, 8, 10 and 13): a report, an evaluation or a
+"""Output folders hold only what lbgat wrote: a report, an evaluation or a
 comparison replaces only files its record shows it wrote; a comparison never follows a link out of --out; an
 export appears whole or not at all; ``lbgat eval .`` inside an export writes beside it; an export's weights
 file given alone says to give the folder."""

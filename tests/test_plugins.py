@@ -1,4 +1,4 @@
-"""Plug-ins (issue 15): RPAT, VFD-Adv and AWP on every host the registry allows, each against an
+"""Plug-ins: RPAT, VFD-Adv and AWP on every host the registry allows, each against an
 independent computation of its formula in the spec (values, gradients, BatchNorm statistics), the frozen
 VFD teacher staying frozen, the AWP perturbation gone after the step, and the refusals."""
 
@@ -70,7 +70,7 @@ def test_the_pairs_cover_every_host_with_an_attack_and_no_other() -> None:
 
 @pytest.mark.parametrize(("host", "plugin"), PAIRS)
 def test_every_allowed_pair_takes_a_step_and_leaves_no_perturbation(host: str, plugin: str) -> None:
-    """Issue 15 acceptance: a test parametrised over every (host, plug-in) pair the registry allows."""
+    """A test parametrised over every (host, plug-in) pair the registry allows."""
     method = build(host, {plugin: {}})
     optimizer = sgd([p for net in method.trained_networks().values() for p in net.parameters()])
     before = {k: v.clone() for k, v in method.student.state_dict().items()}

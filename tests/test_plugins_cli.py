@@ -1,4 +1,4 @@
-"""Issue 15 acceptance: each new method, and each plug-in on pgd-at, trades and lbgat-trades, trains a few
+"""Each new method, and each plug-in on pgd-at, trades and lbgat-trades, trains a few
 steps on cifar10-mini from the command line, resumes exactly (after a stop and after a kill), and evaluates;
 the evaluation report says which plug-ins trained the model (RPAT's lambda on both scales, VFD labelled
 as a reconstruction)."""

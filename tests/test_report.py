@@ -1,4 +1,4 @@
-"""`lbgat report` and `lbgat compare` (issue 16): the report over tiny runs renders every file, its figures
+"""`lbgat report` and `lbgat compare`: the report over tiny runs renders every file, its figures
 are real pictures, the scatter has one point per run with labels that do not overlap, the HTML opens in
 headless Chromium without errors, and a comparison is resumable through the real command line."""
 
@@ -62,7 +62,7 @@ def assert_real_png(path: Path) -> None:
 
 
 def test_a_report_over_two_tiny_runs_writes_every_file(runs: tuple[Path, Path], tmp_path: Path) -> None:
-    """issue 16 items 1 and 4: Markdown, HTML, report.json, and every figure as a valid, non-blank PNG and an SVG:
+    """Markdown, HTML, report.json, and every figure as a valid, non-blank PNG and an SVG:
     the trade-off, each run's curves, white-box vs black-box bars (transfer results exist), the t-SNE."""
     out = tmp_path / "report"
     tsne = EmbeddingSettings(classes=3, per_class=8, seed=1)
@@ -92,7 +92,7 @@ def test_a_report_over_two_tiny_runs_writes_every_file(runs: tuple[Path, Path], 
 
 
 def test_the_scatter_has_one_labelled_point_per_run(runs: tuple[Path, Path], tmp_path: Path) -> None:
-    """issue 16 item 4: the trade-off plots exactly the runs' (clean, robust) pairs, each labelled once."""
+    """The trade-off plots exactly the runs' (clean, robust) pairs, each labelled once."""
     result = build_report(list(runs), tmp_path / "report")
     scatter = result.drawn["tradeoff"]
     evaluations = [json.loads((run / "eval-last" / "report.json").read_text()) for run in runs]
@@ -107,7 +107,7 @@ def test_the_scatter_has_one_labelled_point_per_run(runs: tuple[Path, Path], tmp
 
 
 def test_labels_do_not_overlap_even_when_points_crowd() -> None:
-    """issue 16 item 5: eight runs within a percent of each other, and the paper's CIFAR-10 points: no two
+    """Eight runs within a percent of each other, and the paper's CIFAR-10 points: no two
     labels overlap, each stays inside the axes, and one a label cannot be placed is said so."""
     points = [ScatterPoint(f"method-{index} (α={index})", 80 + 0.3 * index, 50 + 0.2 * (index % 3), "#1f77b4")
               for index in range(8)]
@@ -131,7 +131,7 @@ def test_labels_do_not_overlap_even_when_points_crowd() -> None:
 @pytest.mark.skipif(shutil.which("chromium") is None,
                     reason="headless Chromium is not installed: apt-get install chromium")
 def test_the_html_opens_in_headless_chromium_without_errors(runs: tuple[Path, Path], tmp_path: Path) -> None:
-    """issue 16 item 4: report.html is self-contained (images as data URIs, nothing fetched), loads in
+    """Report.html is self-contained (images as data URIs, nothing fetched), loads in
     headless Chromium with no console message or error, and every image has a non-zero natural size."""
     result = build_report(list(runs), tmp_path / "report")
     html = result.html.read_text()
@@ -180,7 +180,7 @@ def test_paper_points_are_the_transcribed_tables() -> None:
 
 
 def test_paper_adds_the_papers_points_for_the_same_dataset(runs: tuple[Path, Path], tmp_path: Path) -> None:
-    """issue 16 item 1: --paper draws the paper's points for the evaluated dataset, marked as the paper's;
+    """--paper draws the paper's points for the evaluated dataset, marked as the paper's;
     for a dataset the paper does not report, none, and the caption says so."""
     copy = tmp_path / "cifar-eval"
     shutil.copytree(runs[0] / "eval-last", copy)
@@ -212,7 +212,7 @@ def test_a_report_folder_holding_other_files_is_refused_untouched(runs: tuple[Pa
 
 
 def test_methods_are_parsed_with_their_own_settings() -> None:
-    """issue 16 item 2: --methods NAME[:KEY=VALUE...], refused in one line when malformed."""
+    """--methods NAME[:KEY=VALUE...], refused in one line when malformed."""
     entries = parse_methods("natural, trades:alpha=6,lbgat-trades:alpha=0:beta=2")
     assert [(entry.method, entry.overrides, entry.run_folder, entry.label) for entry in entries] == [
         ("natural", [], "natural", "natural"),
@@ -274,7 +274,7 @@ def test_compare_end_to_end_resumes_and_reuses(tmp_path: Path, capsys: pytest.Ca
 
 
 def test_a_recipes_method_settings_belong_to_the_method_it_names() -> None:
-    """issue 16 item 2: one shared recipe for several methods; a TRADES recipe's alpha is TRADES', so PGD-AT
+    """One shared recipe for several methods; a TRADES recipe's alpha is TRADES', so PGD-AT
     is not refused an unknown method.alpha, and LBGAT+TRADES takes its own alpha from --methods."""
     from lbgat.compare.engine import shared_recipe
     from lbgat.config import build_config, load_yaml
@@ -325,7 +325,7 @@ def test_runs_without_evaluations_and_bad_inputs(runs: tuple[Path, Path], tmp_pa
 
 def test_compare_checks_every_methods_settings_before_training(tmp_path: Path,
                                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    """issue 16 item 2: a bad setting of the last method is one line before the first method trains."""
+    """A bad setting of the last method is one line before the first method trains."""
     out = tmp_path / "cmp"
     assert main(["compare", "--methods", "natural,trades:nonsense=1", "--config", "cpu/mnist-5k-demo",
                  "--out", str(out), "--no-progress"]) == 2

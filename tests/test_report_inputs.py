@@ -1,4 +1,4 @@
-"""Issue 21 items 5 and 9: `lbgat report` says what it used and refuses what it cannot show. The t-SNE caption
+"""`lbgat report` says what it used and refuses what it cannot show. The t-SNE caption
 states the images per class and the classes actually sampled (not the --tsne-per-class asked for); an
 evaluation whose report.json holds a number that is NaN, null, infinite, out of range or text is one line on
 stderr naming the file, and nothing is written."""

@@ -96,7 +96,7 @@ def test_a_new_setting_follows_its_resume_rule(new_settings: type[TrainConfig]) 
 
 @dataclass
 class ConfigWithAutoSetting(TrainConfig):
-    # The one place a new "auto" setting is written: its resolver beside its declaration (issue 22 item 2).
+    # The one place a new "auto" setting is written: its resolver beside its declaration.
     cooldown_epochs: int | None = setting(None, minimum=0, auto=lambda facts, resolved: resolved.schedule.epochs // 10)
 
 

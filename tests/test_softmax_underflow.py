@@ -1,4 +1,4 @@
-"""Issue 20: where a softmax probability underflows to exactly 0 (fp32: a logit gap above about 104),
+"""Where a softmax probability underflows to exactly 0 (fp32: a logit gap above about 104),
 every KL term's gradient is its finite limit (p log p -> 0), not NaN; where none is 0, every number is
 bit for bit what the plain ``F.softmax`` formulas gave.
 

@@ -1,4 +1,4 @@
-"""A step's forwards (issue 22 item 1): a host names the student forwards it makes, a regulariser declares
+"""A step's forwards: a host names the student forwards it makes, a regulariser declares
 the ones it uses, the pair is checked when the method is built, and a step makes no forward nobody declared.
 No forward hooks in methods/ but VFD's feature tap."""
 

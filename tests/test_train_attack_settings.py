@@ -1,4 +1,4 @@
-"""The method's training attack takes each attack setting by name, explicitly (issue 22 item 2): a renamed
+"""The method's training attack takes each attack setting by name, explicitly: a renamed
 setting is an error, never a silent fall-back to the attack's default."""
 
 from __future__ import annotations

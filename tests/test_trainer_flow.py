@@ -22,7 +22,7 @@ TINY_DATA = ["data.val_size=0", "data.train_size=16"]
 
 
 def test_train_resolves_the_config_once(tmp_path: Path, monkeypatch) -> None:
-    """issue 14 item 1: `_train` resolves the config once, on one path, for a dataset of known shape."""
+    """`_train` resolves the config once, on one path, for a dataset of known shape."""
     calls: list[tuple[int, int, int]] = []
     real_resolve = trainer_module.resolve
 
@@ -38,7 +38,7 @@ def test_train_resolves_the_config_once(tmp_path: Path, monkeypatch) -> None:
 
 
 def test_a_folder_is_read_before_its_run_is_resolved_once(tmp_path: Path, monkeypatch) -> None:
-    """issue 14 item 1: a user's folder tells its shape only once read: it is read first, then the config
+    """A user's folder tells its shape only once read: it is read first, then the config
     is resolved once for that shape; a missing folder is reported before a run-directory clash."""
     calls: list[tuple[int, int, int]] = []
     real_resolve = trainer_module.resolve
@@ -60,7 +60,7 @@ def test_a_folder_is_read_before_its_run_is_resolved_once(tmp_path: Path, monkey
 
 
 def test_log_interval_sums_in_float64_and_weights_rank_shares() -> None:
-    """issue 14 item 1: one accounting object for the log interval (terms, steps, start time)."""
+    """One accounting object for the log interval (terms, steps, start time)."""
     interval = LogInterval()
     assert (interval.sums, interval.steps, interval.started) == ({}, 0, None)
     interval.begin_step()
@@ -76,7 +76,7 @@ def test_log_interval_sums_in_float64_and_weights_rank_shares() -> None:
 
 
 def test_a_trainer_has_no_stop_request_from_the_start(tmp_path: Path) -> None:
-    """issue 14 item 1: stop_requested is initialised in __init__, not first set inside the signal helper."""
+    """Stop_requested is initialised in __init__, not first set inside the signal helper."""
     config = build_config(None, {**TINY, "out": str(tmp_path / "run")}, TINY_DATA)
     dataset = load_data(config)
     trainer = Trainer(build_parts(resolve(config, dataset.image_shape), dataset), tmp_path / "run", progress=False)

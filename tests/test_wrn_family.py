@@ -1,4 +1,4 @@
-"""Issue 14 item 8: any ``wrn-D-W`` by name, in the official TRADES/LBGAT WideResNet layout."""
+"""Any ``wrn-D-W`` by name, in the official TRADES/LBGAT WideResNet layout."""
 
 from __future__ import annotations
 
