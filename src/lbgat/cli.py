@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from .report import EmbeddingSettings
 
 
-def one_line(text: str) -> str:
+def terminal_line(text: str) -> str:
     """``text`` as one terminal line: a newline or control character in a name a user chose (a folder called
     "a\\nb") is shown escaped, so an error stays one line and cannot move the cursor or recolour the terminal."""
     return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
@@ -34,7 +34,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse that reports a usage error in one line (plus where to get help)."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {one_line(message)} (see `{self.prog} --help`)\n")
+        self.exit(2, f"{self.prog}: error: {terminal_line(message)} (see `{self.prog} --help`)\n")
 
 
 def _folder(value: str) -> Path:
@@ -72,7 +72,7 @@ def _run_train(args: argparse.Namespace) -> int:
     if not result.is_main:  # another process of a torchrun job: rank 0 reports
         return 0
     if result.note:
-        print(one_line(result.note))
+        print(terminal_line(result.note))
     state = "finished" if result.finished else f"stopped after step {result.position.global_step}"
     print(f"training {state}; run directory: {result.run_dir}")
     print(f"  last checkpoint: {result.last}")
@@ -182,9 +182,10 @@ def _run_export(args: argparse.Namespace) -> int:
 
     result = export_checkpoint(args.checkpoint, args.out)
     for path in result.evaluations.stale:
-        print(one_line(f"note: {path} evaluated an earlier {result.checkpoint.name} (another sha256); not in the card"))
+        print(terminal_line(f"note: {path} evaluated an earlier {result.checkpoint.name} (another sha256); "
+                            "not in the card"))
     for path in result.evaluations.unreadable:
-        print(one_line(f"note: {path} could not be read as an lbgat report; not in the card"))
+        print(terminal_line(f"note: {path} could not be read as an lbgat report; not in the card"))
     print(f"exported {result.checkpoint} to {result.folder}")
     loads = ", ".join(f"{cls.project} {cls.constructor}" for cls in result.layout.classes)
     print(f"  model.safetensors: key layout {result.layout.name}"
@@ -291,7 +292,7 @@ def _run_compare(args: argparse.Namespace) -> int:
         print(table)
         print()
     for note in result.report.notes:
-        print(f"note: {one_line(note)}")
+        print(f"note: {terminal_line(note)}")
     print(f"runs: {args.out}/<method>/{'seed<N>/' if seeds else ''}; report: {result.report.markdown}")
     print(f"open: {result.report.html}")
     return 0
@@ -342,7 +343,7 @@ def _run_report(args: argparse.Namespace) -> int:
     result = build_report(args.inputs, args.out, ReportOptions(paper=args.paper, tsne=_tsne_settings(args),
                                                                title=args.title), progress=True)
     for note in result.notes:
-        print(f"note: {one_line(note)}")
+        print(f"note: {terminal_line(note)}")
     print(f"report of {len(result.runs)} run(s): {result.markdown}, {len(result.figures)} figure(s) in "
           f"{result.out / 'figures'}")
     print(f"open: {result.html}")
@@ -496,7 +497,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.handler(args)
     except LbgatError as error:
         if getattr(error, "announce", True):
-            print(f"lbgat {args.command}: {error.label}: {one_line(str(error))}", file=sys.stderr)
+            print(f"lbgat {args.command}: {error.label}: {terminal_line(str(error))}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
         print(f"lbgat {args.command}: interrupted", file=sys.stderr)
@@ -506,7 +507,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # user's environment, not a bug, so one line. An OSError without a file keeps its traceback.
         if error.filename is None:
             raise
-        print(f"lbgat {args.command}: error: {one_line(describe_os_error(error))}", file=sys.stderr)
+        print(f"lbgat {args.command}: error: {terminal_line(describe_os_error(error))}", file=sys.stderr)
         return 2
 
 
