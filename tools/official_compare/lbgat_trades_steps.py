@@ -1,6 +1,6 @@
 """Run the official LBGAT+TRADES (beta 6 and 0) and TRADES training steps on lbgat's setting and store the
-sha256 of every tensor they produced (tests/data/official_steps*.json, checked by
-tests/test_official_steps.py). See README.md in this folder and docs/reproduction.md.
+sha256 of every tensor they produced (tests/fixtures/official_steps*.json, checked by
+tests/methods/test_official_steps.py). See README.md in this folder and docs/reproduction.md.
 
     OMP_NUM_THREADS=1 python tools/official_compare/lbgat_trades_steps.py \
         --lbgat PATH/TO/dvlab-research/LBGAT --trades PATH/TO/yaodongyu/TRADES
@@ -10,10 +10,10 @@ is extracted into a temporary folder and its files are imported from there: LBGA
 ``lbgat_loss``, ``models/wideresnet.py`` ``WideResNet(depth=16, widen_factor=2)`` (the student),
 ``models/resnetcifar.py`` ``ResNet18_cifar()`` (the teacher); TRADES ``trades.py`` ``trades_loss``. Each
 step is the training scripts' ``loss = ..._loss(...)``, ``loss.backward()``, ``optimizer.step()`` on the
-weights, batch and start draw of tests/official_step_setting.py, with ``torch.randn`` returning lbgat's
-start draw and ``.cuda()`` a no-op, in every setting of tests/official_settings.py (the first with a hash
+weights, batch and start draw of tests/helpers/official_step_setting.py, with ``torch.randn`` returning lbgat's
+start draw and ``.cuda()`` a no-op, in every setting of tests/helpers/official_settings.py (the first with a hash
 per tensor, the others per group of tensors). The file is written for this machine
-(tests/official_machines.py) and entered in tests/data/official_machines.json; ``--check`` then runs
+(tests/helpers/official_machines.py) and entered in tests/fixtures/official_machines.json; ``--check`` then runs
 lbgat's step and lists what differs.
 """
 
@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
-    from official_settings import Setting
+    from helpers.official_settings import Setting
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -44,13 +44,13 @@ FILES = {"lbgat": ["lbgat.py", "models/wideresnet.py", "models/resnetcifar.py"],
 
 
 def official_step(scenario: str, setting: Setting, lbgat_tree: Path, trades_tree: Path) -> dict[str, torch.Tensor]:
-    """One official step of ``scenario`` (tests/official_step_setting.py SCENARIOS) in ``setting``, every
+    """One official step of ``scenario`` (tests/helpers/official_step_setting.py SCENARIOS) in ``setting``, every
     tensor by the names lbgat's ``lbgat_step`` gives them."""
     from harness import ForwardLog, StartDraw, on_cpu
     from official_steps import module_from_file  # its name "lbgat" is lbgat's package: loaded by path
 
-    from official_settings import initial_state
-    from official_step_setting import (
+    from helpers.official_settings import initial_state
+    from helpers.official_step_setting import (
         EPS,
         NUM_CLASSES,
         SCENARIOS,
@@ -98,9 +98,9 @@ def official_step(scenario: str, setting: Setting, lbgat_tree: Path, trades_tree
 
 
 def produce(lbgat_tree: Path, trades_tree: Path, sources: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    from official_machines import describe, this_machine
-    from official_settings import FIRST, SETTINGS
-    from official_step_setting import SCENARIOS, group_hashes, sha256
+    from helpers.official_machines import describe, this_machine
+    from helpers.official_settings import FIRST, SETTINGS
+    from helpers.official_step_setting import SCENARIOS, group_hashes, sha256
 
     machine = this_machine()
     scenarios: dict[str, Any] = {}
@@ -117,12 +117,12 @@ def produce(lbgat_tree: Path, trades_tree: Path, sources: dict[str, dict[str, An
         print(f"{name}: official step recorded in {len(SETTINGS)} settings (loss in {FIRST.key} {entry['loss']!r})")
     previous = json.loads((ROOT / "tests" / "data" / "official_steps.json").read_text())
     return {
-        "what": previous["what"].rstrip(".") + "; settings after the first (tests/official_settings.py): one "
-                "sha256 per group of tensors (tests/official_step_setting.py group_hashes)",
+        "what": previous["what"].rstrip(".") + "; settings after the first (tests/helpers/official_settings.py): one "
+                "sha256 per group of tensors (tests/helpers/official_step_setting.py group_hashes)",
         "official_code": {"lbgat_loss": {**sources["lbgat"], "files": FILES["lbgat"]},
                           "trades_loss": {**sources["trades"], "files": FILES["trades"]}},
         "setting": {**previous["setting"], "settings": (
-            f"{', '.join(s.key for s in SETTINGS)} (tests/official_settings.py: the batch's seed and label "
+            f"{', '.join(s.key for s in SETTINGS)} (tests/helpers/official_settings.py: the batch's seed and label "
             "rotation, batch size, deterministic_state weights plain or perturbed); "
             f"{FIRST.key} is the batch and weights above")},
         "produced": {"date": datetime.date.today().isoformat(), **machine, "threads": torch.get_num_threads(),
@@ -135,8 +135,8 @@ def produce(lbgat_tree: Path, trades_tree: Path, sources: dict[str, dict[str, An
 def differing(stored: dict[str, Any], name: str, setting: Setting, ours: dict[str, torch.Tensor]) -> list[str]:
     """The tensors (first setting) or groups of tensors (the others) of lbgat's step that are not bit-identical
     to the official step's (missing ones included)."""
-    from official_settings import FIRST
-    from official_step_setting import group_hashes, sha256
+    from helpers.official_settings import FIRST
+    from helpers.official_step_setting import group_hashes, sha256
 
     scenario = stored["scenarios"][name]
     if setting == FIRST:
@@ -150,8 +150,8 @@ def differing(stored: dict[str, Any], name: str, setting: Setting, ours: dict[st
 
 def check(path: Path) -> bool:
     """lbgat's step against the stored hashes of ``path`` in every setting: True where all are bit-identical."""
-    from official_settings import FIRST, SETTINGS
-    from official_step_setting import SCENARIOS, lbgat_step
+    from helpers.official_settings import FIRST, SETTINGS
+    from helpers.official_step_setting import SCENARIOS, lbgat_step
 
     stored = json.loads(path.read_text())
     same = True
@@ -172,14 +172,14 @@ def check(path: Path) -> bool:
 
 def main() -> None:
     sys.path[:0] = [str(HERE), str(ROOT / "src"), str(ROOT / "tests")]
-    from official_machines import DATA, machine_key, register, stored_for_this_machine, this_machine
+    from helpers.official_machines import DATA, machine_key, register, stored_for_this_machine, this_machine
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for option, (url, _) in REPOSITORIES.items():
         parser.add_argument(f"--{option}", type=Path, help=f"git repository of {url}")
         parser.add_argument(f"--{option}-commit", default=None, help="commit to extract (default: the spec's)")
-    parser.add_argument("--out", type=Path, help="default: tests/data/official_steps.<this machine>.json, "
-                        "entered in tests/data/official_machines.json")
+    parser.add_argument("--out", type=Path, help="default: tests/fixtures/official_steps.<this machine>.json, "
+                        "entered in tests/fixtures/official_machines.json")
     parser.add_argument("--check", action="store_true", help="after storing (or alone, without --lbgat): "
                         "compare lbgat's step with the stored hashes")
     options = parser.parse_args()

@@ -1,6 +1,6 @@
 """One training step per scenario, run by the official code (its functions, in its order), on lbgat's
-setting (tests/official_plugin_setting.py, tests/official_settings.py): the same wrn-10-1 weights, batch,
-start draw and SGD, in one of the settings (seed, batch size, plain or perturbed weights).
+setting (tests/helpers/official_plugin_setting.py, tests/helpers/official_settings.py): the same wrn-10-1
+weights, batch, start draw and SGD, in one of the settings (seed, batch size, plain or perturbed weights).
 
 Each function takes the folder of a plain checkout of the official repository and returns what the step
 produced: the tensors (x_adv, the loss and its terms, every gradient, every parameter and buffer after
@@ -35,9 +35,9 @@ from harness import (
 )
 from torch import nn
 
+from helpers.official_plugin_setting import MODEL, NUM_CLASSES, SCENARIOS, Scenario, batch, start_draw
+from helpers.official_settings import Setting, initial_state
 from lbgat.models import create_model
-from official_plugin_setting import MODEL, NUM_CLASSES, SCENARIOS, Scenario, batch, start_draw
-from official_settings import Setting, initial_state
 
 Result = dict[str, Any]
 def official_network(scenario: Scenario, setting: Setting) -> nn.Module:

@@ -6,10 +6,10 @@
 
 Each DIR is a git repository of the official code (bare or not); the commit (default: the one the spec
 names) is extracted into a temporary folder and imported from there. Each scenario runs in each setting of
-tests/official_settings.py, each in its own Python process (the repositories reuse module names such as
+tests/helpers/official_settings.py, each in its own Python process (the repositories reuse module names such as
 ``utils``, and patch modules they import). The outputs are stored for this machine (default
-``tests/data/official_plugins.<machine key>.pt.xz``, tests/official_machines.py; the first setting whole,
-the others sketched, tests/official_plugin_storage.py) and entered in tests/data/official_machines.json.
+``tests/fixtures/official_plugins.<machine key>.pt.xz``, tests/helpers/official_machines.py; the first setting whole,
+the others sketched, tests/helpers/official_plugin_storage.py) and entered in tests/fixtures/official_machines.json.
 ``--compare`` prints, per scenario, setting and group of tensors, the largest difference between the
 official step (the exact one kept with ``--parts``, or the stored one) and lbgat's step.
 """
@@ -56,7 +56,7 @@ def run_one(scenario: str, setting_key: str, tree: Path, part: Path) -> None:
     torch.use_deterministic_algorithms(True)
     from official_steps import STEPS
 
-    from official_settings import BY_KEY
+    from helpers.official_settings import BY_KEY
 
     _, step = STEPS[scenario]
     with tempfile.TemporaryDirectory(prefix="official-run-") as folder:
@@ -79,21 +79,23 @@ def write_atomically(path: Path, data: bytes) -> None:
 
 def store(parts: dict[str, dict[str, dict[str, Any]]], sources: dict[str, dict[str, str]], out: Path) -> None:
     """``parts``: scenario -> setting key -> what the official step produced."""
-    from official_machines import this_machine
-    from official_plugin_setting import MODEL, SCENARIOS
-    from official_plugin_storage import encode
-    from official_settings import BY_KEY, SETTINGS
+    from helpers.official_machines import this_machine
+    from helpers.official_plugin_setting import MODEL, SCENARIOS
+    from helpers.official_plugin_storage import encode
+    from helpers.official_settings import BY_KEY, SETTINGS
 
     stored = {
         "what": "tensors one official training step produced per scenario and setting (float32, CPU, one thread): "
                 "x_adv, term/* (the loss and its terms), grad/* (each parameter's gradient), after/* (each parameter "
                 "and buffer after the step and any weight-perturbation restore); the first setting whole, the others "
-                "sketched (tests/official_plugin_storage.py); checked by tests/test_official_plugins.py",
+                "sketched (tests/helpers/official_plugin_storage.py); checked by "
+                "tests/methods/test_official_plugins.py",
         "produced": {**this_machine(), "threads": 1, "python": platform.python_version()},
-        "setting": f"{MODEL}; settings {', '.join(s.key for s in SETTINGS)} (tests/official_settings.py: the batch's "
+        "setting": f"{MODEL}; settings {', '.join(s.key for s in SETTINGS)} "
+                   "(tests/helpers/official_settings.py: the batch's "
                    "seed and label rotation, deterministic_inputs of the batch size, deterministic_state weights "
                    "plain or perturbed); lbgat's start draw given to the official code "
-                   "(tests/official_plugin_setting.py)",
+                   "(tests/helpers/official_plugin_setting.py)",
         "scenarios": {},
     }
     for name, by_setting in parts.items():
@@ -121,9 +123,9 @@ def compare(scenarios: list[str], setting_keys: list[str], stored_path: Path | N
     with --parts when given (then 0 means bit-identical), otherwise against the stored ones (quantised, and
     sketched beyond the first setting: groups grad~ and after~ give the largest gap as a fraction of the
     bound). True where every tensor is within the tolerance."""
-    from official_plugin_setting import lbgat_step
-    from official_plugin_storage import decode, differences, load_stored
-    from official_settings import BY_KEY
+    from helpers.official_plugin_setting import lbgat_step
+    from helpers.official_plugin_storage import decode, differences, load_stored
+    from helpers.official_settings import BY_KEY
 
     torch.set_num_threads(1)
     stored = load_stored(stored_path) if stored_path is not None else None
@@ -149,8 +151,8 @@ def main() -> None:
     sys.path[:0] = [str(HERE), str(ROOT / "src"), str(ROOT / "tests")]
     from official_steps import STEPS
 
-    from official_machines import DATA, machine_key, stored_for_this_machine, this_machine
-    from official_settings import SETTINGS
+    from helpers.official_machines import DATA, machine_key, stored_for_this_machine, this_machine
+    from helpers.official_settings import SETTINGS
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for family, (option, _, _) in REPOSITORIES.items():
@@ -161,8 +163,9 @@ def main() -> None:
     parser.add_argument("--scenario", action="append", choices=sorted(STEPS), help="default: all")
     parser.add_argument("--setting", action="append", choices=[setting.key for setting in SETTINGS],
                         help="default: all (a file of some settings only does not pass the tests)")
-    parser.add_argument("--out", type=Path, help="default: tests/data/official_plugins.<this machine>.pt.xz "
-                        "(entered in tests/data/official_machines.json); with --compare: this machine's stored file")
+    parser.add_argument("--out", type=Path, help="default: tests/fixtures/official_plugins.<this machine>.pt.xz "
+                        "(entered in tests/fixtures/official_machines.json); with --compare: this machine's "
+                        "stored file")
     parser.add_argument("--compare", action="store_true", help="only compare lbgat with the stored file")
     parser.add_argument("--parts", type=Path, help="keep each official step's exact tensors in this folder "
                         "(and, with --compare, compare against them instead of the stored file)")
@@ -223,7 +226,7 @@ def run_all(scenarios: list[str], setting_keys: list[str], trees: dict[str, Path
                   f"({len(parts[name][setting_keys[0]]['tensors'])} tensors each)")
     store(parts, sources, options.out)
     print(f"stored {options.out} ({options.out.stat().st_size} bytes)")
-    from official_machines import DATA, register, this_machine
+    from helpers.official_machines import DATA, register, this_machine
 
     if options.out.parent.resolve() == DATA.resolve():
         register("plugins", options.out, this_machine())

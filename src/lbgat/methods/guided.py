@@ -112,7 +112,8 @@ class GuidedMethod(Method[GP]):
         alpha = cast(Regularised, self.params).alpha
         # At alpha = 0 (LBGAT's headline setting) the clean forward only updates BatchNorm's running
         # statistics, as in the official code; without a graph its weight-0 term adds exactly +-0 to every
-        # gradient it would have reached, so the step is bit-identical (tests/test_lbgat_alpha_zero.py).
+        # gradient it would have reached, so the step is bit-identical
+        # (tests/methods/test_alpha_zero_builds_no_clean_graph.py).
         with torch.no_grad() if alpha == 0 else nullcontext():
             logits_clean = forwards.run(batch.x, None if alpha == 0 else CLEAN)
         terms = self.guided(batch, logits_adv)
