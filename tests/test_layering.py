@@ -1,4 +1,4 @@
-"""The package's layering (issue 14 item 5; docs/architecture.md): every module's imports, read with
+"""The package's layering (docs/architecture.md): every module's imports, read with
 ``ast`` (module-level, function-level and ``TYPE_CHECKING`` imports alike, absolute and relative),
 point only at its own layer or a layer below it.
 
@@ -129,7 +129,7 @@ def test_no_module_imports_a_layer_above_its_own() -> None:
 
 
 def test_inside_the_package_imports_are_relative() -> None:
-    """One import style inside lbgat (issue 14 item 5: data/ and models/ used absolute imports)."""
+    """One import style inside lbgat (data/ and models/ once used absolute imports)."""
     absolute = [
         f"{path.relative_to(PACKAGE_ROOT.parent)}:{node.lineno}"
         for path in _modules()

@@ -1,5 +1,5 @@
-"""Bad input that used to give a traceback or a wrong answer (issue 12, items 4-6 and 8-11, and the
-"Smaller" list): each ends in one clear line and a non-zero exit, and leaves existing files as they were.
+"""Bad input that used to give a traceback or a wrong answer: each ends in one clear line and a non-zero
+exit, and leaves existing files as they were.
 
 The checks that are about a real process (what a user sees on stderr, the exit status, no traceback)
 run ``python -m lbgat`` in a subprocess; the rest call the command line's ``main`` in this process.
@@ -145,7 +145,7 @@ def test_a_directory_or_fifo_as_the_recipe_is_one_line(tmp_path: Path, capsys) -
     (["--set", f"data.split_seed={2**64}"], "data.split_seed must be in [0, 2**63)"),
 ])
 def test_seeds_beyond_64_bits_are_one_line(tmp_path: Path, capsys, flags: list[str], message: str) -> None:
-    """issue 12 item 4 (bad settings): torch.manual_seed raised an OverflowError traceback."""
+    """torch.manual_seed once raised an OverflowError traceback."""
     assert main([*TRADES, *flags, "--out", str(tmp_path / "r")]) == 2
     assert message in one_line_error(capsys)
     assert not (tmp_path / "r").exists()
@@ -189,7 +189,7 @@ def test_non_finite_floats_are_refused(typed: str) -> None:
 
 
 def test_set_lr_in_scientific_notation_trains(tmp_path: Path) -> None:
-    """issue 12 item 5, end to end: `T --set optim.lr=1e-3` trains with lr 0.001."""
+    """End to end: `T --set optim.lr=1e-3` trains with lr 0.001."""
     result = run_cli(*TRADES, "--max-steps", "1", "--set", "optim.lr=1e-3", "--out", str(tmp_path / "r"))
     assert result.returncode == 0, result.stderr
     assert load_checkpoint(tmp_path / "r" / "last.pt").meta["config"]["optim"]["lr"] == 1e-3
@@ -233,7 +233,7 @@ def test_a_recipes_teacher_is_for_the_methods_that_have_one() -> None:
 # ---------------------------------------------------------------------------------------- item 8: metadata
 
 def test_a_checkpoint_whose_metadata_is_a_list_is_one_line_in_eval_and_resume(run: Path, tmp_path: Path) -> None:
-    """issue 12 item 8, the issue's reproduction: meta set to a list gave a TypeError traceback."""
+    """Meta set to a list once gave a TypeError traceback."""
     bad = rewritten(run / "last.pt", tmp_path / "bad.pt", meta=[1, 2])
     line = one_line_refusal(run_cli("eval", str(bad), *EVAL))
     assert f"checkpoint {bad} has malformed metadata: it must be a mapping, got list" in line
@@ -327,7 +327,7 @@ def test_a_checkpoint_with_nan_weights_is_refused_naming_the_tensor(run: Path, t
 
 
 def test_non_finite_weights_are_refused_in_every_loading_path(run: Path, tmp_path: Path, capsys) -> None:
-    """issue 12 item 9 (and 11's NaN BGAT teacher): plain state dicts, teacher checkpoints, --resume."""
+    """Including a NaN BGAT teacher: plain state dicts, teacher checkpoints, --resume."""
     infinite = with_nan_weights(run, tmp_path / "inf.pt", value=float("inf"))
     assert main(["eval", str(infinite), *EVAL]) == 2
     assert "student.features.conv1.weight holds 10 infinite values" in one_line_error(capsys)
@@ -438,7 +438,7 @@ TAMPERED = ["torch zip", "torch legacy", "pickle protocol 0", "pickle protocol 2
 
 @pytest.mark.parametrize("kind", TAMPERED)
 def test_a_file_that_names_a_python_global_is_tampering(tmp_path: Path, kind: str) -> None:
-    """issue 12 item 10 and "Smaller": refused as unsafe, naming the global, in a message that ends cleanly."""
+    """Refused as unsafe, naming the global, in a message that ends cleanly."""
     marker = tmp_path / "PWNED"
     path = write_tampered(kind, tmp_path / "evil.pt", marker)
     with pytest.raises(UnsafeCheckpointError) as refused:
@@ -466,7 +466,7 @@ def test_a_malicious_last_checkpoint_is_refused_not_skipped(run: Path, tmp_path:
 # ---------------------------------------------------------------------------------------- item 11: NaN stop
 
 def test_a_nan_stop_before_any_checkpoint_says_none_was_written(tmp_path: Path) -> None:
-    """issue 12 item 11, the issue's reproduction: it named RUN/last.pt, which did not exist."""
+    """It once named RUN/last.pt, which did not exist."""
     out = tmp_path / "r"
     line = one_line_refusal(run_cli("train", "--method", "natural", "--model", "tiny-cnn", "--batch-size", "8",
                                     "--max-steps", "6", "--set", "optim.lr=1e30", "--set", "log_every=1",
@@ -494,7 +494,7 @@ def test_a_nan_stop_names_a_checkpoint_only_if_one_exists(tmp_path: Path, capsys
 # ---------------------------------------------------------------------------------------- Smaller
 
 def test_a_directory_or_fifo_as_a_checkpoint_is_named_as_such(tmp_path: Path, capsys) -> None:
-    """issue 12 Smaller: they were reported as "does not exist"."""
+    """They were once reported as "does not exist"."""
     (tmp_path / "folder.pt").mkdir()
     os.mkfifo(tmp_path / "fifo.pt")
     assert main(["eval", str(tmp_path / "folder.pt"), *EVAL]) == 2
@@ -508,7 +508,7 @@ def test_a_directory_or_fifo_as_a_checkpoint_is_named_as_such(tmp_path: Path, ca
 
 def test_a_plain_state_dict_as_teacher_checkpoint_is_told_about_arch_equals_path(run: Path, tmp_path: Path,
                                                                                  capsys) -> None:
-    """issue 12 Smaller: the hint said --model, which does not apply to a teacher."""
+    """The hint once said --model, which does not apply to a teacher."""
     plain = tmp_path / "plain.pt"
     torch.save(load_checkpoint(run / "last.pt").network_state("student"), plain)
     assert main(["train", "--method", "bgat", "--model", "tiny-cnn", "--teacher-checkpoint", str(plain),
@@ -521,7 +521,7 @@ def test_a_plain_state_dict_as_teacher_checkpoint_is_told_about_arch_equals_path
 
 def test_a_plain_state_dict_as_transfer_source_is_told_about_source_model(run: Path, tmp_path: Path,
                                                                           capsys) -> None:
-    """issue 12 Smaller: the same hint for `lbgat eval --transfer-from`."""
+    """The same hint for `lbgat eval --transfer-from`."""
     plain = tmp_path / "plain.pt"
     torch.save(load_checkpoint(run / "last.pt").network_state("student"), plain)
     assert main(["eval", str(run / "last.pt"), "--transfer-from", str(plain), *EVAL,
@@ -530,7 +530,7 @@ def test_a_plain_state_dict_as_transfer_source_is_told_about_source_model(run: P
 
 
 def test_a_folder_in_place_of_last_checkpoint_is_refused_not_skipped(run: Path, tmp_path: Path, capsys) -> None:
-    """issue 12 Smaller: a folder named last.pt is not damage to fall back from (the run could not write there)."""
+    """A folder named last.pt is not damage to fall back from (the run could not write there)."""
     resumed = copy_run(run, tmp_path / "run")
     (resumed / "last.pt").unlink()
     (resumed / "last.pt").mkdir()
@@ -541,7 +541,7 @@ def test_a_folder_in_place_of_last_checkpoint_is_refused_not_skipped(run: Path, 
 
 
 def test_resume_with_another_method_names_the_method_first(run: Path, capsys) -> None:
-    """issue 12 Smaller: trades -> pgd-at named attack.objective, not the method."""
+    """trades -> pgd-at once named attack.objective, not the method."""
     before = digest(run)
     assert main(["train", "--method", "pgd-at", "--model", "tiny-cnn", "--batch-size", "8", "--no-progress",
                  "--max-steps", "3", "--resume", "--out", str(run)]) == 2
@@ -550,14 +550,14 @@ def test_resume_with_another_method_names_the_method_first(run: Path, capsys) ->
 
 
 def test_the_evaluate_hint_quotes_a_path_with_spaces(tmp_path: Path, capsys) -> None:
-    """issue 12 Smaller: `lbgat eval my run/last.pt` cannot be pasted into a shell."""
+    """`lbgat eval my run/last.pt` cannot be pasted into a shell."""
     out = tmp_path / "my run"
     assert main([*TRADES, "--max-steps", "1", "--out", str(out)]) == 0
     assert f"evaluate with: lbgat eval '{out / 'last.pt'}'" in capsys.readouterr().out
 
 
 def test_resume_past_max_steps_says_there_is_nothing_to_do(run: Path, tmp_path: Path) -> None:
-    """issue 12 Smaller: `--resume --max-steps 1` on a run at step 2 exited 0 and did nothing silently."""
+    """`--resume --max-steps 1` on a run at step 2 exited 0 and did nothing silently."""
     resumed = copy_run(run, tmp_path / "run")
     before = digest(resumed)
     result = run_cli(*TRADES, "--max-steps", "1", "--resume", "--out", str(resumed))
@@ -568,7 +568,7 @@ def test_resume_past_max_steps_says_there_is_nothing_to_do(run: Path, tmp_path: 
 
 
 def test_resuming_a_finished_run_says_there_is_nothing_to_do(tmp_path: Path, capsys) -> None:
-    """issue 12 Smaller: the same for a run that finished all its epochs."""
+    """The same for a run that finished all its epochs."""
     out = tmp_path / "run"
     finished = ["train", "--method", "natural", "--model", "tiny-cnn", "--batch-size", "32", "--epochs", "1",
                 "--no-progress", "--set", "data.val_size=0", "--set", "data.train_size=64", "--out", str(out)]

@@ -1,4 +1,4 @@
-"""Issue 20 part 4 through the real command line: `lbgat compare --seeds` trains each method once per seed into
+"""Through the real command line: `lbgat compare --seeds` trains each method once per seed into
 OUT/<method>/seed<N>, reports each seed with its interval and the mean ± sd over seeds, pairs each method
 with the reference seed by seed, and a rerun reuses every run and evaluation."""
 

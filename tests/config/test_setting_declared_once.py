@@ -1,5 +1,5 @@
-"""A training setting is declared in one place (issue 14 item 2, acceptance "Adding a new setting touches
-one place"): a setting declared only at its dataclass field, with ``lbgat.settings.setting``, is found in
+"""A training setting is declared in one place (adding a new setting touches
+one place): a setting declared only at its dataclass field, with ``lbgat.settings.setting``, is found in
 ``lbgat train``'s flags and ``--help``, in validation (a bad value is refused in one line) and in the
 resume rules, with nothing else edited."""
 

@@ -257,7 +257,7 @@ def test_something_unknown_in_the_way_is_one_line_and_nothing_changes(
 
 
 def test_a_file_where_the_dataset_folder_belongs_is_in_the_way(data_root: Path, cifar10_archive: Path) -> None:
-    """issue 12 item 13."""
+    """A file in the dataset folder's place is refused, not overwritten."""
     (data_root / "cifar-10-batches-py").write_text("not a folder")
     with pytest.raises(DataError, match="is in the way"):
         download_dataset("cifar10", data_root, url=cifar10_archive.as_uri(), md5=md5_of(cifar10_archive),

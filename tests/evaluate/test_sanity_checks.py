@@ -165,7 +165,7 @@ def corner_model_and_images(shape: tuple[int, int, int], eps: float, fraction: f
 
 @pytest.mark.parametrize(("attacks", "verdict"), [("clean,pgd", "pass"), ("clean,pgd5", "warn")])
 def test_strength_check_tests_the_reports_own_pgd(attacks: str, verdict: str) -> None:
-    """issue 12 (smaller list): the demo reports PGD-40 on mnist-5k (eps 0.3, steps of 0.01), which
+    """The demo reports PGD-40 on mnist-5k (eps 0.3, steps of 0.01), which
     reaches the corner of the ball where PGD-20 cannot; the check must test PGD-40, not a fixed PGD-20,
     and so not call it unreliable. A genuinely weak attack (PGD-5) is still called unreliable."""
     shape = (1, 16, 16)
@@ -190,7 +190,7 @@ def test_strength_check_tests_the_reports_own_pgd(attacks: str, verdict: str) ->
 
 
 def test_strength_check_reference_is_the_strongest_pgd_and_longer_attacks_get_longer_checks() -> None:
-    """issue 12 (smaller list): with pgd20 and pgd200 in a report the check tests PGD-200 against a
+    """With pgd20 and pgd200 in a report the check tests PGD-200 against a
     stronger attack of at least as many steps."""
     model = SmallNet().eval()
     base = inputs_for(model, count=4)

@@ -346,7 +346,7 @@ def test_a_failed_write_takes_back_what_the_export_wrote(tiny_run: Path, tmp_pat
 
 
 def test_the_card_names_the_plugins_of_a_real_run(tmp_path: Path) -> None:
-    """issue 16 item 4 with issue 15's plug-ins: the card lists each plug-in with its settings, RPAT's lambda on
+    """With plug-ins, the card lists each plug-in with its settings, RPAT's lambda on
     both scales."""
     run = tmp_path / "run"
     assert main(["train", "--method", "pgd-at", "--plugin", "rpat", "--plugin", "awp", "--dataset", "mnist-5k",

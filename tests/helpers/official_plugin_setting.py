@@ -1,5 +1,5 @@
 """The setting of the stored official MART, AWP, ISEAT and RPAT steps (tests/fixtures/official_plugins*.pt.xz),
-built with lbgat only (issue 15 item 7, issue 22 item 3).
+built with lbgat only.
 
 The same weights, batch and attack start were given to the official code (tools/official_compare, see
 docs/reproduction.md "MART, AWP, ISEAT and RPAT against the official code") to produce the stored tensors;
@@ -139,7 +139,7 @@ def record(x_adv: torch.Tensor, terms: dict[str, torch.Tensor], gradients: dict[
 
 
 def lbgat_step(name: str, setting: Setting = FIRST, attack: dict[str, str] | None = None) -> dict[str, torch.Tensor]:
-    """One lbgat training step of scenario ``name`` in ``setting`` (issue 15 API: plug-ins, after_step),
+    """One lbgat training step of scenario ``name`` in ``setting`` (plug-ins, after_step),
     every tensor; ``attack`` replaces attack fields of the scenario (``start``, ``iterate``)."""
     from lbgat.methods import create_method
 

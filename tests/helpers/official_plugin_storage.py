@@ -15,7 +15,7 @@ kept per element everywhere. A sketch is checked against the bound the per-eleme
 (``sketch_gaps``), so a step that passes element by element passes its sketch; a different step (another
 x_adv, a wrong term) moves the gradients of a whole layer and its projections far beyond the bound.
 
-A file stored before issue 22 holds the first setting only, in the old layout (``tensors`` and
+A file in the first layout holds the first setting only, in the old layout (``tensors`` and
 ``forwards`` directly under the scenario), and its official uniform starts were unclipped (lbgat had no
 clipped start then): ``attack_as_stored`` gives the attack lbgat matched it with.
 """
@@ -64,7 +64,7 @@ def load_stored(path: Path) -> dict[str, Any]:
     return torch.load(io.BytesIO(lzma.decompress(path.read_bytes())), weights_only=True)
 
 
-# The attack settings of a scenario in a file from before issue 22, where they differ from SCENARIOS': the
+# The attack settings of a scenario in a file of the first layout, where they differ from SCENARIOS': the
 # official clipping of the uniform start was taken out, and lbgat's x' iterate matched AT_AWP in that setting.
 BEFORE_ISSUE_22: dict[str, dict[str, str]] = {"pgd-at+awp": {"start": "uniform", "iterate": "x"},
                                               "pgd-at+rpat": {"start": "uniform"}}
@@ -81,7 +81,7 @@ def stored_forwards(stored: dict[str, Any], name: str, setting: Setting) -> list
 
 
 def stored_settings(stored: dict[str, Any], name: str) -> list[Setting]:
-    """The settings a file holds for scenario ``name`` (a file from before issue 22: the first only)."""
+    """The settings a file holds for scenario ``name`` (a file of the first layout: the first only)."""
     entry = stored["scenarios"][name]
     return [BY_KEY[key] for key in entry["settings"]] if "settings" in entry else [FIRST]
 
@@ -90,7 +90,7 @@ def _entry(stored: dict[str, Any], name: str, setting: Setting) -> dict[str, Any
     scenario = stored["scenarios"][name]
     if "settings" not in scenario:
         if setting != FIRST:
-            raise KeyError(f"{name}: only {FIRST.key} is stored (a file from before issue 22)")
+            raise KeyError(f"{name}: only {FIRST.key} is stored (a file of the first layout)")
         return {"tensors": scenario["tensors"], "forwards": scenario["forwards"]}
     return scenario["settings"][setting.key]
 

@@ -13,8 +13,8 @@ A setting is
   moved by half its own scale along a second integer-hash draw: weights no initialiser makes, with BatchNorm
   statistics away from their usual values).
 
-The first, seed 1 / batch 8 / plain, is the setting of the first stored files (issues 14 and 15); files of
-a machine stored before issue 22 hold that one only.
+The first, seed 1 / batch 8 / plain, is the setting of the first stored files; files of
+a machine stored in the first layout hold that one only.
 """
 
 from __future__ import annotations

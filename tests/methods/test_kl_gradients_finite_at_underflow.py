@@ -101,7 +101,7 @@ def test_one_step_at_logits_150_apart_has_the_finite_limit_as_its_gradient(name:
 
 @pytest.mark.parametrize("name", ["trades", "mart", "lbgat-trades"])
 def test_without_the_limit_the_same_step_is_nan(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The setting above does reach the underflow: with the plain softmax (before issue 20) it is NaN."""
+    """The setting above does reach the underflow: with the plain softmax (as lbgat computed it before) it is NaN."""
     monkeypatch.setattr(trades, "softmax_with_limit", F.softmax)
     monkeypatch.setattr(mart, "softmax_with_limit", F.softmax)
     method = make_method(name)
@@ -129,7 +129,7 @@ def test_the_kl_attack_is_finite_there_too() -> None:
     assert (x_adv - batch.x).abs().max() > 0.5 * EPS  # the sign steps moved it (not a zero gradient)
 
 
-# --- where no probability is 0: bit for bit the formulas before issue 20 ----------------------------
+# --- where no probability is 0: bit for bit the plain-softmax formulas -------------------------------
 
 def kl_batchmean_before(logits_target: torch.Tensor, logits_input: torch.Tensor) -> torch.Tensor:
     summed = F.kl_div(F.log_softmax(logits_input, dim=1), F.softmax(logits_target, dim=1), reduction="sum")

@@ -59,7 +59,7 @@ def test_every_methods_hyperparameters_are_typed_method_params() -> None:
 
 @pytest.mark.parametrize("name", sorted(set(TERM_NAMES) - {"natural"}))
 def test_a_step_is_its_attack_then_its_loss_terms(name: str) -> None:
-    """The two halves a step wrapper (AWP, issue 15) calls give the step bit for bit."""
+    """The two halves a step wrapper (AWP) calls give the step bit for bit."""
     method = make_method(name)
     halves = copy.deepcopy(method)
     batch = make_batch(seed=3)

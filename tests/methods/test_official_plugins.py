@@ -1,5 +1,5 @@
-"""lbgat's MART, AWP, ISEAT and RPAT training steps against stored outputs of the official code (issue 15
-item 7; in several settings, issue 22 item 3).
+"""lbgat's MART, AWP, ISEAT and RPAT training steps against stored outputs of the official code, in
+several settings.
 
 tests/fixtures/official_plugins*.pt.xz hold, per machine, what one training step of the official code produced per
 scenario (YisenWang/MART ``mart_loss``; csdongxian/AWP AT_AWP and trades_AWP; TreeLLi/ISEAT ``update()``; FlaAI/RPAT
@@ -7,7 +7,7 @@ scenario (YisenWang/MART ``mart_loss``; csdongxian/AWP AT_AWP and trades_AWP; Tr
 recorded there and in docs/reproduction.md): the attack's output, the loss and its terms, every gradient,
 every parameter and BatchNorm buffer after the step (and after AWP's restore). The official code is not
 needed here: the same weights, batch, attack start and optimiser are rebuilt with lbgat
-(tests/helpers/official_plugin_setting.py), one lbgat step is run through the issue 15 API (``create_method(...,
+(tests/helpers/official_plugin_setting.py), one lbgat step is run through the plug-in API (``create_method(...,
 plugins=...)``, ``method(batch)``, backward, SGD step, ``method.after_step()``), and every tensor must match
 to 1e-6 (absolute) + 1e-6 (relative) per element, in every setting of tests/helpers/official_settings.py (3 seeds x
 batch 8 and 16 x plain and perturbed weights; the first setting stored whole, the others with x_adv per
@@ -63,7 +63,7 @@ def report(groups: dict[str, tuple[float, str, list[str]]]) -> str:
 def test_step_matches_the_official_step(scenario: str, setting: Setting, stored: dict[str, Any],
                                         one_thread: None) -> None:
     if setting not in stored_settings(stored, scenario):
-        pytest.skip(f"this machine's file holds {FIRST.key} only (stored before issue 22): rerun "
+        pytest.skip(f"this machine's file holds {FIRST.key} only (stored in the first layout): rerun "
                     "tools/official_compare/run_comparison.py here to store every setting")
     official = decode(stored, scenario, setting)
     ours = lbgat_step(scenario, setting, attack_as_stored(stored, scenario))
@@ -91,7 +91,7 @@ def test_stored_outputs_say_where_they_come_from(entry: dict[str, Any]) -> None:
         assert scenario["source"]["repo"].startswith("https://github.com/"), name
         assert re.fullmatch(r"[0-9a-f]{40}", scenario["source"]["commit"]), name
         assert isinstance(scenario["notes"], list)
-        # every setting, or (a file from before issue 22) the first only
+        # every setting, or (a file of the first layout) the first only
         assert stored_settings(stored, name) in ([FIRST], list(SETTINGS)), name
         for setting in stored_settings(stored, name):
             forwards = stored_forwards(stored, name, setting)

@@ -5,10 +5,9 @@ produced (LBGAT ``lbgat_loss``, TRADES ``trades_loss``, then backward and the of
 commits and setting recorded there and in docs/reproduction.md): the attack's output, the loss, each
 gradient, each parameter and buffer after the step. The official code is not needed here: the same
 weights, batch and attack start are rebuilt with lbgat (tests/helpers/official_step_setting.py), one lbgat step
-is run, and every tensor must be bit-identical. Issue 14 (acceptance: a stored official output of a
-whole training step before the refactor); issue 22: in every setting of tests/helpers/official_settings.py (3 seeds x
-batch 8 and 16 x plain and perturbed weights; the first setting with a hash per tensor, the others per group
-of tensors).
+is run, and every tensor must be bit-identical, in every setting of tests/helpers/official_settings.py
+(3 seeds x batch 8 and 16 x plain and perturbed weights; the first setting with a hash per tensor, the others
+per group of tensors).
 
 The hashes are of float32 CPU kernels (torch 2.13, one thread), stored per machine: the same torch
 version and CPU capability (AVX512) round differently on an Intel Xeon and an AMD EPYC, so the step was
@@ -60,7 +59,7 @@ def test_step_is_bit_identical_in_every_other_setting(scenario: str, setting: Se
                                                       one_thread: None) -> None:
     official = stored["scenarios"][scenario].get("settings", {}).get(setting.key)
     if official is None:
-        pytest.skip(f"this machine's file holds {FIRST.key} only (stored before issue 22): rerun "
+        pytest.skip(f"this machine's file holds {FIRST.key} only (stored in the first layout): rerun "
                     "tools/official_compare/lbgat_trades_steps.py here to store every setting")
     ours = lbgat_step(scenario, setting)
     mine = group_hashes(ours)
@@ -84,7 +83,7 @@ def test_every_stored_machine_says_where_its_hashes_come_from(entry: dict[str, A
         "f7f33f0ea7d2b1ee89741144604b29624057f44a", "6e8e11b7c281371c2f027ffadfbaea80361f09de"}
     counts = {name: len(scenario["sha256"]) for name, scenario in stored["scenarios"].items()}
     assert counts == {"lbgat-trades-alpha6": 338, "lbgat-trades-alpha0": 338, "trades-beta6": 154}
-    for name, scenario in stored["scenarios"].items():  # every setting, or (before issue 22) the first only
+    for name, scenario in stored["scenarios"].items():  # every setting, or (the first layout) the first only
         assert sorted(scenario.get("settings", {})) in ([], sorted(setting.key for setting in SETTINGS[1:])), name
         assert all(set(entry["groups"]) == {"x_adv", "loss", "grad", "after"}
                    for entry in scenario.get("settings", {}).values()), name

@@ -326,7 +326,7 @@ def test_a_config_without_plugins_is_written_as_before() -> None:
 
 
 def test_a_run_from_before_a_new_method_setting_resumes_while_it_holds_its_default() -> None:
-    """trades gained adversarial_first (and every config plugins/plugin_params) in issue 15: a run saved
+    """trades gained adversarial_first (and every config plugins/plugin_params) later: a run saved
     before still resumes, unless the new setting is changed from its default."""
     from lbgat.structured import to_mapping
     from lbgat.train.resume import differences
@@ -351,7 +351,7 @@ def test_a_run_from_before_a_new_method_setting_resumes_while_it_holds_its_defau
     ({"method.name": "trades", "method.plugins": ["rpat"]}, ["method.rpat.lam=-1"], r"method.rpat.lam must be"),
 ])
 def test_a_method_or_plugin_number_below_zero_is_one_line(settings: dict, overrides: list[str], message: str) -> None:
-    """Every hyperparameter of a method or plug-in is a weight, rate or size: finite and >= 0 (issue 16's review
+    """Every hyperparameter of a method or plug-in is a weight, rate or size: finite and >= 0 (the review
     found `method.alpha=-1` accepted)."""
     with pytest.raises(ConfigError, match=message):
         validate(build_config(None, settings, overrides))

@@ -168,7 +168,7 @@ def test_the_html_opens_in_headless_chromium_without_errors(runs: tuple[Path, Pa
 
 
 def test_paper_points_are_the_transcribed_tables() -> None:
-    """issue 16 item 1 (--paper): the shipped points are exactly the numbers of tests/fixtures/paper_tables.yaml."""
+    """`--paper`: the shipped points are exactly the numbers of tests/fixtures/paper_tables.yaml."""
     rows = yaml.safe_load(TABLES.read_text())["rows"]
     tables = {}
     for row in rows:
@@ -235,7 +235,7 @@ def _sha(path: Path) -> str:
 
 
 def test_compare_end_to_end_resumes_and_reuses(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """issue 16 items 2-3, through the real command line: two methods, one recipe, one protocol, one report;
+    """Through the real command line: two methods, one recipe, one protocol, one report;
     stopped runs resume (--max-steps raised), finished runs and their evaluations are reused, not redone."""
     out = tmp_path / "cmp"
     command = ["compare", "--methods", "natural,trades:alpha=6", "--config", "cpu/mnist-5k-demo", "--out", str(out),
@@ -293,7 +293,7 @@ def test_a_recipes_method_settings_belong_to_the_method_it_names() -> None:
 
 
 def test_plug_ins_are_shown_with_their_settings() -> None:
-    """issue 16 item 1 with issue 15's config: method.plugins and each plug-in's settings under its name."""
+    """The paper points with a plug-in config: method.plugins and each plug-in's settings under its name."""
     from lbgat.report.collect import Run
     from lbgat.report.summary import hyperparameter_text
 

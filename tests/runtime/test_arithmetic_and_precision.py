@@ -1,4 +1,4 @@
-"""Issue 13 items 1-5 ("wrong numbers"), shown on CPU: fp16 attacks step, autocast trains every weight,
+"""Numbers that must not be wrong on a GPU, shown on CPU: fp16 attacks step, autocast trains every weight,
 what float32 means is set and recorded, GPU resume settings, the batch check's tolerance per dtype."""
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def robust_accuracy(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor) -> f
 
 
 def test_cpu_autocast_runs_fp16_and_plain_fp16_backward_underflows() -> None:
-    """The setting of issue 13 item 1 exists on CPU: without scaling, fp16 zeroes the input gradient of
+    """fp16's underflow exists on CPU: without scaling, fp16 zeroes the input gradient of
     confidently classified examples (the defect the fix removes)."""
     model, x, y = confident_model()
     x = x.clone().requires_grad_(True)
@@ -126,7 +126,7 @@ def test_fp16_attack_with_train_mode_batchnorm_follows_the_fp32_gradient() -> No
 
 
 def test_fp16_evaluation_model_gives_every_example_a_gradient() -> None:
-    """Issue 13 item 1, `lbgat eval --precision fp16`: the AutocastModel's input gradients do not underflow
+    """`lbgat eval --precision fp16`: the AutocastModel's input gradients do not underflow
     (so PGD, CW and AutoAttack all see them)."""
     model, x, y = confident_model()
     wrapped = AutocastModel(model, CPU, "fp16")

@@ -109,7 +109,7 @@ def test_quick_folder_stays_inside_a_folder_without_a_name() -> None:
 
 def test_demo_quick_into_the_current_folder_then_fresh_deletes_only_what_it_wrote(tmp_path: Path) -> None:
     """`demo --quick --out .` runs (it was a traceback); --fresh on the real demo
-    outputs refuses while a stranger is among them and then removes exactly the demo's files (issue 16: the
+    outputs refuses while a stranger is among them and then removes exactly the demo's files (the
     report folder and compare.json included)."""
     (tmp_path / "precious.txt").write_text("x\n")
     result = run_cli("demo", "--quick", "--out", ".", "--no-progress", cwd=tmp_path)
@@ -189,7 +189,7 @@ def test_eval_and_train_never_write_through_a_link_at_a_temporary_name(checkpoin
 # ----------------------------------------------------------------------------- metrics.jsonl
 
 def test_metrics_are_strict_json_after_skipped_non_finite_steps(tmp_path: Path) -> None:
-    """issue 12 (smaller): metrics.jsonl held bare NaN; now non-finite numbers are null."""
+    """metrics.jsonl once held bare NaN; now non-finite numbers are null."""
     run = tmp_path / "run"
     result = run_cli("train", "--method", "natural", "--model", "tiny-cnn", "--batch-size", "8", "--max-steps", "4",
                      "--set", "optim.lr=1.0e+30", "--set", "log_every=1", "--on-nan", "skip", "--no-progress",
@@ -203,7 +203,7 @@ def test_metrics_are_strict_json_after_skipped_non_finite_steps(tmp_path: Path) 
 
 
 def test_a_line_cut_short_by_a_kill_is_terminated_not_appended_to(tmp_path: Path) -> None:
-    """issue 12 (smaller): a resumed run's first record goes on its own line after an unfinished one."""
+    """A resumed run's first record goes on its own line after an unfinished one."""
     run = tmp_path / "run"
     assert main([*TRAIN, "--max-steps", "1", "--out", str(run)]) == 0
     metrics = run / "metrics.jsonl"
@@ -305,7 +305,7 @@ def test_a_path_too_long_is_one_line(case: str, checkpoint: Path, tmp_path: Path
 
 
 def test_an_empty_out_is_refused(tmp_path: Path, monkeypatch, capsys) -> None:
-    """issue 12 (smaller): `--out ""` silently used the default folder (or, in eval, the current one)."""
+    """`--out ""` once silently used the default folder (or, in eval, the current one)."""
     monkeypatch.chdir(tmp_path)  # where a default folder would appear
     for command in ([*TRAIN, "--max-steps", "1"], ["eval", str(tmp_path / "x.pt")], ["demo", "--quick"]):
         with pytest.raises(SystemExit) as exit_:
@@ -408,7 +408,7 @@ def small_disk(tmp_path: Path):
 
 
 def test_a_disk_that_fills_at_a_later_checkpoint_is_one_line(small_disk: Path) -> None:
-    """issue 12 item 12, on a real full file system: exit non-zero, one line, no temporary file left,
+    """On a real full file system: exit non-zero, one line, no temporary file left,
     and the run resumes once there is room."""
     run = small_disk / "run"
     common = [*TRAIN, "--checkpoint-every", "2", "--out", str(run)]

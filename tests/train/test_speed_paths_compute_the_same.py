@@ -112,7 +112,7 @@ def test_the_attack_view_shares_modules_and_modes() -> None:
 
 @pytest.mark.skipif(not torch._dynamo.is_dynamo_supported(), reason="torch.compile does not run here")
 def test_a_compiled_network_computes_weight_gradients_the_attack_view_does_not() -> None:
-    """issue 13 item 7, the cost itself: through a compiled network (aot_eager backend: AOTAutograd's
+    """The cost itself: through a compiled network (aot_eager backend: AOTAutograd's
     joint graph without code generation) a gradient with respect to the input computes every weight
     gradient too; through input_only(network), the same compiled network with frozen weights, none, and
     the input's gradient is the same."""

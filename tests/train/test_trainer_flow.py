@@ -1,4 +1,4 @@
-"""The trainer's local shape (issue 14 item 1, in part): the config is resolved once, the steps' terms
+"""The trainer's local shape: the config is resolved once, the steps' terms
 are accounted in one object, and the stop flag exists from construction."""
 
 from __future__ import annotations
