@@ -365,6 +365,13 @@ def _add_data(commands: argparse._SubParsersAction) -> None:
     info.add_argument("--root", help=config_module.DATA_ROOT_HELP)
     info.add_argument("--image-size", type=int)
     info.set_defaults(handler=_run_data_info)
+    store = actions.add_parser("store-npz", help="write .npz files of extra data (a compressed one, or the parts "
+                               "of a split set) as one uncompressed .npz that data.extra reads by offset (streams: "
+                               "needs no memory)")
+    store.add_argument("sources", type=Path, nargs="+", metavar="SOURCE",
+                       help="the .npz file(s); several are joined in this order")
+    store.add_argument("target", type=Path, metavar="TARGET", help="the new file to write (never an existing one)")
+    store.set_defaults(handler=_run_store_npz)
 
 
 def _run_download(args: argparse.Namespace) -> int:
@@ -382,6 +389,14 @@ def _run_data_info(args: argparse.Namespace) -> int:
     shape = "x".join(map(str, dataset.image_shape))
     print(f"{dataset.name}: {len(dataset.train)} train / {len(dataset.test)} test images of {shape}, "
           f"{dataset.num_classes} classes, from {dataset.source}")
+    return 0
+
+
+def _run_store_npz(args: argparse.Namespace) -> int:
+    from .data.npz_file import store_uncompressed
+
+    store_uncompressed(args.sources, args.target)
+    print(f"{args.target} holds the arrays of {', '.join(map(str, args.sources))}, uncompressed")
     return 0
 
 

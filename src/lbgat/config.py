@@ -81,6 +81,12 @@ class DataConfig:
                                        auto=lambda facts, _: facts.profile.crop_padding)
     # auto: for colour images where the dataset allows it (not for digits)
     flip: bool | None = setting(None, auto=lambda facts, _: facts.profile.flip and facts.flips_allowed)
+    # Extra training images mixed into every batch: a pseudo-labelled pickle (Carmon et al. 2019) or a generated
+    # .npz (Wang et al. 2023), docs/training.md "Extra and generated data". resumable: identified by its content.
+    extra: str | None = setting(None, resumable=True)
+    # The share of every batch drawn from data.extra; auto: 0.5 (RST's) with data.extra, else none.
+    extra_fraction: float | None = setting(None, minimum=0, below=1, message="{key} must be in [0, 1), got {value}",
+                                           auto=lambda _, resolved: 0.5 if resolved.data.extra else None)
 
 
 @dataclass

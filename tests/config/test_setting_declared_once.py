@@ -41,9 +41,10 @@ def new_settings(monkeypatch: pytest.MonkeyPatch) -> type[TrainConfig]:
     return ConfigWithNewSettings
 
 
-# The resume rules before settings were declared once (the literal set trainer.py held).
+# The resume rules before settings were declared once (the literal set trainer.py held), and data.extra, which
+# like data.root is identified by its content (lbgat.data.identity), not its path.
 RESUMABLE_BEFORE = frozenset({"max_steps", "log_every", "device", "out", "checkpoint_every", "on_nan",
-                              "channels_last", "compile", "data.root"})
+                              "channels_last", "compile", "data.root", "data.extra"})
 
 
 def test_the_declared_resume_rules_are_the_old_ones() -> None:

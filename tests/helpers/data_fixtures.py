@@ -245,3 +245,36 @@ def serve_directory(directory: Path) -> Iterator[str]:
         finally:
             server.shutdown()
             thread.join()
+
+
+# --- extra data (data.extra) ----------------------------------------------------------------------
+
+
+def write_extra_npz(path: Path, count: int, *, seed: int = 0, num_classes: int = 10, chunk: int = 65536,
+                    compressed: bool = False) -> Path:
+    """A Wang et al. (2023) style .npz (``image`` (N, 32, 32, 3) uint8 random bytes, ``label`` (N,) int64),
+    written ``chunk`` images at a time: a million images (3 GB) never sit in memory."""
+    rng = np.random.default_rng(seed)
+    method = zipfile.ZIP_DEFLATED if compressed else zipfile.ZIP_STORED
+    with zipfile.ZipFile(path, "w", method, allowZip64=True) as archive:
+        with archive.open("image.npy", "w", force_zip64=True) as member:
+            header = {"descr": "|u1", "fortran_order": False, "shape": (count, 32, 32, 3)}
+            np.lib.format.write_array_header_1_0(member, header)
+            for start in range(0, count, chunk):
+                member.write(rng.bytes(min(chunk, count - start) * 32 * 32 * 3))
+        with archive.open("label.npy", "w", force_zip64=True) as member:
+            np.lib.format.write_array(member, rng.integers(0, num_classes, count, dtype=np.int64))
+    return path
+
+
+def write_carmon_pickle(path: Path, count: int, *, seed: int = 0, num_classes: int = 10) -> WrittenSplits:
+    """A Carmon et al. (2019) style pseudo-labelled pickle: ``data`` (N, 32, 32, 3) uint8, ``extrapolated_targets``
+    (N,), and the other keys their script writes; returns the images (N, 32, 32, 3) and labels as train arrays."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (count, 32, 32, 3), dtype=np.uint8)
+    labels = rng.integers(0, num_classes, count)
+    with path.open("wb") as file:
+        pickle.dump({"data": images, "extrapolated_targets": labels, "prediction_model": "vanilla",
+                     "prediction_model_epoch": 200}, file, protocol=4)
+    empty = np.zeros((0, 32, 32, 3), np.uint8)
+    return WrittenSplits(images, labels, empty, np.zeros(0, np.int64), tuple(map(str, range(num_classes))))

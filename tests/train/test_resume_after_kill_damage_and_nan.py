@@ -200,8 +200,8 @@ def run_with_nans(tmp_path: Path, monkeypatch, steps: set[int], on_nan: str):
 
     real_build = trainer_module.build_parts
 
-    def build_parts_with_nans(config, dataset, world=None, method=None):
-        parts = real_build(config, dataset, world, method)
+    def build_parts_with_nans(*args, **kwargs):
+        parts = real_build(*args, **kwargs)
         parts.method.forward = NaNAtStep(steps)(parts.method.forward)
         return parts
 

@@ -1,8 +1,9 @@
 """Whether a resumed run sees the data it was trained on: compared by content, never by path.
 
-A run records :attr:`Dataset.fingerprint` (sha256 of each split's images and labels) in its
-checkpoints; a resume with the same data under another path, spelling or serialisation is accepted,
-and one with different content is refused naming the split that differs.
+A run records :attr:`Dataset.fingerprint` (sha256 of each split's images and labels) and, with ``data.extra``,
+:attr:`ExtraData.fingerprint` in its checkpoints; a resume with the same data under another path, spelling or
+serialisation is accepted, and one with different content is refused naming the split (or the extra data) that
+differs.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from .base import Dataset
+from .extra import ExtraData
 
 _SHOWN_HEX = 12  # enough of a sha256 to tell two fingerprints apart in a message
 
@@ -42,3 +44,23 @@ def check_same_data(meta: Any, dataset: Dataset) -> str | None:
                 f"({len(image_set)} images) has fingerprint {now[split][:_SHOWN_HEX]}…, the run trained on "
                 f"{recorded[split][:_SHOWN_HEX]}…; resume with the run's data (its path may differ)")
     return None
+
+
+def check_same_extra(meta: Any, extra: ExtraData | None) -> None:
+    """Refuse (ConfigError, one line) a resume whose extra data (``data.extra``) differs in content from the
+    run's, or that adds or drops it. A run from before extra data had none."""
+    dataset = meta.get("dataset") if isinstance(meta, dict) else None
+    recorded = dataset.get("extra") if isinstance(dataset, dict) else None
+    recorded = recorded if isinstance(recorded, dict) and isinstance(recorded.get("fingerprint"), str) else None
+    if recorded is None and extra is None:
+        return
+    if extra is None:
+        raise ConfigError(f"--resume without the run's extra data: it trained with data.extra {recorded['path']} "
+                          f"({recorded.get('images')} images); give it again (its path may differ)")
+    if recorded is None:
+        raise ConfigError(f"--resume with data.extra {extra.source}, but the run trained without extra data")
+    if recorded["fingerprint"] != extra.fingerprint:
+        raise ConfigError(
+            f"--resume with different extra data: data.extra {extra.source} ({len(extra)} images) has fingerprint "
+            f"{extra.fingerprint[:_SHOWN_HEX]}…, the run trained on {recorded['fingerprint'][:_SHOWN_HEX]}… "
+            f"({recorded.get('path')}); resume with the run's extra data (its path may differ)")

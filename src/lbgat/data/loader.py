@@ -36,7 +36,8 @@ NO_AUGMENT = Augment(crop_padding=0, flip=False)
 
 @dataclass
 class Batch:
-    """Images in [0, 1] (float32), labels, and the dataset index of each example."""
+    """Images in [0, 1] (float32), labels, and the index of each example: its dataset index, which keys its
+    randomness (for an extra-data example, :mod:`lbgat.data.mixed_loader`, a key past the dataset's indices)."""
 
     x: torch.Tensor
     y: torch.Tensor
@@ -172,10 +173,15 @@ class DeviceLoader:
         for number in range(start, len(self)):
             global_batch = order[number * self.batch_size:(number + 1) * self.batch_size]
             local = torch.tensor_split(global_batch, self.world_size)[self.rank]
-            rng = ExampleRNG(self.seed, epoch, local)
-            images = augment_batch(self.images[local], rng, self.augment)
-            x = to_unit_float(images).contiguous(memory_format=self.memory_format)
-            yield Batch(x, self.labels[local], local, epoch, self.seed, len(global_batch))
+            yield self.finish(self.images[local], self.labels[local], local, epoch, len(global_batch))
+
+    def finish(self, images: torch.Tensor, labels: torch.Tensor, index: torch.Tensor, epoch: int,
+               global_size: int) -> Batch:
+        """A batch from uint8 images (B, C, H, W) on the device: augmented with the randomness of ``index``
+        (see :class:`Batch`), in [0, 1], in the loader's memory format."""
+        rng = ExampleRNG(self.seed, epoch, index)
+        x = to_unit_float(augment_batch(images, rng, self.augment)).contiguous(memory_format=self.memory_format)
+        return Batch(x, labels, index, epoch, self.seed, global_size)
 
     def __iter__(self) -> Iterator[Batch]:
         return self.batches(0)

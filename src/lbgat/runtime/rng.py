@@ -30,6 +30,8 @@ class Stream(enum.IntEnum):
     EVAL_ATTACK_START = 5
     SPLIT = 6
     L2_START_RADIUS = 7
+    EXTRA_DRAW = 20  # which extra image fills each extra-data slot of a batch (lbgat.data.mixed_loader)
+    EXTRA_MIX = 21  # where each example of a mixed batch stands in it
     CHECK_RESTARTS = 100  # restart r of the evaluation's sanity checks uses CHECK_RESTARTS + r
 
 

@@ -17,7 +17,9 @@ from ..checkpoints.loading import LoadedModel, PlainStateDictError, load_for_eva
 from ..checkpoints.model_spec import ModelSpec
 from ..config import AutoFacts, TrainConfig, threat_profile
 from ..data import Dataset, get_dataset_info, load_dataset
+from ..data.extra import ExtraData, load_extra
 from ..data.loader import Augment, DeviceLoader
+from ..data.mixed_loader import MixedLoader
 from ..errors import ConfigError
 from ..methods import Method, TrainAttack
 from ..methods.factory import MethodChoice, choose_method
@@ -61,6 +63,9 @@ def validate(config: TrainConfig, *, dataset_given: bool = False, world: World |
     _validate_teacher(config, method)
     _require(all(epoch >= 1 for epoch in config.schedule.decay_epochs or []), "schedule.decay_epochs must be >= 1")
     _require(config.out != "", "out must name a folder, not an empty string")
+    _require(config.data.extra_fraction is None or config.data.extra is not None,
+             "data.extra_fraction is the share of each batch drawn from data.extra, which is not set")
+    _require(config.data.extra != "", "data.extra must name a file, not an empty string")
     device = resolve_device(config.device)
     if config.compile:
         check_compile_toolchain(device)
@@ -176,7 +181,7 @@ class RunParts:
     dataset: Dataset
     train_indices: torch.Tensor
     val_indices: torch.Tensor
-    train_loader: DeviceLoader
+    train_loader: DeviceLoader | MixedLoader
     val_loader: DeviceLoader | None
     method: Method
     optimizer: torch.optim.SGD
@@ -187,6 +192,7 @@ class RunParts:
     precision: Precision | None = None
     # What a training step calls: the method itself, or the DistributedDataParallel module around it.
     step_module: nn.Module | None = None
+    extra: ExtraData | None = None  # data.extra, mixed into every training batch
 
     def __post_init__(self) -> None:
         if self.precision is None:
@@ -241,7 +247,17 @@ def load_data(config: TrainConfig) -> Dataset:
     return load_dataset(config.data.name, config.data.root, image_size=config.data.image_size)
 
 
-def _check_batches_fit(world: World, train_loader: DeviceLoader, val_loader: DeviceLoader | None) -> None:
+def load_extra_data(config: TrainConfig, dataset: Dataset) -> ExtraData | None:
+    """``data.extra``, checked against the dataset's image shape and classes; None without it."""
+    if config.data.extra is None:
+        return None
+    extra = load_extra(config.data.extra)
+    extra.check_fits(dataset)
+    return extra
+
+
+def _check_batches_fit(world: World, train_loader: DeviceLoader | MixedLoader,
+                       val_loader: DeviceLoader | None) -> None:
     """Every rank needs at least one example of every batch (an empty share has no mean to take)."""
     for label, loader in (("batch_size", train_loader), ("val.batch_size", val_loader)):
         if loader is not None and loader.smallest_batch < world.size:
@@ -252,10 +268,11 @@ def _check_batches_fit(world: World, train_loader: DeviceLoader, val_loader: Dev
 
 
 def build_parts(config: TrainConfig, dataset: Dataset, world: World | None = None,
-                method: MethodChoice | None = None) -> RunParts:
+                method: MethodChoice | None = None, extra: ExtraData | None = None) -> RunParts:
     """Networks, method, optimiser and loaders for a resolved config and its ``method`` (as :func:`validate`
-    returned it); under ``torchrun`` (``world`` with several processes) this process's shard of the data and
-    the DDP module around the method."""
+    returned it), with ``extra`` (``data.extra``, :func:`load_extra_data`) in every training batch; under
+    ``torchrun`` (``world`` with several processes) this process's shard of the data and the DDP module around
+    the method."""
     world = world or World()
     method_choice = method or choose(config, world)
     device = device_for(world, resolve_device(config.device))
@@ -294,8 +311,12 @@ def build_parts(config: TrainConfig, dataset: Dataset, world: World | None = Non
                                                config.data.train_size)
     augment = Augment(crop_padding=config.data.crop_padding, flip=config.data.flip)
     shard = {"rank": world.rank, "world_size": world.size, "channels_last": config.channels_last}
-    train_loader = DeviceLoader(dataset.train, batch_size=config.batch_size, seed=config.seed, device=device,
-                                indices=train_indices, augment=augment, shuffle=True, **shard)
+    train_loader: DeviceLoader | MixedLoader = DeviceLoader(
+        dataset.train, batch_size=config.batch_size, seed=config.seed, device=device, indices=train_indices,
+        augment=augment, shuffle=True, **shard)
+    if extra is not None:
+        assert config.data.extra_fraction is not None, "resolved with data.extra"
+        train_loader = MixedLoader(train_loader, extra, config.data.extra_fraction, first_key=len(dataset.train))
     val_loader = None
     if len(val_indices):
         val_loader = DeviceLoader(dataset.train, batch_size=config.val.batch_size, seed=config.seed, device=device,
@@ -313,5 +334,5 @@ def build_parts(config: TrainConfig, dataset: Dataset, world: World | None = Non
             network.compile()
     step_module: nn.Module = parallel.data_parallel(method, device) if world.sharded else method
     return RunParts(config, dataset, train_indices, val_indices, train_loader, val_loader, method, optimizer,
-                    student_spec, teacher_spec, device, world, precision, step_module)
+                    student_spec, teacher_spec, device, world, precision, step_module, extra)
 

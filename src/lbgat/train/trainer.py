@@ -23,7 +23,7 @@ from ..attacks.input_only import input_only
 from ..checkpoints.checkpoint import Checkpoint, load_state_strict, save_checkpoint
 from ..config import TrainConfig
 from ..data import Dataset
-from ..data.identity import check_same_data
+from ..data.identity import check_same_data, check_same_extra
 from ..errors import CheckpointError, ConfigError
 from ..evaluate.specs import AttackSpec
 from ..evaluate.suite import run_suite
@@ -43,7 +43,7 @@ from .preflight import check_disk_space
 from .resume import differences, most_meaningful_first
 from .run_dir import BEST, LAST, PREVIOUS, check_run_dir, last_good_checkpoint, write_run_files
 from .schedule import lr_at
-from .setup import RunParts, build_parts, expected_image_shape, load_data, resolve, validate
+from .setup import RunParts, build_parts, expected_image_shape, load_data, load_extra_data, resolve, validate
 
 # --on-nan skip gives up after this many non-finite steps in a row: the run has diverged for good.
 MAX_CONSECUTIVE_SKIPS = 10
@@ -96,6 +96,7 @@ class Trainer:
                 "root": str(Path(self.config.data.root).resolve()) if self.config.data.root else None,
                 "classes": list(parts.dataset.classes), "image_shape": list(parts.dataset.image_shape),
                 "fingerprint": parts.dataset.fingerprint,
+                "extra": parts.extra.describe() if parts.extra is not None else None,
             },
             "position": dataclasses.asdict(self.position),
             "epoch_totals": dataclasses.asdict(self.epoch_totals),
@@ -423,14 +424,17 @@ def _train_in(run_dir: Path, config: TrainConfig, resolved: TrainConfig, method:
     checkpoint = check_run_dir(run_dir, resume)
     if dataset is None:
         dataset = load_data(config)
+    extra = load_extra_data(resolved, dataset)
     if checkpoint is not None:
+        # First: adding or dropping data.extra also changes the data.extra_fraction it resolves.
+        check_same_extra(checkpoint.meta, extra)
         changed = most_meaningful_first(differences(checkpoint.meta["config"], to_mapping(resolved)))
         if changed:
             raise ConfigError(f"--resume with settings that differ from the run: {changed[0]}")
         unchecked = check_same_data(checkpoint.meta, dataset)
         if unchecked and world.is_main:
             print(f"warning: {unchecked}", file=sys.stderr)
-    parts = build_parts(resolved, dataset, world, method)
+    parts = build_parts(resolved, dataset, world, method, extra)
     check_disk_space(run_dir, parts)
     parallel.barrier()  # every rank has checked the run directory before rank 0 writes into it
     trainer = Trainer(parts, run_dir, progress=progress)
