@@ -29,6 +29,7 @@ from ..evaluate.specs import AttackSpec
 from ..evaluate.suite import run_suite
 from ..methods.factory import MethodChoice
 from ..runtime.arithmetic import describe_arithmetic, deterministic_algorithms, float32_mode
+from ..runtime.collectives import all_reduce_sum, is_distributed
 from ..runtime.provenance import code_version
 from ..runtime.world import World, device_for, process_group, resolve_device, world_from_environment
 from ..storage.files import append_line, check_writable, strict_json
@@ -160,7 +161,7 @@ class Trainer:
                            description="validate")
         counts = torch.tensor([float(result.outcomes[spec.name].count) for spec in specs] + [len(result.indices)],
                               dtype=torch.float64, device=self.parts.device)
-        *correct, total = parallel.all_reduce_sum(counts).tolist()
+        *correct, total = all_reduce_sum(counts).tolist()
         clean, robust = (count / total for count in correct)
         return {"clean_acc": clean, "robust_acc": robust, "n": int(total)}
 
@@ -192,7 +193,7 @@ class Trainer:
         """The signal to stop for, agreed by every rank of a distributed job (all stop after the same step).
         The ranks agree every STOP_CHECK_EVERY steps and at a ``boundary`` (the same steps on every rank)."""
         requested = self.stop_requested or 0
-        if parallel.is_distributed():
+        if is_distributed():
             if not boundary and self.position.global_step % STOP_CHECK_EVERY:
                 return None
             flag = torch.full((1,), requested, device=self.parts.device)
