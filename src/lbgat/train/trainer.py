@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from ..attacks.input_only import input_only
 from ..checkpoints.checkpoint import Checkpoint, load_state_strict, save_checkpoint
-from ..config import TrainConfig
+from ..config import TrainConfig, upgrade_retired_settings
 from ..data import Dataset
 from ..data.identity import check_same_data
 from ..errors import CheckpointError, ConfigError
@@ -393,7 +393,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
     world = world_from_environment()
     device = device_for(world, resolve_device(config.device)) if world.sharded else torch.device("cpu")
     # Before the process group: --deterministic must set the cuBLAS workspace before CUDA starts.
-    with (deterministic_algorithms(config.deterministic, resolve_device(config.device)), float32_mode(config.tf32),
+    with (deterministic_algorithms(config.deterministic, resolve_device(config.device)), float32_mode(config.float32),
           process_group(world, device)):
         return _train(config, resume, progress, argv, dataset, world)
 
@@ -425,7 +425,8 @@ def _train_in(run_dir: Path, config: TrainConfig, resolved: TrainConfig, method:
     if dataset is None:
         dataset = load_data(config)
     if checkpoint is not None:
-        changed = most_meaningful_first(differences(checkpoint.meta["config"], to_mapping(resolved)))
+        saved = upgrade_retired_settings(checkpoint.meta["config"])
+        changed = most_meaningful_first(differences(saved, to_mapping(resolved)))
         if changed:
             raise ConfigError(f"--resume with settings that differ from the run: {changed[0]}")
         unchecked = check_same_data(checkpoint.meta, dataset)
@@ -439,7 +440,7 @@ def _train_in(run_dir: Path, config: TrainConfig, resolved: TrainConfig, method:
         trainer.restore(checkpoint)
         trainer.keep_last_as_previous = checkpoint.path.name != PREVIOUS
         trainer.log({"event": "resumed", **dataclasses.asdict(trainer.position), "processes": world.size,
-                     "arithmetic": describe_arithmetic(resolved.precision, parts.device,
+                     "arithmetic": describe_arithmetic(resolved.precision, parts.device, float32=resolved.float32,
                                                        deterministic=resolved.deterministic)})
     else:
         write_run_files(run_dir, resolved, parts, argv)
