@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Every GPU check of issue 13 in one prepared run, for a GPU lent for a few minutes only:
 #   1. images/s of the LBGAT+TRADES step, WRN-34-10 student + resnet18-lbgat teacher, batch 128
-#      (fp32, TF32, bf16, bf16+channels-last), then the three compiled variants as time allows;
-#   2. correctness: fp16 attacks, autocast's weight cache, TF32 on/off, resume with/without --deterministic;
+#      (IEEE fp32, lbgat's default = torch's flags, TF32, bf16, bf16+channels-last), then the three compiled
+#      variants as time allows;
+#   2. correctness: fp16 attacks, autocast's weight cache, IEEE/default/TF32, resume with/without --deterministic;
 #   3. the real command line on the GPU: torchrun (one process) trains PGD-AT on ResNet-18 in bf16, SIGTERM in
 #      epoch 2, --resume to the end, eval (needs the pyautoattack package for eval's sanity checks).
 # Each part has its own time limit and writes its log to $OUT, so a part that runs out of time keeps

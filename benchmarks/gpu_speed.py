@@ -2,8 +2,9 @@
 
 Variants (each a fresh copy of the same initial networks, stepping on the same batch):
 
-    fp32                    IEEE fp32: TF32 off for matmuls and cuDNN convolutions
-    tf32                    TF32 on (10-bit mantissa in the tensor cores)
+    fp32                    IEEE fp32: TF32 off for matmuls and cuDNN convolutions (--ieee-fp32)
+    default                 PyTorch's own flags, lbgat's default: TF32 convolutions, IEEE fp32 matmuls
+    tf32                    TF32 on for both (--tf32; 10-bit mantissa in the tensor cores)
     bf16                    --precision bf16 (autocast; the attack's arithmetic stays fp32)
     bf16+cl                 bf16 with --channels-last
     bf16+cl+compile-frozen  bf16, channels-last, --compile: compiled networks for the training forwards,
@@ -13,7 +14,7 @@ Variants (each a fresh copy of the same initial networks, stepping on the same b
     bf16+cl+compile-attack  the same with the attack through the compiled networks as they are, which
                             computes every weight gradient at every attack step (lbgat before issue 13)
 
-TF32 is off in every variant but tf32 (the bf16 ones run their convolutions in bf16 anyway);
+TF32 is off in every variant but default and tf32 (the bf16 ones run their convolutions in bf16 anyway);
 cudnn.benchmark is on, as in training. Each variant takes --warmup untimed steps (the first includes
 compilation, reported separately) and then --steps timed ones between two device synchronisations.
 The first step's total loss is compared with fp32's (same weights, batch and attack start).
@@ -45,15 +46,17 @@ from speed_features import EPOCH_IMAGES, Variant, relative_gap  # noqa: E402
 from train_step import add_step_arguments, step_setup, synchronize  # noqa: E402
 
 COMPILED = frozenset({"bf16", "channels_last", "compile"})
-# name -> (features, tf32, which forward the attack calls under compile: speed_features.ATTACK_FORWARDS)
-VARIANTS: dict[str, tuple[frozenset[str], bool, str]] = {
-    "fp32": (frozenset(), False, "eager"),
-    "tf32": (frozenset(), True, "eager"),
-    "bf16": (frozenset({"bf16"}), False, "eager"),
-    "bf16+cl": (frozenset({"bf16", "channels_last"}), False, "eager"),
-    "bf16+cl+compile-frozen": (COMPILED, False, "frozen"),
-    "bf16+cl+compile-eager": (COMPILED, False, "eager"),
-    "bf16+cl+compile-attack": (COMPILED, False, "compiled"),
+# name -> (features, the float32 setting, which forward the attack calls under compile:
+# speed_features.ATTACK_FORWARDS)
+VARIANTS: dict[str, tuple[frozenset[str], str, str]] = {
+    "fp32": (frozenset(), "ieee", "eager"),
+    "default": (frozenset(), "default", "eager"),
+    "tf32": (frozenset(), "tf32", "eager"),
+    "bf16": (frozenset({"bf16"}), "ieee", "eager"),
+    "bf16+cl": (frozenset({"bf16", "channels_last"}), "ieee", "eager"),
+    "bf16+cl+compile-frozen": (COMPILED, "ieee", "frozen"),
+    "bf16+cl+compile-eager": (COMPILED, "ieee", "eager"),
+    "bf16+cl+compile-attack": (COMPILED, "ieee", "compiled"),
 }
 
 
@@ -103,9 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[tuple[str, float, float, float | None]] = []
     reference: dict[str, float] | None = None
     for name in names:
-        features, tf32, attack = VARIANTS[name]
+        features, float32, attack = VARIANTS[name]
         variant = Variant(copy.deepcopy(student), copy.deepcopy(teacher), features, device, args.attack_steps,
-                          attack=attack, tf32=tf32)
+                          attack=attack, float32=float32)
         first, per_step, terms = measure(variant, batch, args.warmup, args.steps)
         if name == "fp32":
             reference = terms

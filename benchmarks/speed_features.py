@@ -50,13 +50,13 @@ class Variant:
     ``feature`` is one of FEATURES or a set of them. With compile, ``attack`` says which forward of
     the student the attack calls: "frozen" (lbgat's: the compiled one with the weights frozen during
     the forward, lbgat.attacks.input_only), "eager" (the uncompiled one) or "compiled" (the compiled
-    one as it is, computing every weight gradient at every attack step). ``tf32`` sets TF32 for
-    matmuls and cuDNN convolutions during the step (None: on for the "tf32" feature, else IEEE fp32,
-    lbgat's default).
+    one as it is, computing every weight gradient at every attack step). ``float32`` is the float32
+    setting during the step (lbgat.runtime.arithmetic.FLOAT32_MODES; None: "tf32" for the "tf32"
+    feature, else "ieee", the baseline every figure of docs/performance.md was measured against).
     """
 
     def __init__(self, student: nn.Module, teacher: nn.Module, feature: str | Iterable[str] | None,
-                 device: torch.device, steps: int, *, attack: str = "frozen", tf32: bool | None = None) -> None:
+                 device: torch.device, steps: int, *, attack: str = "frozen", float32: str | None = None) -> None:
         features = {feature} if isinstance(feature, str) else set(feature or ())
         self.channels_last = "channels_last" in features
         self.precision = Precision(next((name for name in ("bf16", "fp16") if name in features), "fp32"), device)
@@ -70,7 +70,7 @@ class Variant:
             student.compile()
             teacher.compile()
         self.attack_forward = ATTACK_FORWARDS[attack] if compiled else None
-        self.tf32 = "tf32" in features if tf32 is None else tf32
+        self.float32 = ("tf32" if "tf32" in features else "ieee") if float32 is None else float32
         self.optimizer = torch.optim.SGD(self.method.parameters(), lr=0.1, momentum=0.9, weight_decay=2e-4)
 
     def __call__(self, batch: Batch) -> dict[str, float]:
@@ -78,7 +78,7 @@ class Variant:
             batch = Batch(batch.x.contiguous(memory_format=torch.channels_last), batch.y, batch.index, batch.epoch,
                           batch.seed)
         with ExitStack() as settings:
-            settings.enter_context(float32_mode(self.tf32))
+            settings.enter_context(float32_mode(self.float32))
             if self.attack_forward is not None:
                 settings.enter_context(patch("lbgat.methods.base.input_only", self.attack_forward))
             self.method.train()

@@ -16,8 +16,9 @@ from .errors import LbgatError
 from .evaluate.autoattack import AA_VERSIONS
 from .evaluate.runner import PROTOCOLS
 from .evaluate.specs import ATTACK_FORMS, DEFAULT_ATTACKS
+from .runtime.arithmetic import FLOAT32_SWITCHES
 from .runtime.precision import PRECISIONS
-from .settings import add_setting_flags, finite_float, flag_values
+from .settings import add_setting_flags, add_switches, finite_float, flag_values
 from .storage.files import describe_os_error
 
 if TYPE_CHECKING:
@@ -120,8 +121,8 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=_folder, help="report folder (default: eval-<checkpoint name> beside it)")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
                         help="model arithmetic: fp32 (default, the evaluation of record) or bf16/fp16 autocast")
-    parser.add_argument("--tf32", action="store_true",
-                        help="let fp32 convolutions and matmuls use TF32 on Ampere+ GPUs (default: IEEE fp32)")
+    add_switches(parser, "float32", FLOAT32_SWITCHES)  # as lbgat train's; neither: torch's own flags
+    parser.set_defaults(float32="default")
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(handler=_run_eval)
@@ -138,7 +139,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         data_root=args.data_root, out=args.out, device=args.device, protocol=args.protocol, norm=args.norm,
         model=args.model, num_classes=args.num_classes, aa_version=args.aa_version, aa_attacks=args.aa_attacks,
         aa_batch_size=args.aa_batch_size, transfer_from=args.transfer_from, source_model=args.source_model,
-        check_n=args.check_n, precision=args.precision, tf32=args.tf32,
+        check_n=args.check_n, precision=args.precision, float32=args.float32,
     )
     report, out = evaluate_checkpoint(request, progress=not args.no_progress)
     if not report:  # a non-main process of a sharded evaluation

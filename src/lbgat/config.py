@@ -23,6 +23,7 @@ from .errors import ConfigError
 from .methods import get_method
 from .methods.plugin import plugin_names
 from .models import default_teacher
+from .runtime.arithmetic import FLOAT32_MODES, FLOAT32_SWITCHES
 from .runtime.precision import PRECISIONS
 from .settings import folder_name, resumable_keys, setting
 from .storage import yaml_loader
@@ -204,13 +205,11 @@ class TrainConfig:
              "(slower on CPU; see docs/performance.md)")
     sync_bn: bool = setting(False, flag="--sync-bn", help="under torchrun on GPUs: BatchNorm statistics over "
                                                           "the global batch (SyncBatchNorm)")
-    # Arithmetic (docs/performance.md, docs/reliability.md). tf32: let fp32 convolutions and matmuls use
-    # TF32 on Ampere+ GPUs (off: IEEE fp32, what "float32" says). deterministic: deterministic kernels
-    # only, for bit-exact GPU resume. Neither may change on resume: both change what is computed.
-    tf32: bool = setting(
-        False, flag="--tf32",
-        help="let fp32 convolutions and matmuls use TF32 on Ampere+ GPUs (faster, 10-bit mantissa; "
-             "default: IEEE fp32)")
+    # Arithmetic (docs/performance.md, docs/reliability.md). float32: what fp32 convolutions and matmuls compute
+    # on the GPU: default (PyTorch's flags left as they are: TF32 convolutions, IEEE matmuls on Ampere+), ieee
+    # (--ieee-fp32, for bit-for-bit work) or tf32 (--tf32). deterministic: deterministic kernels only, for
+    # bit-exact GPU resume. Neither may change on resume: both change what is computed.
+    float32: str = setting("default", choices=FLOAT32_MODES, switches=FLOAT32_SWITCHES)
     deterministic: bool = setting(
         False, flag="--deterministic",
         help="deterministic GPU kernels only (bit-exact GPU resume with fp32; slower; sets "
@@ -359,7 +358,7 @@ def build_config(
     """Defaults < recipe < flags (dotted keys) < ``--set`` overrides; types checked at each key."""
     tree: dict[str, Any] = {}
     if recipe:
-        tree = _merge(tree, _normalise_method(recipe))
+        tree = _merge(tree, _normalise_method(upgrade_retired_settings(recipe)))
     teacher_given = False  # on the command line: an error for a method without a teacher (see setup.validate)
     for key, value in (flags or {}).items():
         if value is not None:
@@ -375,6 +374,17 @@ def build_config(
     if recipe and "teacher" in recipe and not teacher_given:
         _recipe_teacher_only_where_used(tree)
     return from_mapping(TrainConfig, tree)
+
+
+def upgrade_retired_settings(tree: dict[str, Any]) -> dict[str, Any]:
+    """A config written by an older lbgat (a run's config.yaml or checkpoint) in today's settings: ``tf32:
+    true/false`` (when IEEE fp32 was lbgat's default) is ``float32: tf32/ieee``, what that run computed."""
+    value = tree.get("tf32")
+    if not isinstance(value, bool) or "float32" in tree:
+        return tree  # nothing retired (or a value no lbgat wrote: refused as an unknown setting)
+    upgraded = {key: item for key, item in tree.items() if key != "tf32"}
+    upgraded["float32"] = "tf32" if value else "ieee"
+    return upgraded
 
 
 def _recipe_teacher_only_where_used(tree: dict[str, Any]) -> None:

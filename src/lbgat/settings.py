@@ -30,6 +30,9 @@ class Setting:
 
     help: str | None = None  # the flag's help text
     flag: str | None = None  # e.g. "--max-steps"; None: set it with --set or a recipe only
+    # Flags that each set one value of a choice, {flag: (value, help)}, at most one of them given:
+    # e.g. {"--ieee-fp32": ("ieee", ...), "--tf32": ("tf32", ...)} for the float32 setting.
+    switches: dict[str, tuple[str, str]] | None = None
     dest: str | None = None  # argparse's name for the flag's value (default: from the flag)
     metavar: str | None = None
     flag_type: Callable[[str], Any] | None = None  # argparse type= (default: from the annotation)
@@ -86,8 +89,16 @@ def _without_none(annotation: Any) -> Any:
 
 
 def _dest(item: Declared) -> str:
-    assert item.setting.flag is not None
+    if item.setting.flag is None:  # switches only: named for the setting
+        return item.setting.dest or item.key.replace(".", "_")
     return item.setting.dest or item.setting.flag.lstrip("-").replace("-", "_")
+
+
+def add_switches(parser: argparse.ArgumentParser, dest: str, switches: dict[str, tuple[str, str]]) -> None:
+    """One flag per value of ``switches``, mutually exclusive; ``dest`` stays None when none is given."""
+    group = parser.add_mutually_exclusive_group()
+    for flag, (value, help_text) in switches.items():
+        group.add_argument(flag, dest=dest, action="store_const", const=value, help=help_text)
 
 
 def finite_float(text: str) -> float:
@@ -107,6 +118,8 @@ def add_setting_flags(parser: argparse.ArgumentParser, config_cls: type) -> None
     """One flag per declared setting with a flag: booleans switch on, lists repeat, numbers are typed."""
     for item in declared_settings(config_cls):
         declared = item.setting
+        if declared.switches is not None:
+            add_switches(parser, _dest(item), declared.switches)
         if declared.flag is None:
             continue
         kind = _without_none(item.annotation)
@@ -131,7 +144,7 @@ def flag_values(args: argparse.Namespace, config_cls: type) -> dict[str, Any]:
     """The dotted keys the flags set; None where a flag was not given (a switch left off is not given)."""
     values: dict[str, Any] = {}
     for item in declared_settings(config_cls):
-        if item.setting.flag is None:
+        if item.setting.flag is None and item.setting.switches is None:
             continue
         value = getattr(args, _dest(item))
         values[item.key] = (value or None) if _without_none(item.annotation) is bool else value

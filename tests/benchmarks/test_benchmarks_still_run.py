@@ -63,9 +63,9 @@ def test_scaling_benchmark_prints_its_three_tables(capsys, tmp_path: Path) -> No
 def test_gpu_speed_benchmark_runs_its_variants_on_cpu(capsys, tmp_path: Path) -> None:
     output = run_benchmark("gpu_speed", ["--device", "cpu", "--model", "tiny-cnn", "--teacher", "tiny-cnn",
                                          "--batch-size", "2", "--attack-steps", "1", "--steps", "1", "--warmup", "1",
-                                         "--threads", "1", "--variants", "fp32,tf32,bf16+cl", "--data-root",
+                                         "--threads", "1", "--variants", "fp32,default,tf32,bf16+cl", "--data-root",
                                          str(tmp_path / "absent")], capsys)
-    assert "| fp32 |" in output and "| tf32 |" in output and "| bf16+cl |" in output
+    assert all(f"| {name} |" in output for name in ("fp32", "default", "tf32", "bf16+cl"))
     assert "| fp32 | " in output and "0.0e+00 |" in output  # fp32 against itself
 
 

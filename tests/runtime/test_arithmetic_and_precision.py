@@ -1,5 +1,6 @@
 """Numbers that must not be wrong on a GPU, shown on CPU: fp16 attacks step, autocast trains every weight,
-what float32 means is set and recorded, GPU resume settings, the batch check's tolerance per dtype."""
+what float32 means is set (torch's own flags by default, IEEE or TF32 when asked) and recorded, GPU resume
+settings, the batch check's tolerance per dtype."""
 
 from __future__ import annotations
 
@@ -15,14 +16,21 @@ from helpers.method_formulas import make_batch, make_method
 from lbgat.attacks import pgd
 from lbgat.attacks.half import scaled_input_gradients
 from lbgat.checkpoints.checkpoint import load_checkpoint
-from lbgat.config import build_config
+from lbgat.config import TrainConfig, build_config
 from lbgat.errors import ConfigError
 from lbgat.evaluate.checks import CheckInputs, batch_independence_check
 from lbgat.evaluate.runner import AutocastModel
-from lbgat.runtime.arithmetic import CUBLAS_WORKSPACE, deterministic_algorithms, float32_mode
+from lbgat.runtime.arithmetic import (
+    CUBLAS_WORKSPACE,
+    FLOAT32_MODES,
+    describe_arithmetic,
+    deterministic_algorithms,
+    float32_mode,
+)
 from lbgat.runtime.precision import Precision
 from lbgat.runtime.rng import ExampleRNG
 from lbgat.train import train
+from lbgat.train.setup import validate
 
 CPU = torch.device("cpu")
 
@@ -174,16 +182,112 @@ def tiny_run(tmp_path: Path, name: str, *overrides: str, resume: bool = False, *
     return out
 
 
-def test_float32_mode_sets_ieee_unless_tf32_is_asked_and_restores() -> None:
-    """IEEE fp32 convolutions and matmuls by default, TF32 only when asked, and torch's own
-    settings back afterwards (set with the non-deprecated per-backend API)."""
-    backends = (torch.backends.cudnn.conv, torch.backends.cuda.matmul)
-    before = [backend.fp32_precision for backend in backends]
-    with float32_mode(False):
-        assert [backend.fp32_precision for backend in backends] == ["ieee", "ieee"]
-    with float32_mode(True):
-        assert [backend.fp32_precision for backend in backends] == ["tf32", "tf32"]
-    assert [backend.fp32_precision for backend in backends] == before
+BACKENDS = (torch.backends.cudnn.conv, torch.backends.cuda.matmul)
+# Neither torch's default (TF32 convolutions, IEEE matmuls) nor what --ieee-fp32 or --tf32 set.
+UNUSUAL = ("ieee", "tf32")
+
+
+def flags() -> tuple[str, ...]:
+    return tuple(backend.fp32_precision for backend in BACKENDS)
+
+
+@pytest.fixture
+def unusual_flags():
+    """The CUDA fp32 flags set to values nobody's default holds, and torch's own put back afterwards."""
+    saved = flags()
+    for backend, value in zip(BACKENDS, UNUSUAL, strict=True):
+        backend.fp32_precision = value
+    yield UNUSUAL
+    for backend, value in zip(BACKENDS, saved, strict=True):
+        backend.fp32_precision = value
+
+
+def test_torch_sets_tf32_convolutions_and_ieee_matmuls_by_default() -> None:
+    """What lbgat's default leaves alone: torch's own flags (matmul "none": inherited, IEEE fp32)."""
+    assert torch.backends.cudnn.conv.fp32_precision == "tf32"
+    assert torch.backends.cuda.matmul.fp32_precision in ("none", "ieee")
+
+
+@pytest.mark.parametrize(("mode", "inside"), [("default", UNUSUAL), ("ieee", ("ieee", "ieee")),
+                                              ("tf32", ("tf32", "tf32"))])
+def test_float32_mode_leaves_the_flags_by_default_and_sets_them_when_asked(unusual_flags, mode: str,
+                                                                            inside: tuple[str, str]) -> None:
+    with float32_mode(mode):
+        assert flags() == inside
+    assert flags() == unusual_flags
+
+
+@pytest.mark.parametrize(("flag", "mode", "inside"), [(None, "default", UNUSUAL),
+                                                      ("--ieee-fp32", "ieee", ("ieee", "ieee")),
+                                                      ("--tf32", "tf32", ("tf32", "tf32"))])
+def test_training_and_evaluation_leave_or_set_the_flags_and_put_them_back(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unusual_flags, flag: str | None, mode: str,
+        inside: tuple[str, str]) -> None:
+    """`lbgat train` and `lbgat eval` read the flags back inside the run: untouched by default (set to unusual values
+    first, they stay so), IEEE with --ieee-fp32, TF32 with --tf32; as they were afterwards; recorded."""
+    from lbgat.cli import main
+    from lbgat.evaluate import runner
+    from lbgat.train import trainer
+
+    seen: dict[str, tuple[str, ...]] = {}
+
+    def reading(name: str, function):
+        def read(*args, **kwargs):
+            seen[name] = flags()
+            return function(*args, **kwargs)
+        return read
+
+    monkeypatch.setattr(trainer, "_train", reading("train", trainer._train))
+    monkeypatch.setattr(runner, "_load_models", reading("eval", runner._load_models))
+    given = [flag] if flag else []
+    run = tmp_path / "run"
+    assert main(["train", "--method", "natural", "--model", "tiny-cnn", "--batch-size", "32", "--max-steps", "1",
+                 "--epochs", "1", "--set", "data.train_size=32", "--set", "data.val_size=0", *given,
+                 "--out", str(run), "--no-progress"]) == 0
+    assert main(["eval", str(run / "last.pt"), "--attacks", "clean", "--num-examples", "8", "--check-n", "0",
+                 "--no-progress", "--out", str(tmp_path / "eval"), *given]) == 0
+    assert seen == {"train": inside, "eval": inside}
+    assert flags() == unusual_flags
+    assert load_checkpoint(run / "last.pt").meta["config"]["float32"] == mode
+    assert json.loads((run / "provenance.json").read_text())["arithmetic"]["float32"] == mode
+    assert json.loads((tmp_path / "eval" / "report.json").read_text())["protocol"]["float32"] == mode
+
+
+def test_the_two_float32_flags_exclude_each_other_and_say_nothing_when_absent() -> None:
+    from lbgat.cli import build_parser
+    from lbgat.settings import flag_values
+
+    parser = build_parser()
+    assert flag_values(parser.parse_args(["train"]), TrainConfig)["float32"] is None  # a recipe's value stays
+    assert flag_values(parser.parse_args(["train", "--ieee-fp32"]), TrainConfig)["float32"] == "ieee"
+    assert parser.parse_args(["eval", "x.pt"]).float32 == "default"
+    for command in (["train"], ["eval", "x.pt"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args([*command, "--ieee-fp32", "--tf32"])
+    with pytest.raises(ConfigError, match=r"^float32 must be one of default, ieee, tf32, got 'fast'$"):
+        validate(build_config(None, None, ["float32=fast"]))
+    assert FLOAT32_MODES == ("default", "ieee", "tf32")
+
+
+@pytest.mark.parametrize(("float32", "conv", "matmul", "capability", "expected"), [
+    ("default", "tf32", "none", (9, 0), "torch's default: TF32 convolutions, IEEE fp32 matmuls"),
+    ("ieee", "ieee", "ieee", (9, 0), "IEEE fp32 asked for (--ieee-fp32): IEEE fp32 convolutions and matmuls"),
+    ("tf32", "tf32", "tf32", (8, 0), "TF32 asked for (--tf32): TF32 convolutions and matmuls"),
+    ("default", "ieee", "tf32", (9, 0), "torch's flags as this process had set them (lbgat's default leaves them as "
+                                        "they are): IEEE fp32 convolutions, TF32 matmuls"),
+    ("default", "tf32", "ieee", (7, 5), "torch's default: TF32 convolutions, IEEE fp32 matmuls (but this GPU, before "
+                                        "Ampere, has no TF32: IEEE fp32)"),
+])
+def test_the_record_says_what_the_gpu_flags_compute_and_whose_they_are(
+        monkeypatch: pytest.MonkeyPatch, unusual_flags, float32: str, conv: str, matmul: str,
+        capability: tuple[int, int], expected: str) -> None:
+    """On a GPU (its capability stubbed) the record reads the flags back and names the default as torch's."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    for backend, value in zip(BACKENDS, (conv, matmul), strict=True):
+        backend.fp32_precision = value
+    record = describe_arithmetic("fp32", torch.device("cuda"), float32=float32, deterministic=False)
+    assert record["tf32"] == expected
+    assert (record["conv"], record["matmul"], record["float32"]) == (conv, matmul.replace("none", "ieee"), float32)
 
 
 def test_arithmetic_is_recorded_in_provenance_and_reports(tmp_path: Path) -> None:
@@ -193,7 +297,7 @@ def test_arithmetic_is_recorded_in_provenance_and_reports(tmp_path: Path) -> Non
 
     run = tiny_run(tmp_path, "run", deterministic=True)
     arithmetic = json.loads((run / "provenance.json").read_text())["arithmetic"]
-    assert arithmetic["dtype"] == "float32"
+    assert arithmetic["dtype"] == "float32" and arithmetic["float32"] == "default"
     assert arithmetic["tf32"].startswith("n/a on CPU")
     assert arithmetic["deterministic"].startswith("yes")
     assert load_checkpoint(run / "last.pt").meta["config"]["deterministic"] is True
@@ -202,19 +306,36 @@ def test_arithmetic_is_recorded_in_provenance_and_reports(tmp_path: Path) -> Non
                  "--no-progress", "--out", str(tmp_path / "eval")]) == 0
     protocol = json.loads((tmp_path / "eval" / "report.json").read_text())["protocol"]
     assert protocol["dtype"] == "float32" and protocol["tf32"].startswith("n/a on CPU")
-    assert {"conv", "matmul"} <= protocol.keys()
-    assert "TF32 n/a on CPU" in (tmp_path / "eval" / "report.md").read_text()
+    assert {"conv", "matmul", "float32"} <= protocol.keys()
+    assert "float32 arithmetic, TF32: n/a on CPU" in (tmp_path / "eval" / "report.md").read_text()
 
 
-@pytest.mark.parametrize("flag", ["tf32", "deterministic"])
-def test_arithmetic_settings_may_not_change_on_resume(tmp_path: Path, flag: str) -> None:
-    """TF32 and deterministic kernels change what is computed, so a resume keeps them."""
+@pytest.mark.parametrize(("setting", "value"), [("float32", "ieee"), ("deterministic", True)])
+def test_arithmetic_settings_may_not_change_on_resume(tmp_path: Path, setting: str, value: object) -> None:
+    """The float32 setting and deterministic kernels change what is computed, so a resume keeps them."""
     tiny_run(tmp_path, "run", max_steps=1)
-    with pytest.raises(ConfigError, match=flag):
-        tiny_run(tmp_path, "run", resume=True, **{flag: True})
+    with pytest.raises(ConfigError, match=setting):
+        tiny_run(tmp_path, "run", resume=True, **{setting: value})
 
 
-def test_cli_takes_tf32_and_deterministic(tmp_path: Path) -> None:
+def test_a_run_from_before_the_float32_setting_resumes_with_its_arithmetic(tmp_path: Path) -> None:
+    """A checkpoint (or config.yaml) that says `tf32: false` was trained in IEEE fp32, lbgat's default then: it
+    resumes with --ieee-fp32 and is refused, naming float32, with today's default."""
+    from lbgat.checkpoints.checkpoint import save_checkpoint
+
+    run = tiny_run(tmp_path, "run", max_steps=1, float32="ieee")
+    checkpoint = load_checkpoint(run / "last.pt")
+    old = {key: value for key, value in checkpoint.meta["config"].items() if key != "float32"}
+    save_checkpoint(run / "last.pt", {**checkpoint.meta, "config": {**old, "tf32": False}}, checkpoint.state,
+                    checkpoint.optimizer)
+    with pytest.raises(ConfigError, match=r"float32 \('ieee' in the run, 'default' now\)"):
+        tiny_run(tmp_path, "run", resume=True)
+    tiny_run(tmp_path, "run", resume=True, float32="ieee")
+    assert load_checkpoint(run / "last.pt").meta["position"]["global_step"] == 2
+    assert build_config({"tf32": True}).float32 == "tf32" and build_config({"tf32": False}).float32 == "ieee"
+
+
+def test_cli_takes_the_float32_flag_and_deterministic(tmp_path: Path) -> None:
     """`lbgat train --tf32 --deterministic` reach the config."""
     from lbgat.cli import main
 
@@ -223,7 +344,7 @@ def test_cli_takes_tf32_and_deterministic(tmp_path: Path) -> None:
                  "--epochs", "1", "--set", "data.train_size=32", "--set", "data.val_size=0", "--tf32",
                  "--deterministic", "--out", str(out), "--no-progress"]) == 0
     config = load_checkpoint(out / "last.pt").meta["config"]
-    assert config["tf32"] is True and config["deterministic"] is True
+    assert config["float32"] == "tf32" and config["deterministic"] is True
 
 
 def test_checkpoints_hold_no_cuda_generator_states(tmp_path: Path, monkeypatch) -> None:

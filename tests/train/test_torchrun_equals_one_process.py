@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,9 +14,17 @@ import pytest
 import torch
 
 from helpers.data_fixtures import write_cifar10
+from helpers.torchrun_runs import (
+    quiet_environment,
+    records,
+    relative_differences,
+    sigterm_after,
+    steps_saved,
+    torchrun,
+    torchrun_command,
+)
 from lbgat.checkpoints.checkpoint import load_checkpoint
 from lbgat.cli import main
-from lbgat.errors import CheckpointError
 
 # lbgat (student and jointly trained teacher, no BatchNorm) on the embedded digits: 620 examples in
 # batches of 31, so every step splits unevenly (16 + 15) between the two processes; 20 steps = one epoch.
@@ -29,34 +36,6 @@ LBGAT_TINY = ["train", "--method", "lbgat", "--model", "tiny-cnn", "--teacher", 
 # the order of floating-point sums (a mean over 31 against a weighted average of means over 16 and 15);
 # measured: about 1e-7 at this learning rate (docs/performance.md on why large ones amplify it).
 TOLERANCE = 1e-5
-
-
-def quiet_environment() -> dict[str, str]:
-    return dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
-
-
-def torchrun(*arguments: str, processes: int = 2) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
-         "-m", "lbgat", *arguments], capture_output=True, text=True, env=quiet_environment(), timeout=600)
-
-
-def relative_differences(left: Path, right: Path) -> dict[str, float]:
-    one, two = load_checkpoint(left).state, load_checkpoint(right).state
-    assert one.keys() == two.keys()
-    return {key: float((one[key] - two[key]).norm() / one[key].norm().clamp_min(1e-12))
-            for key in one if one[key].is_floating_point() and not key.startswith("rng.")}
-
-
-def steps_saved(path: Path) -> int:
-    try:
-        return load_checkpoint(path).meta["position"]["global_step"]
-    except CheckpointError:  # not there yet, or being replaced
-        return 0
-
-
-def records(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
@@ -112,18 +91,7 @@ def test_sigterm_to_torchrun_stops_every_rank_after_the_same_step_and_resumes_ex
     straight = tmp_path / "straight"
     assert torchrun(*longer, "--out", str(straight)).returncode == 0
     out = tmp_path / "signalled"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "lbgat",
-         *longer, "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env=quiet_environment())
-    deadline = time.monotonic() + 300
-    while steps_saved(out / "last.pt") < 5:
-        assert process.poll() is None, process.stderr.read()[-3000:]
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=300)
-    assert process.returncode != 0
+    stderr = sigterm_after(longer, out, steps=5)
     stopped = [r for r in records(out) if r["event"] == "stopped"]
     assert len(stopped) == 1 and stopped[0]["reason"] == "SIGTERM" and stopped[0]["global_step"] < 60
     assert stderr.count("lbgat train: stopped: SIGTERM received") == 1
@@ -163,9 +131,9 @@ def test_batchnorm_model_with_an_unused_block_and_a_frozen_teacher_train_under_d
     script.write_text(WITH_SUB_BLOCK)
     run = tmp_path / "bgat"
     launched = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
-         "train", "--method", "bgat", "--model", "wrn-10-1-sub-block", *data, "--max-steps", "3",
-         "--teacher-checkpoint", str(natural / "last.pt"), "--set", "attack.steps=2", "--out", str(run)],
+        torchrun_command(str(script), "train", "--method", "bgat", "--model", "wrn-10-1-sub-block", *data,
+                         "--max-steps", "3", "--teacher-checkpoint", str(natural / "last.pt"),
+                         "--set", "attack.steps=2", "--out", str(run)),
         capture_output=True, text=True, env=quiet_environment(), timeout=600)
     assert launched.returncode == 0, launched.stderr[-3000:]
     state = load_checkpoint(run / "last.pt").state
@@ -287,9 +255,8 @@ def test_no_rank_exits_on_a_stop_before_rank_zero_saved(tmp_path: Path) -> None:
     times.mkdir()
     longer = [*LBGAT_TINY, "--epochs", "3", "--checkpoint-every", "1"]
     process = subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
-         *longer, "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**quiet_environment(), "LBGAT_TEST_TIMES": str(times)})
+        torchrun_command(str(script), *longer, "--out", str(out)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, env={**quiet_environment(), "LBGAT_TEST_TIMES": str(times)})
     deadline = time.monotonic() + 300
     while steps_saved(out / "last.pt") < 3:
         assert process.poll() is None, process.stderr.read()[-3000:]

@@ -111,7 +111,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         + f" (as given; 8/255 = {8 / 255:.6f} is different)",
         "- " + text(f"model in {protocol['bn_mode']} mode, {protocol['dtype']}, on {protocol['device']}, "
                     f"batch size {protocol['batch_size']}; processes: {protocol['sharding']}"),
-        "- " + text(f"float32 arithmetic: TF32 {protocol.get('tf32', 'not recorded')}; convolutions "
+        "- " + text(f"float32 arithmetic, TF32: {protocol.get('tf32', 'not recorded')}; convolutions "
                     f"{protocol.get('conv', 'not recorded')}, matmuls {protocol.get('matmul', 'not recorded')}"),
         "- " + text(f"random start: {protocol['random_start']}; seed {protocol['seed']}"),
         "- " + text(f"reported iterate: {protocol['reported_iterate']}"),

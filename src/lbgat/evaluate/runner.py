@@ -27,7 +27,7 @@ from ..data import Dataset, load_dataset
 from ..data.loader import DeviceLoader
 from ..errors import ConfigError, LbgatError
 from ..methods.plugin import plugin_summaries
-from ..runtime.arithmetic import describe_arithmetic, float32_mode
+from ..runtime.arithmetic import check_float32, describe_arithmetic, float32_mode
 from ..runtime.precision import DTYPES, PRECISIONS, Precision
 from ..runtime.provenance import code_version, environment
 from ..runtime.world import World, device_for, process_group, resolve_device, world_from_environment
@@ -85,7 +85,8 @@ class EvalRequest:
     source_model: str | None = None
     check_n: int = 100
     precision: str = "fp32"  # fp32 is the evaluation of record; bf16/fp16 autocast only when asked
-    tf32: bool = False  # IEEE fp32 convolutions and matmuls unless asked (TF32 on Ampere+ GPUs)
+    # fp32 convolutions and matmuls on the GPU: torch's flags as they are (default), IEEE (ieee) or TF32 (tf32)
+    float32: str = "default"
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,7 @@ def check_request(request: EvalRequest) -> None:
     """Reject impossible settings before loading anything."""
     if request.precision not in PRECISIONS:
         raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {request.precision!r}")
+    check_float32(request.float32)
     if request.protocol is not None and request.protocol not in PROTOCOLS:
         raise ConfigError(f"unknown protocol {request.protocol!r}; known: {', '.join(PROTOCOLS)}")
     if request.eps is not None and not 0.0 <= request.eps <= (1.0 if request.norm != "L2" else 1e3):
@@ -304,7 +306,7 @@ def evaluate_checkpoint(request: EvalRequest, *, progress: bool = True) -> tuple
     device = device_for(world, resolve_device(request.device))
     # One writer per report folder: rank 0 writes the report of a sharded evaluation.
     with (folder_lock(out, "report folder", enabled=world.is_main), failed_writes(out, _NOT_SAVED),
-          float32_mode(request.tf32), process_group(world, device, GATHER_TIMEOUT)):
+          float32_mode(request.float32), process_group(world, device, GATHER_TIMEOUT)):
         loaded, dataset, source = _load_models(request, device)
         plan_ = plan(request, dataset)
         out.mkdir(parents=True, exist_ok=True)
@@ -418,7 +420,7 @@ def _merge_aa(shards: list[dict[str, Any]], spec: AttackSpec, order: torch.Tenso
 
 
 def _arithmetic(request: EvalRequest, device: torch.device) -> dict[str, str]:
-    arithmetic = describe_arithmetic(request.precision, device, deterministic=False)
+    arithmetic = describe_arithmetic(request.precision, device, float32=request.float32, deterministic=False)
     del arithmetic["deterministic"]  # a training setting: evaluation has no --deterministic
     if request.precision != "fp32":
         arithmetic["dtype"] = f"{request.precision} autocast (asked for; fp32 is the evaluation of record)"
@@ -448,7 +450,7 @@ def _header(request: EvalRequest, plan_: Plan, loaded: LoadedModel, dataset: Dat
             "examples": f"the first {plan_.count} of the test split",
             "eps": plan_.eps, "norm": plan_.norm, "seed": request.seed, "batch_size": request.batch_size,
             "bn_mode": "eval", "device": str(device),
-            # dtype, tf32, conv, matmul: read back from torch, so they say what ran.
+            # dtype, tf32, conv, matmul: read back from torch, so they say what ran (float32: the setting).
             **_arithmetic(request, device),
             "processes": world.size,
             "sharding": "one process" if not world.sharded else (

@@ -44,7 +44,8 @@ class AWP(WeightPerturbation):
         if batch.epoch < self.params.warmup_epochs or self.params.gamma == 0:
             return
         directions = self.weights.directions(
-            method.student, lambda proxy: method.weight_ascent_loss(proxy, batch, x_adv), self.params.eta)
+            method.student, lambda proxy: method.weight_ascent_loss(proxy, batch, x_adv), self.params.eta,
+            share=len(batch) / batch.global_size)
         self.weights.perturb(method.student, directions, self.params.gamma)
 
     def restore(self) -> None:

@@ -16,7 +16,7 @@ from ..attacks.input_only import input_only
 from ..data.loader import Batch
 from ..errors import ConfigError
 from ..runtime.rng import Stream
-from .lifecycle import RunFacts, refuse_sharded_weight_perturbation
+from .lifecycle import RunFacts
 from .step import (
     ForwardName,
     Forwards,
@@ -115,7 +115,6 @@ class Method(nn.Module, Generic[P]):
     frozen_teacher: ClassVar[bool] = False  # loaded from checkpoints, never trained (BGAT)
     default_warmup: ClassVar[bool] = False
     accepts_plugins: ClassVar[bool] = True  # False: the method composes its own parts (ISEAT)
-    perturbs_weights: ClassVar[bool] = False  # its step moves the weights and after_step moves them back
 
     def __init__(self, student: nn.Module, params: P, attack: TrainAttack | None,
                  teacher: nn.Module | None = None, plugins: Sequence[PluginPart] = ()) -> None:
@@ -140,10 +139,7 @@ class Method(nn.Module, Generic[P]):
 
     @classmethod
     def check_run(cls, params: MethodParams, run: RunFacts) -> None:
-        """Refuse, in one line and before any work, a run this method cannot train (by default: a step that
-        perturbs the weights, under torchrun)."""
-        if cls.perturbs_weights:
-            refuse_sharded_weight_perturbation(cls.name, run)
+        """Refuse, in one line and before any work, a run this method cannot train (by default: none)."""
 
     @classmethod
     def named_forwards(cls, params: MethodParams) -> frozenset[ForwardName]:

@@ -6,7 +6,9 @@ plain CE on x' in a proxy); the loss is
 
     (1/B) sum_i [ CE(f_{w+gamma v}(x'_i), y_i) + lam * r_i / B * ||f_{w+gamma v}(x'_i) - f_w(x_i)||^2 ]
 
-with r_i the rank (1 = least) of CE(f_{w+gamma v}(x'_i)) - CE(f_w(x_i)), detached. Both logits get the
+with r_i the rank (1 = least) of CE(f_{w+gamma v}(x'_i)) - CE(f_w(x_i)), detached. Under torchrun, B and the
+ranks are those of the global batch and the proxy ascends the global batch's CE (lbgat.runtime.collectives),
+so the processes train the model one process trains on the whole batch. Both logits get the
 term's gradient: the clean logits are those of the unperturbed weights, and their gradient is added to
 the weights' (the official code does it through a copy of the model, ``tmp_model``). The optimiser steps
 at w + gamma v, and :meth:`after_step` subtracts gamma v. lam and gamma are per learning-rate stage.
@@ -27,6 +29,7 @@ from ..attacks.modes import model_mode
 from ..attacks.pgd import start_noise
 from ..data.loader import Batch
 from ..errors import ConfigError
+from ..runtime.collectives import over_global_batch
 from ..runtime.rng import Stream
 from .base import LossTerms, Method, MethodParams, TrainAttack
 from .registry import register_method
@@ -83,7 +86,6 @@ class Iseat(Method[IseatParams]):
     default_start = "none"
     default_bn_mode = "train"
     accepts_plugins = False
-    perturbs_weights = True
 
     def __init__(self, student: nn.Module, params: IseatParams, attack: TrainAttack | None,
                  teacher: nn.Module | None = None, plugins: Sequence[Plugin] = ()) -> None:
@@ -108,7 +110,8 @@ class Iseat(Method[IseatParams]):
         x_adv = self.pgd(x, y, delta, first_gradient if self.attack.bn_mode == "train" else None)
         if perturbed:
             directions = self.weights.directions(
-                self.student, lambda proxy: F.cross_entropy(proxy(x_adv), y), self.params.awp_eta)
+                self.student, lambda proxy: F.cross_entropy(proxy(x_adv), y), self.params.awp_eta,
+                share=size / batch.global_size)
             self.weights.perturb(self.student, directions, gamma)
         logits_adv = self.student(x_adv)
         ce_adv = F.cross_entropy(logits_adv, y, reduction="none")
@@ -118,7 +121,10 @@ class Iseat(Method[IseatParams]):
             if weights_now is not None:
                 logits_clean = self.at_unperturbed_weights(clean, weights_now)
             smooth = ((logits_adv - logits_clean) ** 2).sum(dim=1)
-            weighted = torch.sum(smooth * rank_weights((ce_adv - ce_clean).detach()))
+            # Ranked over the global batch; each process weighs its own examples (its mean over them, as
+            # every term: the trainer's share weighting makes the processes' average the global mean).
+            vulnerability, mine = over_global_batch((ce_adv - ce_clean).detach())
+            weighted = torch.sum(smooth * rank_weights(vulnerability)[mine])
             terms["loss"] = loss + weighted * lam / size
             terms["smoothness"] = weighted / size
         else:

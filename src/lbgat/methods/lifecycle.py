@@ -8,8 +8,6 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ..errors import ConfigError
-
 
 @dataclass(frozen=True)
 class RunFacts:
@@ -23,8 +21,3 @@ TrainedModels = Callable[[str, str], nn.Module]
 """What a plug-in's ``prepare`` loads a trained model with: (an lbgat checkpoint, or ARCH=PATH for a plain state
 dict; the setting's name for messages) -> the model, checked against the run's dataset."""
 
-
-def refuse_sharded_weight_perturbation(name: str, run: RunFacts) -> None:
-    if run.processes > 1:
-        raise ConfigError(f"{name} under torchrun is not supported yet (each process would perturb the weights "
-                          "by its own share of the batch); train on one process")

@@ -29,7 +29,7 @@ from ..data.loader import Batch
 from ..errors import ConfigError
 from ..structured import from_mapping
 from .base import Method, MethodParams
-from .lifecycle import RunFacts, TrainedModels, refuse_sharded_weight_perturbation
+from .lifecycle import RunFacts, TrainedModels
 from .registry import Registry
 from .step import ForwardNeeds, StepView, Tap
 
@@ -124,10 +124,6 @@ class WeightPerturbation(Plugin):
     """A move of the student's weights between the host's attack and its loss, removed after the step."""
 
     kind = "weight-perturbation"
-
-    @classmethod
-    def check_run(cls, params: MethodParams, run: RunFacts) -> None:
-        refuse_sharded_weight_perturbation(cls.name, run)
 
     def perturb(self, method: Method, batch: Batch, x_adv: torch.Tensor) -> None:  # pragma: no cover
         raise NotImplementedError

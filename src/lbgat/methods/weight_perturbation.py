@@ -6,6 +6,10 @@ dimensions the move d = proxy - student is scaled layer-wise to the weight's nor
 v = ||w|| / (||d|| + 1e-20) * d; the student's weights become w + gamma * v. After the optimiser step,
 :meth:`AdversarialWeightPerturbation.restore` subtracts gamma * v again (not a copy of w: the step taken at
 the perturbed point stays). BatchNorm's statistics of the proxy's forward are discarded with the proxy.
+
+Under torchrun the ascent is taken on the global batch: each rank's proxy gradients (of the mean over its share)
+are combined into the gradient of the global batch's mean before the proxy steps, so every rank moves the same
+proxy to the same point and perturbs by the same v, as one process on the whole batch would.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+
+from ..runtime.collectives import global_mean_gradients
 
 NORM_EPS = 1e-20  # the official EPS: a layer the proxy did not move gets a zero perturbation
 
@@ -33,8 +39,9 @@ class AdversarialWeightPerturbation:
         self.gamma = 0.0
 
     def directions(self, network: nn.Module, loss_of: Callable[[nn.Module], torch.Tensor],
-                   eta: float) -> dict[str, torch.Tensor]:
-        """v per perturbed weight, by parameter name: one ascent step of ``loss_of`` on a proxy copy."""
+                   eta: float, share: float = 1.0) -> dict[str, torch.Tensor]:
+        """v per perturbed weight, by parameter name: one ascent step of ``loss_of`` on a proxy copy.
+        ``loss_of`` is a mean over this process's examples, ``share`` their part of the global batch."""
         network = _plain(network)
         if self.proxy is None:
             self.proxy = copy.deepcopy(network)
@@ -45,7 +52,7 @@ class AdversarialWeightPerturbation:
         proxy.load_state_dict(network.state_dict())
         proxy.train()
         trainable = [p for p in proxy.parameters() if p.requires_grad]
-        gradients = torch.autograd.grad(-loss_of(proxy), trainable, allow_unused=True)
+        gradients = global_mean_gradients(torch.autograd.grad(-loss_of(proxy), trainable, allow_unused=True), share)
         with torch.no_grad():
             for parameter, gradient in zip(trainable, gradients, strict=True):
                 if gradient is not None:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import parallel
+from ..runtime.collectives import all_reduce_sum
 
 
 @dataclass
@@ -65,6 +65,6 @@ class LogInterval:
         pending = self.sums
         names = list(pending)
         if sharded and names:
-            summed = parallel.all_reduce_sum(torch.stack([pending[name] for name in names]))
+            summed = all_reduce_sum(torch.stack([pending[name] for name in names]))
             pending = dict(zip(names, summed.unbind(), strict=True))
         return {name: float(total) for name, total in pending.items()}

@@ -26,11 +26,8 @@ from torch.nn.parallel import DistributedDataParallel
 from ..data.loader import Batch
 from ..errors import ConfigError
 from ..methods import Method
+from ..runtime.collectives import is_distributed
 from ..runtime.world import World
-
-
-def is_distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
 
 
 def unused_parameters(method: Method, probe: Batch) -> list[str]:
@@ -65,12 +62,6 @@ def data_parallel(method: Method, device: torch.device) -> DistributedDataParall
 def share_weight(batch: Batch, world: World) -> float:
     """The factor that makes the average over ranks of the weighted local means the global mean."""
     return len(batch) * world.size / batch.global_size
-
-
-def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
-    if is_distributed():
-        dist.all_reduce(values, op=dist.ReduceOp.SUM)
-    return values
 
 
 def all_agree(flag: bool, device: torch.device) -> bool:

@@ -80,7 +80,8 @@ def write_run_files(run_dir: Path, config: TrainConfig, parts: RunParts, argv: l
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "device": str(parts.device),
         "processes": parts.world.size,
         "dataset_source": parts.dataset.source,
-        "arithmetic": describe_arithmetic(config.precision, parts.device, deterministic=config.deterministic),
+        "arithmetic": describe_arithmetic(config.precision, parts.device, float32=config.float32,
+                                          deterministic=config.deterministic),
     }
     write_text_atomic(run_dir / "provenance.json", strict_json(provenance, indent=2) + "\n")
     split = {"split_seed": config.data.split_seed, "val_size": len(parts.val_indices),

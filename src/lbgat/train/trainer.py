@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from ..attacks.input_only import input_only
 from ..checkpoints.checkpoint import Checkpoint, load_state_strict, save_checkpoint
-from ..config import TrainConfig
+from ..config import TrainConfig, upgrade_retired_settings
 from ..data import Dataset
 from ..data.identity import check_same_data, check_same_extra
 from ..errors import CheckpointError, ConfigError
@@ -29,6 +29,7 @@ from ..evaluate.specs import AttackSpec
 from ..evaluate.suite import run_suite
 from ..methods.factory import MethodChoice
 from ..runtime.arithmetic import describe_arithmetic, deterministic_algorithms, float32_mode
+from ..runtime.collectives import all_reduce_sum, is_distributed
 from ..runtime.provenance import code_version
 from ..runtime.world import World, device_for, process_group, resolve_device, world_from_environment
 from ..storage.files import append_line, check_writable, strict_json
@@ -161,7 +162,7 @@ class Trainer:
                            description="validate")
         counts = torch.tensor([float(result.outcomes[spec.name].count) for spec in specs] + [len(result.indices)],
                               dtype=torch.float64, device=self.parts.device)
-        *correct, total = parallel.all_reduce_sum(counts).tolist()
+        *correct, total = all_reduce_sum(counts).tolist()
         clean, robust = (count / total for count in correct)
         return {"clean_acc": clean, "robust_acc": robust, "n": int(total)}
 
@@ -193,7 +194,7 @@ class Trainer:
         """The signal to stop for, agreed by every rank of a distributed job (all stop after the same step).
         The ranks agree every STOP_CHECK_EVERY steps and at a ``boundary`` (the same steps on every rank)."""
         requested = self.stop_requested or 0
-        if parallel.is_distributed():
+        if is_distributed():
             if not boundary and self.position.global_step % STOP_CHECK_EVERY:
                 return None
             flag = torch.full((1,), requested, device=self.parts.device)
@@ -393,7 +394,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
     world = world_from_environment()
     device = device_for(world, resolve_device(config.device)) if world.sharded else torch.device("cpu")
     # Before the process group: --deterministic must set the cuBLAS workspace before CUDA starts.
-    with (deterministic_algorithms(config.deterministic, resolve_device(config.device)), float32_mode(config.tf32),
+    with (deterministic_algorithms(config.deterministic, resolve_device(config.device)), float32_mode(config.float32),
           process_group(world, device)):
         return _train(config, resume, progress, argv, dataset, world)
 
@@ -419,6 +420,15 @@ def _train(config: TrainConfig, resume: bool, progress: bool, argv: list[str] | 
         return _train_in(run_dir, config, resolved, method, resume, progress, argv, dataset, world)
 
 
+_FLOAT32_FLAGS = {"ieee": "--ieee-fp32", "tf32": "--tf32", "default": "neither --ieee-fp32 nor --tf32"}
+
+
+def _float32_hint(saved: dict, change: str) -> str:
+    """A run from before torch's default became lbgat's was IEEE or TF32 by lbgat's choice: say how to go on."""
+    flag = _FLOAT32_FLAGS.get(saved.get("float32", "")) if change.startswith("float32 ") else None
+    return f"; resume with {flag} to compute as the run did" if flag else ""
+
+
 def _train_in(run_dir: Path, config: TrainConfig, resolved: TrainConfig, method: MethodChoice, resume: bool,
               progress: bool, argv: list[str] | None, dataset: Dataset | None, world: World) -> TrainResult:
     checkpoint = check_run_dir(run_dir, resume)
@@ -428,9 +438,11 @@ def _train_in(run_dir: Path, config: TrainConfig, resolved: TrainConfig, method:
     if checkpoint is not None:
         # First: adding or dropping data.extra also changes the data.extra_fraction it resolves.
         check_same_extra(checkpoint.meta, extra)
-        changed = most_meaningful_first(differences(checkpoint.meta["config"], to_mapping(resolved)))
+        saved = upgrade_retired_settings(checkpoint.meta["config"])
+        changed = most_meaningful_first(differences(saved, to_mapping(resolved)))
         if changed:
-            raise ConfigError(f"--resume with settings that differ from the run: {changed[0]}")
+            raise ConfigError(f"--resume with settings that differ from the run: {changed[0]}"
+                              f"{_float32_hint(saved, changed[0])}")
         unchecked = check_same_data(checkpoint.meta, dataset)
         if unchecked and world.is_main:
             print(f"warning: {unchecked}", file=sys.stderr)
@@ -442,7 +454,7 @@ def _train_in(run_dir: Path, config: TrainConfig, resolved: TrainConfig, method:
         trainer.restore(checkpoint)
         trainer.keep_last_as_previous = checkpoint.path.name != PREVIOUS
         trainer.log({"event": "resumed", **dataclasses.asdict(trainer.position), "processes": world.size,
-                     "arithmetic": describe_arithmetic(resolved.precision, parts.device,
+                     "arithmetic": describe_arithmetic(resolved.precision, parts.device, float32=resolved.float32,
                                                        deterministic=resolved.deterministic)})
     else:
         write_run_files(run_dir, resolved, parts, argv)
