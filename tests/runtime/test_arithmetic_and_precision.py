@@ -328,7 +328,7 @@ def test_a_run_from_before_the_float32_setting_resumes_with_its_arithmetic(tmp_p
     old = {key: value for key, value in checkpoint.meta["config"].items() if key != "float32"}
     save_checkpoint(run / "last.pt", {**checkpoint.meta, "config": {**old, "tf32": False}}, checkpoint.state,
                     checkpoint.optimizer)
-    with pytest.raises(ConfigError, match=r"float32 \('ieee' in the run, 'default' now\)"):
+    with pytest.raises(ConfigError, match=r"float32 \('ieee' in the run, 'default' now\); resume with --ieee-fp32"):
         tiny_run(tmp_path, "run", resume=True)
     tiny_run(tmp_path, "run", resume=True, float32="ieee")
     assert load_checkpoint(run / "last.pt").meta["position"]["global_step"] == 2
