@@ -19,7 +19,7 @@ VERSION_OF_TABLE = {"colour": "idbh-weak", "shape": "idbh-svhn"}
 def chosen(version: str, rolls: list[float]) -> list[int]:
     draws = idbh.Draws(*(torch.zeros(len(rolls)) for _ in range(11)))
     draws.roll = torch.tensor(rolls, dtype=torch.float32)
-    return idbh._chosen(draws, idbh.VERSIONS[version], torch.device("cpu")).tolist()
+    return idbh.chosen_operations(draws, idbh.VERSIONS[version], torch.device("cpu")).tolist()
 
 
 @pytest.mark.parametrize("table", sorted(PROBABILITIES))
@@ -43,7 +43,8 @@ def test_draws_follow_the_tables_and_ranges() -> None:
     for table, version_name in VERSION_OF_TABLE.items():
         version = idbh.VERSIONS[version_name]
         draws = idbh.draw(rng, version, 32, 32)
-        frequencies = torch.bincount(idbh._chosen(draws, version, torch.device("cpu")), minlength=9).double() / count
+        chosen = idbh.chosen_operations(draws, version, torch.device("cpu"))
+        frequencies = torch.bincount(chosen, minlength=9).double() / count
         for number, probability in enumerate(PROBABILITIES[table]):
             error = (probability * (1 - probability) / count) ** 0.5
             assert abs(frequencies[number] - probability) < 5 * error, (table, number)

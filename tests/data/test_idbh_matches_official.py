@@ -76,5 +76,5 @@ def test_the_whole_pipeline_equals_the_official_output(version: str) -> None:
                 assert np.array_equal(getattr(draws, field).numpy(), data[f"{prefix}.draws.{field}"]), (prefix, field)
             ours = idbh.apply(images, draws, idbh.VERSIONS[version])
             assert torch.equal(ours, torch.from_numpy(data[f"{prefix}.out"])), prefix
-            operations_seen |= set(idbh._chosen(draws, idbh.VERSIONS[version], images.device).tolist())
+            operations_seen |= set(idbh.chosen_operations(draws, idbh.VERSIONS[version], images.device).tolist())
     assert len(operations_seen) >= 5, operations_seen

@@ -185,7 +185,7 @@ def pipeline_script(draws: idbh.Draws, row: int, version: idbh.Version, height: 
         ("randint", (0, crop_x + 1), first_x), ("randint", (0, crop_y + 1), first_y),
         ("randint", (0, crop_x + 1), second_x), ("randint", (0, crop_y + 1), second_y),
         ("rand", None, float(draws.roll[row]))]
-    chosen = int(idbh._chosen(draws, version, torch.device("cpu"))[row])
+    chosen = int(idbh.chosen_operations(draws, version, torch.device("cpu"))[row])
     if chosen < len(idbh.OPERATIONS):
         entries += operation_script(idbh.OPERATIONS[chosen], version.operations[chosen], float(draws.strength[row]),
                                     bool(draws.negative[row]), bool(draws.shear_x[row]), int(draws.degrees[row]))
@@ -307,7 +307,7 @@ def check_rolls(official: types.ModuleType) -> None:
         for (lower, upper), trans in reversed(list(space.items())):
             chosen = torch.where((rolls <= upper) & (rolls >= lower), idbh.OPERATIONS.index(trans[0]), chosen)
         draws = types.SimpleNamespace(roll=rolls)
-        ours = idbh._chosen(draws, version, torch.device("cpu"))  # type: ignore[arg-type]
+        ours = idbh.chosen_operations(draws, version, torch.device("cpu"))  # type: ignore[arg-type]
         print(f"{table} table: operation chosen differently for {int((ours != chosen).sum())} of 2**24 rolls")
 
 

@@ -158,7 +158,7 @@ def flip_and_shift(images: torch.Tensor, draws: Draws) -> torch.Tensor:
     return _gather(images, rows[:, :, None].expand(-1, -1, width), columns[:, None, :].expand(-1, height, -1), inside)
 
 
-def _chosen(draws: Draws, version: Version, device: torch.device) -> torch.Tensor:
+def chosen_operations(draws: Draws, version: Version, device: torch.device) -> torch.Tensor:
     """The operation's index in OPERATIONS, len(OPERATIONS) for none. The official code takes the first entry
     whose [lower, upper] holds the roll, its bounds summed in float64 and compared in float32."""
     total, uppers = 0.0, []
@@ -173,7 +173,7 @@ def colour_shape(images: torch.Tensor, draws: Draws, version: Version) -> torch.
     """Each example's one operation; the others leave it exactly as it is (a blend with factor 1, the identity
     map), so every operation runs on the whole batch and no example waits on the host."""
     device = images.device
-    chosen = _chosen(draws, version, device)
+    chosen = chosen_operations(draws, version, device)
     index = {name: OPERATIONS.index(name) for name in OPERATIONS}
     low = torch.tensor([operation.low for operation in version.operations], dtype=torch.float32, device=device)
     # The official float32 strength, tc.rand(1) * (upper - lower) + lower: the span rounded from float64.
