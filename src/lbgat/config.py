@@ -19,6 +19,7 @@ import yaml
 
 from .attacks import BN_MODES, ITERATES, OBJECTIVES, STARTS
 from .data import get_dataset_info, list_datasets
+from .data.loader import AUGMENTS, CROP_FLIP
 from .errors import ConfigError
 from .methods import get_method
 from .methods.plugin import plugin_names
@@ -77,11 +78,16 @@ class DataConfig:
     split_seed: int = setting(0, minimum=0, below=SEED_LIMIT, message=_SEED_RANGE)
     # train on a fixed random subset of this many examples (smoke runs)
     train_size: int | None = setting(None, minimum=1)
-    # auto: 4 for colour images, 0 for digits
+    # crop-flip (crop_padding and flip below), or IDBH (Li & Spratling 2023): idbh-weak, idbh-strong, idbh-svhn
+    # (the official cifar10-weak, cifar10-strong, svhn), which flips and crop-shifts by itself
+    augment: str = setting(CROP_FLIP, choices=AUGMENTS)
+    # auto: 4 for colour images, 0 for digits; 0 under IDBH
     crop_padding: int | None = setting(None, minimum=0, message="{key} must be >= 0",
-                                       auto=lambda facts, _: facts.profile.crop_padding)
-    # auto: for colour images where the dataset allows it (not for digits)
-    flip: bool | None = setting(None, auto=lambda facts, _: facts.profile.flip and facts.flips_allowed)
+                                       auto=lambda facts, resolved: facts.profile.crop_padding
+                                       if resolved.data.augment == CROP_FLIP else 0)
+    # auto: for colour images where the dataset allows it (not for digits); off under IDBH (its own flip)
+    flip: bool | None = setting(None, auto=lambda facts, resolved: facts.profile.flip and facts.flips_allowed
+                                and resolved.data.augment == CROP_FLIP)
     # Extra training images mixed into every batch: a pseudo-labelled pickle (Carmon et al. 2019) or a generated
     # .npz (Wang et al. 2023), docs/training.md "Extra and generated data". resumable: identified by its content.
     extra: str | None = setting(None, resumable=True)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -93,9 +94,10 @@ def collect(loader: DeviceLoader, epoch: int, start: int = 0) -> dict[int, torch
     return {int(i): x for batch in loader.batches(epoch, start) for i, x in zip(batch.index, batch.x, strict=True)}
 
 
-def test_an_example_sees_the_same_augmentation_whatever_the_batch_size_or_sharding() -> None:
-    data = image_set(40)
-    augment = Augment(crop_padding=2, flip=True)
+@pytest.mark.parametrize("augment", [Augment(crop_padding=2, flip=True), Augment(kind="idbh-strong")],
+                         ids=["crop-flip", "idbh-strong"])
+def test_an_example_sees_the_same_augmentation_whatever_the_batch_size_or_sharding(augment: Augment) -> None:
+    data = image_set(40, size=16)
     whole = collect(DeviceLoader(data, batch_size=8, seed=3, augment=augment, shuffle=True), epoch=1)
     other_batches = collect(DeviceLoader(data, batch_size=5, seed=3, augment=augment, shuffle=True), epoch=1)
     shards = [collect(DeviceLoader(data, batch_size=8, seed=3, augment=augment, shuffle=True, rank=rank,

@@ -356,3 +356,11 @@ def test_the_card_names_the_plugins_of_a_real_run(tmp_path: Path) -> None:
     card = (tmp_path / "export" / "README.md").read_text()
     assert "rpat(lam=1.0 on the official code's scale = 0.0625 on the paper's" in card
     assert card.index("rpat(") < card.index("awp(gamma=0.01")
+
+
+def test_the_card_names_the_augmentation_a_run_trained_with() -> None:
+    """IDBH by its version; crop and flip as before, also for runs from before data.augment."""
+    from lbgat.export.card import _augmentation
+    assert _augmentation({"augment": "idbh-strong", "crop_padding": 0, "flip": False}) == (
+        "IDBH (idbh-strong; Li & Spratling 2023)")
+    assert _augmentation({"crop_padding": 4, "flip": True}) == "random crop with padding 4, horizontal flip on"

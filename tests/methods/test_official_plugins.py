@@ -101,6 +101,7 @@ def test_stored_outputs_say_where_they_come_from(entry: dict[str, Any]) -> None:
 # The shipped recipe that reproduces each compared official code (configs/recipes).
 RECIPES = {"recipes/mart-cifar10-wrn34-10": "mart", "recipes/awp-at-cifar10-preact-resnet18": "pgd-at+awp",
            "recipes/awp-trades-cifar10-wrn34-10": "trades+awp", "recipes/iseat-cifar10-wrn34-10": "iseat",
+           "recipes/iseat-idbh-cifar10-wrn34-10": "iseat",
            "recipes/rpat-pgd-at-cifar10-resnet18": "pgd-at+rpat", "recipes/rpat-trades-cifar10-resnet18": "trades+rpat",
            "recipes/rpat-mart-cifar10-resnet18": "mart+rpat"}
 

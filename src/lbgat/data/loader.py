@@ -1,6 +1,6 @@
 """A device-resident loader: uint8 images on the device, augmentation batched on the device.
 
-The order of examples is a permutation that depends only on (seed, epoch); crops and flips
+The order of examples is a permutation that depends only on (seed, epoch); crops, flips and IDBH's draws
 depend only on (seed, epoch, example index) (see :mod:`lbgat.runtime.rng`). A global batch is the same
 whatever the number of processes; each rank takes its contiguous share of it.
 """
@@ -15,20 +15,27 @@ import torch
 import torch.nn.functional as F
 
 from ..runtime.rng import ExampleRNG, Stream, permutation
+from . import idbh
 from .base import ImageSet
+
+# data.augment: crop-flip (crop_padding and flip below) or a version of IDBH (lbgat.data.idbh).
+CROP_FLIP = "crop-flip"
+AUGMENTS: tuple[str, ...] = (CROP_FLIP, *idbh.VERSIONS)
 
 
 @dataclass(frozen=True)
 class Augment:
-    """Random crop after zero padding (0 = off) and random horizontal flip, as torchvision's
-    RandomCrop(size, padding) + RandomHorizontalFlip."""
+    """``kind`` crop-flip: random crop after zero padding (0 = off) and random horizontal flip, as torchvision's
+    RandomCrop(size, padding) + RandomHorizontalFlip. Any other kind is a version of IDBH, which flips and
+    crop-shifts by itself (``crop_padding`` and ``flip`` unused)."""
 
     crop_padding: int = 4
     flip: bool = True
+    kind: str = CROP_FLIP
 
     @property
     def active(self) -> bool:
-        return self.crop_padding > 0 or self.flip
+        return self.kind != CROP_FLIP or self.crop_padding > 0 or self.flip
 
 
 NO_AUGMENT = Augment(crop_padding=0, flip=False)
@@ -59,9 +66,11 @@ class Batch:
 
 
 def augment_batch(images: torch.Tensor, rng: ExampleRNG, augment: Augment) -> torch.Tensor:
-    """Crop and flip a uint8 batch (B, C, H, W) in one gather; returns uint8 of the same shape."""
+    """Crop and flip a uint8 batch (B, C, H, W) in one gather, or IDBH; returns uint8 of the same shape."""
     if not augment.active:
         return images
+    if augment.kind != CROP_FLIP:
+        return idbh.augment(images, rng, idbh.VERSIONS[augment.kind])
     batch, channels, height, width = images.shape
     pad = augment.crop_padding
     device = images.device

@@ -155,8 +155,7 @@ def _training_section(inputs: CardInputs) -> list[str]:
         ("batch size", config.get("batch_size")),
         ("optimiser and lr schedule", _schedule(config)),
         ("training attack", _attack(config.get("attack", {}))),
-        ("augmentation", f"random crop with padding {config.get('data', {}).get('crop_padding')}, "
-                         f"horizontal flip {'on' if config.get('data', {}).get('flip') else 'off'}"),
+        ("augmentation", _augmentation(config.get("data", {}))),
         ("seed, arithmetic", f"seed {config.get('seed')}, {config.get('precision', 'fp32')}"),
         ("checkpoint", join(f"{inputs.checkpoint_name} ({meta.get('kind', 'kind not recorded')}), sha256 ",
                             code(inputs.checkpoint_sha256, in_table=True))),
@@ -165,6 +164,14 @@ def _training_section(inputs: CardInputs) -> list[str]:
     if meta.get("kind") == "best" and isinstance(best, dict):
         rows.append(("selected by", f"held-out robust accuracy {best.get('robust_acc')} at epoch {best.get('epoch')}"))
     return ["## Training", "", *_table(rows), "", f"All settings are in [{CONFIG}]({CONFIG})."]
+
+
+def _augmentation(data: dict[str, Any]) -> str:
+    augment = data.get("augment", "crop-flip")  # runs from before data.augment cropped and flipped
+    if augment != "crop-flip":
+        return f"IDBH ({augment}; Li & Spratling 2023)"
+    return (f"random crop with padding {data.get('crop_padding')}, "
+            f"horizontal flip {'on' if data.get('flip') else 'off'}")
 
 
 def _evaluation_lines(evaluation: Evaluation) -> list[str]:

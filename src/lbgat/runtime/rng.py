@@ -30,6 +30,9 @@ class Stream(enum.IntEnum):
     EVAL_ATTACK_START = 5
     SPLIT = 6
     L2_START_RADIUS = 7
+    CROP_SHIFT = 8  # IDBH: the crop-shift's strength, split and two placements
+    COLOUR_SHAPE = 9  # IDBH: which colour-or-shape operation, its strength, sign and axis
+    ERASE = 10  # IDBH: random erasing's roll, its ten tries of area and aspect, and the rectangle's place
     EXTRA_DRAW = 20  # which extra image fills each extra-data slot of a batch (lbgat.data.mixed_loader)
     EXTRA_MIX = 21  # where each example of a mixed batch stands in it
     CHECK_RESTARTS = 100  # restart r of the evaluation's sanity checks uses CHECK_RESTARTS + r
@@ -95,7 +98,10 @@ class ExampleRNG:
         self.epoch = epoch
         self.index = index.to(torch.int64)
 
-    def _words(self, stream: int, shape: tuple[int, ...]) -> torch.Tensor:
+    def words(self, stream: int, shape: tuple[int, ...]) -> torch.Tensor:
+        """Raw 32-bit words (in int64) of shape (B, *shape): counter j of the stream is element j. A consumer
+        that needs several kinds of draw from one stream takes them from its columns (:func:`unit_floats`,
+        :func:`integers_below`)."""
         numel = math.prod(shape)
         counter = torch.arange(numel, dtype=torch.int64, device=self.index.device)
         words = hash_words(self.seed, stream, self.epoch, self.index[:, None], counter[None, :])
@@ -103,12 +109,12 @@ class ExampleRNG:
 
     def uniform(self, stream: int, shape: tuple[int, ...] = ()) -> torch.Tensor:
         """Uniform float32 in [0, 1), 24-bit resolution, shape (B, *shape)."""
-        return (self._words(stream, shape) >> 8).to(torch.float32) * (1.0 / (1 << 24))
+        return unit_floats(self.words(stream, shape))
 
     def normal(self, stream: int, shape: tuple[int, ...]) -> torch.Tensor:
         """Standard normal float32 of shape (B, *shape), by the Box-Muller transform."""
         numel = math.prod(shape)
-        pairs = self._words(stream, (2, numel))
+        pairs = self.words(stream, (2, numel))
         # Offset by half a step so that u1 is never 0 (log(0)).
         u1 = ((pairs[:, 0] >> 8).to(torch.float32) + 0.5) * (1.0 / (1 << 24))
         u2 = (pairs[:, 1] >> 8).to(torch.float32) * (1.0 / (1 << 24))
@@ -119,8 +125,19 @@ class ExampleRNG:
         """Integers uniform in [0, high) (int64), shape (B, *shape)."""
         if not 0 < high <= 1 << 16:
             raise ValueError("high must be in 1..65536")
-        # Multiply-shift keeps the bias below 2**-16 for the small ranges used here.
-        return (self._words(stream, shape) * high) >> 32
+        return integers_below(self.words(stream, shape), high)
+
+
+def unit_floats(words: torch.Tensor) -> torch.Tensor:
+    """Words to float32 in [0, 1) with 24-bit resolution: the multiples of 2**-24, as ``torch.rand`` draws."""
+    return (words >> 8).to(torch.float32) * (1.0 / (1 << 24))
+
+
+def integers_below(words: torch.Tensor, high: torch.Tensor | int) -> torch.Tensor:
+    """Words to integers uniform in [0, high) (int64); ``high`` (1..65536) may differ per element (a tensor that
+    broadcasts against ``words``)."""
+    # Multiply-shift keeps the bias below 2**-16 for the small ranges used here.
+    return (words * high) >> 32
 
 
 def permutation(n: int, seed: int, stream: int, epoch: int) -> torch.Tensor:

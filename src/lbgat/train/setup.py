@@ -18,7 +18,7 @@ from ..checkpoints.model_spec import ModelSpec
 from ..config import AutoFacts, TrainConfig, threat_profile
 from ..data import Dataset, get_dataset_info, load_dataset
 from ..data.extra import ExtraData, load_extra
-from ..data.loader import Augment, DeviceLoader
+from ..data.loader import CROP_FLIP, Augment, DeviceLoader
 from ..data.mixed_loader import MixedLoader
 from ..errors import ConfigError
 from ..methods import Method, TrainAttack
@@ -61,6 +61,7 @@ def validate(config: TrainConfig, *, dataset_given: bool = False, world: World |
     # cross-field and special checks follow.
     check_ranges(config)
     _validate_teacher(config, method)
+    _validate_augment(config)
     _require(all(epoch >= 1 for epoch in config.schedule.decay_epochs or []), "schedule.decay_epochs must be >= 1")
     _require(config.out != "", "out must name a folder, not an empty string")
     _require(config.data.extra_fraction is None or config.data.extra is not None,
@@ -92,6 +93,23 @@ def _validate_teacher(config: TrainConfig, method: MethodChoice) -> None:
         _require(config.teacher is None or config.teacher == config.model,
                  f"separate_bn shares the student's weights with the teacher, so teacher must equal model "
                  f"({config.teacher} != {config.model})")
+
+
+def _validate_augment(config: TrainConfig) -> None:
+    data = config.data
+    _require(data.augment == CROP_FLIP or (not data.crop_padding and not data.flip),
+             f"data.crop_padding and data.flip set the crop-flip augmentation; data.augment={data.augment} flips "
+             "and crop-shifts by itself (leave them unset)")
+
+
+def _check_augment_fits(config: TrainConfig, image_shape: tuple[int, int, int], flips_allowed: bool) -> None:
+    augment = config.data.augment
+    if augment == CROP_FLIP:
+        return
+    _require(flips_allowed, f"data.augment={augment} flips images horizontally, which {config.data.name} does not "
+                            "allow (digits); use data.augment=crop-flip")
+    _require(image_shape[0] in (1, 3), f"data.augment={augment} works on grey or RGB images; {config.data.name} has "
+                                       f"{image_shape[0]} channels")
 
 
 def check_compile_toolchain(device: torch.device) -> None:
@@ -129,8 +147,10 @@ def resolve(config: TrainConfig, image_shape: tuple[int, int, int], method: Meth
     config's, as :func:`validate` returned it; each setting's resolver is declared with it in lbgat.config),
     every method and plug-in setting written out."""
     method = method or choose(config)
-    facts = AutoFacts(image_shape, threat_profile(image_shape[0]), _dataset_allows_flips(config.data.name),
-                      method.cls, method.params, method.label)
+    flips_allowed = _dataset_allows_flips(config.data.name)
+    _check_augment_fits(config, image_shape, flips_allowed)
+    facts = AutoFacts(image_shape, threat_profile(image_shape[0]), flips_allowed, method.cls, method.params,
+                      method.label)
     resolved = resolve_auto(config, facts)
     written = dataclasses.replace(config.method, params=method.params_mapping(), plugin_params=method.plugin_mappings())
     resolved = dataclasses.replace(resolved, method=written)
@@ -309,7 +329,7 @@ def build_parts(config: TrainConfig, dataset: Dataset, world: World | None = Non
                                 weight_decay=config.optim.weight_decay, nesterov=config.optim.nesterov)
     train_indices, val_indices = split_holdout(len(dataset.train), config.data.val_size, config.data.split_seed,
                                                config.data.train_size)
-    augment = Augment(crop_padding=config.data.crop_padding, flip=config.data.flip)
+    augment = Augment(crop_padding=config.data.crop_padding, flip=config.data.flip, kind=config.data.augment)
     shard = {"rank": world.rank, "world_size": world.size, "channels_last": config.channels_last}
     train_loader: DeviceLoader | MixedLoader = DeviceLoader(
         dataset.train, batch_size=config.batch_size, seed=config.seed, device=device, indices=train_indices,
