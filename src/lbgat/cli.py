@@ -79,7 +79,10 @@ def _run_train(args: argparse.Namespace) -> int:
     print(f"  last checkpoint: {result.last}")
     if result.best is not None:
         print(f"  best (held-out robust accuracy) checkpoint: {result.best}")
-    print(f"  evaluate with: lbgat eval {shlex.quote(str(result.last))}")
+    averaged = config.average.kind != "none"
+    print(f"  evaluate with: lbgat eval {shlex.quote(str(result.last))}"
+          + (f" (its {config.average.kind} weights once averaging has started; --weights raw for the raw ones)"
+             if averaged else ""))
     return 0
 
 

@@ -1,6 +1,7 @@
 """``lbgat eval``, ``lbgat export`` and ``load_model`` take the averaged weights a run kept (``--weights``,
 default auto: the average once it has started), say which weights they evaluated or exported, and refuse in one
-line weights a file does not hold; training records the average's held-out accuracy and selects best.pt by it."""
+line weights a file does not hold; training records the average's held-out accuracy and selects best.pt by it, and
+refuses average settings that mean nothing in one line."""
 
 from __future__ import annotations
 
@@ -116,3 +117,16 @@ def test_weights_a_file_does_not_hold_are_refused_in_one_line(runs: dict[str, Pa
         capsys, "eval", str(plain), "--model", "tiny-cnn", "--dataset", "mnist-5k", *EVAL, "--weights", "ema")
     with pytest.raises(lbgat.errors.CheckpointError, match="holds no swa weights"):
         lbgat.load_model(none, weights="swa")
+
+
+@pytest.mark.parametrize(("settings", "refusal"), [
+    (["--set", "average.decay=0.9"], "average.decay is set, but average.kind is none: choose --average ema or swa"),
+    (["--average", "ema", "--set", "average.decay=1"], "average.decay must be < 1, got 1"),
+    (["--average", "ema", "--set", "average.start=2"], "average.start is 2, but the run trains 2 epochs"),
+    (["--average", "swa", "--set", "average.warmup=true"], "average.warmup ramps a decay, but swa with average.decay"),
+    (["--average", "swa", "--set", "average.bn=mean"], "average.bn must be one of copy, ema, recompute, got 'mean'"),
+])
+def test_average_settings_that_mean_nothing_are_refused_in_one_line(settings: list[str], refusal: str, tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture) -> None:
+    assert refusal in one_line_refusal(capsys, *RUN, *settings, "--out", str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
