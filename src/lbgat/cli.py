@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from . import config as config_module
 from .attacks import NORMS
+from .checkpoints.averaged_weights import WEIGHTS, WEIGHTS_HELP
 from .data.download import DOWNLOADABLE
 from .errors import LbgatError
 from .evaluate.autoattack import AA_VERSIONS
@@ -79,7 +80,10 @@ def _run_train(args: argparse.Namespace) -> int:
     print(f"  last checkpoint: {result.last}")
     if result.best is not None:
         print(f"  best (held-out robust accuracy) checkpoint: {result.best}")
-    print(f"  evaluate with: lbgat eval {shlex.quote(str(result.last))}")
+    averaged = config.average.kind != "none"
+    print(f"  evaluate with: lbgat eval {shlex.quote(str(result.last))}"
+          + (f" (its {config.average.kind} weights once averaging has started; --weights raw for the raw ones)"
+             if averaged else ""))
     return 0
 
 
@@ -119,6 +123,7 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--check-n", type=int, default=100,
                         help="examples for the PGD-100x5 strength check (default 100; 0 skips it)")
     parser.add_argument("--out", type=_folder, help="report folder (default: eval-<checkpoint name> beside it)")
+    parser.add_argument("--weights", choices=WEIGHTS, default="auto", help=WEIGHTS_HELP)
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
                         help="model arithmetic: fp32 (default, the evaluation of record) or bf16/fp16 autocast")
     add_switches(parser, "float32", FLOAT32_SWITCHES)  # as lbgat train's; neither: torch's own flags
@@ -139,14 +144,15 @@ def _run_eval(args: argparse.Namespace) -> int:
         data_root=args.data_root, out=args.out, device=args.device, protocol=args.protocol, norm=args.norm,
         model=args.model, num_classes=args.num_classes, aa_version=args.aa_version, aa_attacks=args.aa_attacks,
         aa_batch_size=args.aa_batch_size, transfer_from=args.transfer_from, source_model=args.source_model,
-        check_n=args.check_n, precision=args.precision, float32=args.float32,
+        check_n=args.check_n, precision=args.precision, float32=args.float32, weights=args.weights,
     )
     report, out = evaluate_checkpoint(request, progress=not args.no_progress)
     if not report:  # a non-main process of a sharded evaluation
         return 0
     protocol = report["protocol"]
     arch = report["checkpoint"]["arch"]
-    print(f"{arch} on {protocol['dataset']} test, n = {protocol['n']}, {protocol['norm']} eps = {protocol['eps']!r}")
+    print(f"{arch} ({report['checkpoint']['weights']} weights) on {protocol['dataset']} test, n = {protocol['n']}, "
+          f"{protocol['norm']} eps = {protocol['eps']!r}")
     doubts = doubts_of(report)
     for row in report["results"]:
         interval = interval_text(interval_of(row))  # 95% Wilson interval over the n test images
@@ -175,19 +181,20 @@ def _add_export(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("checkpoint", type=Path, help="a run's last.pt, best.pt or epoch-N.pt, or a run folder "
                                                       "(meaning its last.pt)")
     parser.add_argument("--out", type=_folder, required=True, help="a new or empty folder for the export")
+    parser.add_argument("--weights", choices=WEIGHTS, default="auto", help=WEIGHTS_HELP)
     parser.set_defaults(handler=_run_export)
 
 
 def _run_export(args: argparse.Namespace) -> int:
     from .export import export_checkpoint
 
-    result = export_checkpoint(args.checkpoint, args.out)
+    result = export_checkpoint(args.checkpoint, args.out, args.weights)
     for path in result.evaluations.stale:
         print(terminal_line(f"note: {path} evaluated an earlier {result.checkpoint.name} (another sha256); "
                             "not in the card"))
     for path in result.evaluations.unreadable:
         print(terminal_line(f"note: {path} could not be read as an lbgat report; not in the card"))
-    print(f"exported {result.checkpoint} to {result.folder}")
+    print(f"exported the {result.weights} weights of {result.checkpoint} to {result.folder}")
     loads = ", ".join(f"{cls.project} {cls.constructor}" for cls in result.layout.classes)
     print(f"  model.safetensors: key layout {result.layout.name}"
           + (f"; loads strictly into {loads}" if loads else " (no official counterpart)"))

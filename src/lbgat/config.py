@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from .attacks import BN_MODES, ITERATES, OBJECTIVES, STARTS
+from .checkpoints.averaged_weights import AVERAGES
 from .data import get_dataset_info, list_datasets
 from .data.loader import AUGMENTS, CROP_FLIP
 from .errors import ConfigError
@@ -35,6 +36,11 @@ if TYPE_CHECKING:
 
 # What a non-finite loss does (on_nan): stop the run, or skip that step.
 ON_NAN_ACTIONS: tuple[str, ...] = ("stop", "skip")
+# Weight averaging (average.kind) and what the average's BatchNorm statistics are (average.bn): copied from the
+# raw weights (Wang et al. 2023), averaged with the weights (ReBAT) or recomputed over the epoch's training
+# images (DA-Alone's SWA).
+AVERAGE_KINDS: tuple[str, ...] = ("none", *AVERAGES)
+AVERAGE_BN: tuple[str, ...] = ("copy", "ema", "recompute")
 SEED_LIMIT = 2**63  # torch.manual_seed takes a signed 64-bit integer
 # Each setting is declared once, at its field (lbgat.settings.setting): default, flag and help text,
 # choices, range (the refusal's wording where it is not the default one), whether it may change on resume,
@@ -155,6 +161,34 @@ class ValConfig:
     every: int = setting(1, minimum=1)  # epochs between validations
 
 
+def _for_average(ema: Any, swa: Any) -> Any:
+    """The resolver of an average setting: its value for each kind (None without averaging)."""
+    return lambda _, resolved: {"ema": ema, "swa": swa}.get(resolved.average.kind)
+
+
+@dataclass
+class AverageConfig:
+    """Weight averaging (docs/training.md, "Weight averaging"): an average of the student's weights kept beside
+    them, validated every epoch with them, saved in every checkpoint and loaded on request."""
+
+    kind: str = setting("none", flag="--average", choices=AVERAGE_KINDS,
+                        help="keep an average of the weights: ema (exponential moving average, as Wang et al. "
+                             "2023) or swa (as DA-Alone's code); default none")
+    # The share of the average kept at each update (new = decay * average + (1 - decay) * weights). auto: 0.995
+    # for ema (Wang et al. 2023's tau); for swa the equal-weight mean of every update (null), or a number for
+    # DA-Alone's fixed-weight average (its README's --swa 0 0.001 1 is decay 0.999).
+    decay: float | None = setting(None, minimum=0, below=1, auto=_for_average(0.995, None))
+    # The decay ramped as min(decay, (1 + n) / (10 + n)) at the n-th update (0, 1, ...): Wang et al.'s
+    # dynamic decay. auto: on for ema, off for swa.
+    warmup: bool | None = setting(None, auto=_for_average(True, False))
+    # Epochs trained before averaging starts; until then the average is a copy of the raw weights.
+    start: int = setting(0, minimum=0)
+    # The average is updated after every `every`-th step of an epoch (DA-Alone's averaging frequency).
+    every: int = setting(1, minimum=1)
+    # The average's BatchNorm statistics. auto: copy for ema (Wang et al.), recompute for swa (DA-Alone).
+    bn: str | None = setting(None, choices=AVERAGE_BN, auto=_for_average("copy", "recompute"))
+
+
 @dataclass
 class TrainConfig:
     method: MethodConfig = field(default_factory=MethodConfig)
@@ -176,6 +210,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     val: ValConfig = field(default_factory=ValConfig)
+    average: AverageConfig = field(default_factory=AverageConfig)
     batch_size: int = setting(128, flag="--batch-size", minimum=1)
     # stop (with a checkpoint) after this many optimiser steps in all
     max_steps: int | None = setting(None, flag="--max-steps", minimum=1, resumable=True,

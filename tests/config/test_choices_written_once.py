@@ -10,8 +10,9 @@ from typing import get_args
 import pytest
 
 from lbgat.attacks import BN_MODES, ITERATES, NORMS, OBJECTIVES, STARTS, BNMode, Iterate, Norm, Objective, Start
+from lbgat.checkpoints.averaged_weights import WEIGHTS
 from lbgat.cli import build_parser
-from lbgat.config import ON_NAN_ACTIONS, build_config
+from lbgat.config import AVERAGE_KINDS, ON_NAN_ACTIONS, build_config
 from lbgat.data.download import DOWNLOADABLE
 from lbgat.errors import ConfigError
 from lbgat.evaluate.autoattack import AA_VERSIONS, AASettings
@@ -43,6 +44,8 @@ def test_every_choice_flag_holds_its_constant() -> None:
     assert _choices(evaluate, "aa_version") is AA_VERSIONS
     assert list(_choices(evaluate, "protocol")) == list(PROTOCOLS)
     assert _choices(_subcommand(parser, "data", "download"), "name") is DOWNLOADABLE
+    assert _choices(train, "average") is AVERAGE_KINDS
+    assert _choices(evaluate, "weights") is WEIGHTS and _choices(_subcommand(parser, "export"), "weights") is WEIGHTS
 
 
 def test_the_typed_names_and_their_tuples_agree() -> None:
@@ -54,7 +57,8 @@ def test_the_typed_names_and_their_tuples_agree() -> None:
 
 @pytest.mark.parametrize(("setting", "constant"), [("on_nan", ON_NAN_ACTIONS), ("precision", PRECISIONS),
                                                    ("attack.start", STARTS), ("attack.bn_mode", BN_MODES),
-                                                   ("attack.objective", OBJECTIVES), ("attack.iterate", ITERATES)])
+                                                   ("attack.objective", OBJECTIVES), ("attack.iterate", ITERATES),
+                                                   ("average.kind", AVERAGE_KINDS)])
 def test_training_validation_accepts_exactly_the_constant(setting: str, constant: tuple[str, ...]) -> None:
     """Every value of the constant passes validation; any other is refused, naming the values."""
     for value in constant:

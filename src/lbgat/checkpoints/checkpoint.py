@@ -4,7 +4,8 @@ A checkpoint is a ``torch.save`` of plain containers only: tensors, numbers, str
 dicts, with the metadata as a JSON string. It is read with ``torch.load(weights_only=True)``, which
 refuses any pickled object that would run code. Layout::
 
-    {"lbgat_checkpoint": 1, "meta": "<json>", "state": {"student.<key>": tensor, "teacher.<key>": ...},
+    {"lbgat_checkpoint": 1, "meta": "<json>", "state": {"student.<key>": tensor, "teacher.<key>": ...,
+     "average.<student key>": ... (a run with weight averaging)},
      "optimizer": <optimizer state_dict>  (resumable checkpoints only)}
 """
 
@@ -25,7 +26,7 @@ from torch import nn
 from ..errors import CheckpointError, UnsafeCheckpointError
 from ..storage import tamper_check
 from ..storage.files import atomic_file
-from . import checkpoint_checks
+from . import averaged_weights, checkpoint_checks
 from .model_spec import ModelSpec
 
 FORMAT_VERSION = 1
@@ -131,8 +132,9 @@ def checkpoint_from_payload(payload: object, path: Path, not_lbgat_hint: str = _
     except (TypeError, ValueError, RecursionError):
         raise CheckpointError(f"checkpoint {path} has unreadable metadata") from None
     state = checkpoint_checks.check_state(payload.get("state"), path)
-    return Checkpoint(meta=checkpoint_checks.check_meta(meta, path), state=state,
-                      optimizer=payload.get("optimizer"), path=path)
+    meta = checkpoint_checks.check_meta(meta, path)
+    averaged_weights.check_average(meta, state, path)
+    return Checkpoint(meta=meta, state=state, optimizer=payload.get("optimizer"), path=path)
 
 
 def require_resumable(checkpoint: Checkpoint) -> Checkpoint:

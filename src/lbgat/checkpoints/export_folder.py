@@ -13,8 +13,9 @@ DIR. A folder lacking one of the three files, or still marked unfinished, is ref
 
 safetensors holds raw tensors and a JSON header, so reading it runs no code. The header's
 metadata (strings only) holds the architecture, classes, input shape, normalisation, key layout,
-lbgat version and the source checkpoint's sha256 as plain keys, and the training record (config,
-dataset, position, code version) as JSON under ``lbgat_meta``.
+lbgat version, the source checkpoint's sha256 and which of its weights were exported (``weights``: raw, ema
+or swa; raw where absent) as plain keys, and the training record (config, dataset, position, code version,
+the average the run kept) as JSON under ``lbgat_meta``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from torch import nn
 from ..errors import CheckpointError
 from ..storage import tamper_check
 from . import checkpoint_checks
+from .averaged_weights import AVERAGES
 from .checkpoint import check_checkpoint_path, key_mismatch, load_state_strict
 from .model_spec import ModelSpec
 
@@ -54,12 +56,12 @@ def is_export(folder: Path) -> bool:
 
 
 def export_metadata(spec: ModelSpec, layout_name: str, meta: dict[str, Any], *, checkpoint_sha256: str,
-                    checkpoint_name: str, version: str) -> dict[str, str]:
+                    checkpoint_name: str, version: str, weights: str = "raw") -> dict[str, str]:
     """The safetensors metadata of an export: plain keys a person or another tool reads directly, and the
-    training record as JSON."""
+    training record as JSON. ``weights``: which of the checkpoint's weights were exported (raw, ema, swa)."""
     normalization = "none" if spec.mean is None else json.dumps({"mean": spec.mean, "std": spec.std})
     record = {key: meta.get(key) for key in ("kind", "config", "teacher", "dataset", "position", "best",
-                                             "code_version")}
+                                             "code_version", "average")}
     return {
         "format": "pt",  # the convention of other safetensors writers (e.g. Hugging Face)
         "lbgat_export": FORMAT_VERSION,
@@ -72,6 +74,7 @@ def export_metadata(spec: ModelSpec, layout_name: str, meta: dict[str, Any], *, 
         "lbgat_version": version,
         "checkpoint_sha256": checkpoint_sha256,
         "checkpoint_name": checkpoint_name,
+        "weights": weights,
         "dataset": str(meta.get("dataset", {}).get("name")),
         "method": str(meta.get("config", {}).get("method", {}).get("name")),
         "lbgat_meta": json.dumps(record, allow_nan=False),
@@ -176,6 +179,11 @@ def _spec_and_meta(metadata: dict[str, str], weights: Path) -> tuple[ModelSpec, 
     meta["student"] = student
     meta = checkpoint_checks.check_meta(meta, weights)  # the same shape checks as a checkpoint's metadata
     meta["exported_from"] = {"sha256": metadata["checkpoint_sha256"], "name": metadata.get("checkpoint_name")}
+    # Exports written before weight averaging hold the raw weights.
+    exported = metadata.get("weights", "raw")
+    if exported != "raw" and exported not in AVERAGES:
+        raise malformed(f"weights must be raw or an average ({', '.join(AVERAGES)}), got {exported!r}")
+    meta["weights"] = exported
     return ModelSpec.from_dict(student), meta
 
 

@@ -66,6 +66,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         f"Checkpoint {code(checkpoint['path'])} (sha256 {code(str(checkpoint['sha256'])[:16])}…, {text(trained)}).",
         "",
+        # Reports written before weight averaging evaluated the raw weights and do not say so.
+        f"Weights evaluated: {text(checkpoint.get('weights_description', 'raw: the weights as trained'))}.",
+        "",
         *[f"Trained with the plug-in {text(summary)}." for summary in checkpoint.get("plugins") or []],
         *([""] if checkpoint.get("plugins") else []),
         "| attack | accuracy | 95% interval | correct / total | settings | time (s) |",

@@ -19,6 +19,7 @@ from torch import nn
 
 from ..attacks import NORMS
 from ..attacks.half import batch_coupled, scaled_input_gradients
+from ..checkpoints.averaged_weights import WEIGHTS
 from ..checkpoints.checkpoint import sha256_of
 from ..checkpoints.export_folder import is_export
 from ..checkpoints.loading import LoadedModel, PlainStateDictError, load_for_eval
@@ -87,6 +88,7 @@ class EvalRequest:
     precision: str = "fp32"  # fp32 is the evaluation of record; bf16/fp16 autocast only when asked
     # fp32 convolutions and matmuls on the GPU: torch's flags as they are (default), IEEE (ieee) or TF32 (tf32)
     float32: str = "default"
+    weights: str = "auto"  # raw, or the average the run kept (ema, swa); auto: the average where it has started
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,8 @@ def check_request(request: EvalRequest) -> None:
     if request.precision not in PRECISIONS:
         raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {request.precision!r}")
     check_float32(request.float32)
+    if request.weights not in WEIGHTS:
+        raise ConfigError(f"--weights must be one of {', '.join(WEIGHTS)}, got {request.weights!r}")
     if request.protocol is not None and request.protocol not in PROTOCOLS:
         raise ConfigError(f"unknown protocol {request.protocol!r}; known: {', '.join(PROTOCOLS)}")
     if request.eps is not None and not 0.0 <= request.eps <= (1.0 if request.norm != "L2" else 1e3):
@@ -179,9 +183,10 @@ def _load_models(request: EvalRequest, device: torch.device) -> tuple[LoadedMode
         channels, height, _ = dataset.image_shape
         loaded = load_for_eval(request.checkpoint, arch=request.model,
                                num_classes=request.num_classes or dataset.num_classes,
-                               in_channels=channels, image_size=height)
+                               in_channels=channels, image_size=height, weights=request.weights)
     else:
-        loaded = load_for_eval(request.checkpoint, arch=request.model, num_classes=request.num_classes)
+        loaded = load_for_eval(request.checkpoint, arch=request.model, num_classes=request.num_classes,
+                               weights=request.weights)
         if loaded.meta is None:
             raise ConfigError(f"{request.checkpoint} is a plain state dict: say which data to evaluate on with "
                               "--dataset (and --data-root)")
@@ -436,6 +441,7 @@ def _header(request: EvalRequest, plan_: Plan, loaded: LoadedModel, dataset: Dat
         "seconds": round(seconds, 3),
         "checkpoint": {
             "path": str(loaded.path), "sha256": sha256, "format": loaded.kind, "kind": meta.get("kind"),
+            "weights": loaded.weights, "weights_description": loaded.weights_description,
             "arch": loaded.spec.arch, "num_classes": loaded.spec.num_classes,
             "method": meta.get("config", {}).get("method", {}).get("name"),
             "plugins": plugin_summaries(meta.get("config", {}).get("method", {})),
@@ -467,7 +473,8 @@ def _header(request: EvalRequest, plan_: Plan, loaded: LoadedModel, dataset: Dat
         header["checkpoint"]["exported_from"] = meta["exported_from"]
     if source is not None:
         header["transfer"] = {"source": str(source.path), "source_sha256": sha256_of(source.path),
-                              "source_arch": source.spec.arch, "source_format": source.kind}
+                              "source_arch": source.spec.arch, "source_format": source.kind,
+                              "source_weights": source.weights}
     if plan_.aa is not None:
         header["protocol"]["autoattack"] = asdict(replace(plan_.aa, attacks=list(plan_.aa.attacks or ()) or None))
     return header

@@ -37,6 +37,8 @@ class CardInputs:
     evaluations: list[Evaluation]
     folder_name: str  # the export folder as the user named it, for the snippets
     exported_with: dict[str, Any]  # lbgat.runtime.provenance.code_version() of the exporting code
+    weights: str = "raw"  # which of the checkpoint's weights: raw, or the average the run kept (ema, swa)
+    weights_description: str = "raw: the weights as trained"
 
 
 def _table(rows: list[tuple[str, object]]) -> list[str]:
@@ -82,6 +84,7 @@ def _model_section(inputs: CardInputs) -> list[str]:
         ("normalisation", normalisation),
         ("weights", f"{WEIGHTS}: {inputs.num_tensors} tensors ({inputs.dtypes}), {inputs.num_parameters:,} "
                     "parameters"),
+        ("which weights", inputs.weights_description),
         ("key layout", f"{layout.name}: {layout.description}"),
         ("official classes that load it strictly", official),
     ]
@@ -162,7 +165,8 @@ def _training_section(inputs: CardInputs) -> list[str]:
     ]
     best = meta.get("best")
     if meta.get("kind") == "best" and isinstance(best, dict):
-        rows.append(("selected by", f"held-out robust accuracy {best.get('robust_acc')} at epoch {best.get('epoch')}"))
+        rows.append(("selected by", f"held-out robust accuracy {best.get('robust_acc')} of the "
+                                    f"{best.get('weights', 'raw')} weights at epoch {best.get('epoch')}"))
     return ["## Training", "", *_table(rows), "", f"All settings are in [{CONFIG}]({CONFIG})."]
 
 
@@ -224,10 +228,12 @@ def _evaluation_section(inputs: CardInputs) -> list[str]:
             commands += [f"lbgat eval {folder} --protocol lbgat        # LBGAT/TRADES: eps 0.031, PGD-20, CW-20, "
                          "AutoAttack", f"lbgat eval {folder} --protocol robustbench  # eps 8/255, AutoAttack, "
                          "10,000 points"]
-        return [*lines, "Not evaluated: no `lbgat eval` report of this checkpoint (matched by sha256) was found "
-                "beside it. Evaluate the exported folder (clean, FGSM, PGD-20 and CW-20 at the dataset's threat "
-                "model; add --data-root where the data lives elsewhere):", "", fenced("\n".join(commands))]
-    lines.append("Reports of `lbgat eval` on this exact checkpoint (matched by sha256), found beside it:")
+        return [*lines, f"Not evaluated: no `lbgat eval` report of these weights ({text(inputs.weights)}) of this "
+                "checkpoint (matched by sha256) was found beside it. Evaluate the exported folder (clean, FGSM, "
+                "PGD-20 and CW-20 at the dataset's threat model; add --data-root where the data lives elsewhere):",
+                "", fenced("\n".join(commands))]
+    lines.append(f"Reports of `lbgat eval` on these weights ({text(inputs.weights)}) of this exact checkpoint "
+                 "(matched by sha256), found beside it:")
     for evaluation in inputs.evaluations:
         lines += ["", *_evaluation_lines(evaluation)]
     return lines
@@ -267,7 +273,8 @@ def render_card(inputs: CardInputs) -> str:
     lines = [
         f"# {text(f'{spec.arch} trained with {method} on {dataset}')}",
         "",
-        f"Exported by `lbgat export` from {code(inputs.checkpoint_name)} (sha256 {code(inputs.checkpoint_sha256)}). "
+        f"Exported by `lbgat export` from {code(inputs.checkpoint_name)} (sha256 {code(inputs.checkpoint_sha256)}), "
+        f"its {text(inputs.weights)} weights. "
         f"Trained with {text(_code(meta.get('code_version')))}; exported with {text(_code(inputs.exported_with))}.",
         "",
         *_model_section(inputs), "",
@@ -276,8 +283,8 @@ def render_card(inputs: CardInputs) -> str:
         *_loading_section(inputs), "",
         "## Files", "",
         f"- `{WEIGHTS}`: the weights (sha256 {code(inputs.weights_sha256)}); its metadata header holds the "
-        "architecture, classes, input shape, normalisation, key layout, lbgat version and the source "
-        "checkpoint's sha256",
+        "architecture, classes, input shape, normalisation, key layout, lbgat version, the source "
+        "checkpoint's sha256 and which of its weights these are",
         f"- `{CONFIG}`: the run's resolved settings (paths in it are those of the training machine)",
         "- `README.md`: this card",
         "",

@@ -44,8 +44,10 @@ def _well_formed(report: object) -> bool:
     return rows_ok and isinstance(checks, list) and all(isinstance(check, dict) for check in checks)
 
 
-def find_evaluations(checkpoint: Path, sha256: str) -> FoundEvaluations:
-    """Reports of ``checkpoint`` (by content) in its default eval folder and the other folders beside it."""
+def find_evaluations(checkpoint: Path, sha256: str, weights: str = "raw") -> FoundEvaluations:
+    """Reports of ``checkpoint`` (by content) in its default eval folder and the other folders beside it, of
+    its ``weights`` (raw, or the average the run kept: a report of the other weights of the same file describes
+    another model)."""
     found = FoundEvaluations()
     default = default_out(checkpoint)
     try:
@@ -66,7 +68,9 @@ def find_evaluations(checkpoint: Path, sha256: str) -> FoundEvaluations:
         if not _well_formed(report):
             found.unreadable.append(path)
         elif report["checkpoint"].get("sha256") == sha256:
-            found.matching.append(Evaluation(folder, report))
+            # Reports written before weight averaging evaluated the raw weights.
+            if report["checkpoint"].get("weights", "raw") == weights:
+                found.matching.append(Evaluation(folder, report))
         elif folder == default:
             found.stale.append(path)
     return found

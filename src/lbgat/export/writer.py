@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import yaml
 
-from ..checkpoints import checkpoint_checks
+from ..checkpoints import averaged_weights, checkpoint_checks
 from ..checkpoints.checkpoint import check_checkpoint_path, load_checkpoint, load_state_strict, sha256_of
 from ..checkpoints.export_folder import CARD, CONFIG, FILES, WEIGHTS, export_metadata, is_export
 from ..config import TrainConfig, config_to_yaml
@@ -44,6 +44,7 @@ class ExportResult:
     checkpoint: Path
     layout: KeyLayout
     evaluations: FoundEvaluations
+    weights: str = "raw"  # which of the checkpoint's weights were exported
 
 
 def resolve_checkpoint(source: Path) -> Path:
@@ -79,18 +80,22 @@ def check_out(out: Path) -> None:
     check_writable(out, "export folder")
 
 
-def _student(checkpoint_path: Path) -> tuple[Any, torch.nn.Module, dict[str, Any]]:
+def _student(checkpoint_path: Path, weights: str) -> tuple[Any, torch.nn.Module, dict[str, Any], str]:
+    """The checkpoint's student with the ``weights`` asked for (raw or its average), its metadata, and which
+    weights those are."""
     checkpoint = load_checkpoint(checkpoint_path, not_lbgat_hint=_NOT_A_CHECKPOINT)
     spec = checkpoint.student_spec
-    state = checkpoint.network_state("student")
-    checkpoint_checks.check_finite(((f"student.{key}", value) for key, value in state.items()), checkpoint_path)
+    chosen = averaged_weights.chosen_weights(checkpoint.meta, weights, checkpoint_path)
+    prefix = averaged_weights.prefix_of(chosen)
+    state = checkpoint.network_state(prefix)
+    checkpoint_checks.check_finite(((f"{prefix}.{key}", value) for key, value in state.items()), checkpoint_path)
     try:
         model = spec.build()
     except (RuntimeError, MemoryError, OverflowError, ValueError) as error:  # sizes no network can have
         detail = tamper_check.brief(str(error)) or type(error).__name__
         raise CheckpointError(f"{checkpoint_path} describes a {spec.arch} that cannot be built: {detail}") from None
     load_state_strict(model, state, checkpoint_path)
-    return spec, model, checkpoint.meta
+    return spec, model, checkpoint.meta, chosen
 
 
 def _config_yaml(config: dict[str, Any]) -> str:
@@ -114,41 +119,43 @@ def _write_files(out: Path, files: dict[str, bytes]) -> None:
         raise
 
 
-def export_checkpoint(source: Path, out: Path) -> ExportResult:
+def export_checkpoint(source: Path, out: Path, weights: str = "auto") -> ExportResult:
     """Write ``out``/model.safetensors, README.md and config.yaml from the checkpoint ``source`` (a file, or a
-    run folder meaning its last.pt)."""
+    run folder meaning its last.pt); ``weights`` (lbgat.checkpoints.averaged_weights.WEIGHTS): the raw student or
+    the average of its weights the run kept (auto: the average where it has started)."""
     resolve_checkpoint(source)
     check_out(out)  # before the lock, which creates --out's parent; again under it, where it cannot change
     # The lock is kept beside --out: the export folder holds nothing but the export. The files are written into
     # a hidden sibling of --out (export.staging), so a full disk names a file there.
     with sibling_lock(out, "export folder"), failed_writes(out.parent, _NOT_EXPORTED.format(out=out)):
-        return _export(source, out)
+        return _export(source, out, weights)
 
 
 _NOT_EXPORTED = ("nothing was exported ({out} was not created or changed, and the partial export beside it was "
                  "removed again) and the checkpoint is unchanged: free some space, then export again")
 
 
-def _export(source: Path, out: Path) -> ExportResult:
+def _export(source: Path, out: Path, weights: str) -> ExportResult:
     from safetensors.torch import save
 
     checkpoint_path = resolve_checkpoint(source)
     check_out(out)
-    spec, model, meta = _student(checkpoint_path)
+    spec, model, meta, chosen = _student(checkpoint_path, weights)
     layout = key_layout(model, spec.arch, spec.num_classes, spec.in_channels, spec.image_size)
     tensors = layout.to_official(model.state_dict())
     checkpoint_sha256 = sha256_of(checkpoint_path)
     metadata = export_metadata(spec, layout.name, meta, checkpoint_sha256=checkpoint_sha256,
-                               checkpoint_name=checkpoint_path.name, version=__version__)
-    weights = save(tensors, metadata=metadata)
-    evaluations = find_evaluations(checkpoint_path, checkpoint_sha256)
+                               checkpoint_name=checkpoint_path.name, version=__version__, weights=chosen)
+    data = save(tensors, metadata=metadata)
+    evaluations = find_evaluations(checkpoint_path, checkpoint_sha256, chosen)
     card = render_card(CardInputs(
         spec=spec, layout=layout, meta=meta, checkpoint_name=checkpoint_path.name,
-        checkpoint_sha256=checkpoint_sha256, weights_sha256=hashlib.sha256(weights).hexdigest(),
+        checkpoint_sha256=checkpoint_sha256, weights_sha256=hashlib.sha256(data).hexdigest(),
+        weights=chosen, weights_description=averaged_weights.describe(meta, chosen),
         num_tensors=len(tensors), num_parameters=sum(p.numel() for p in model.parameters()),
         dtypes=", ".join(sorted({str(tensor.dtype).removeprefix("torch.") for tensor in tensors.values()})),
         evaluations=evaluations.matching, folder_name=out.resolve().name, exported_with=code_version(),
     ))
-    _write_files(out, {WEIGHTS: weights, CONFIG: _config_yaml(meta.get("config", {})).encode("utf-8"),
+    _write_files(out, {WEIGHTS: data, CONFIG: _config_yaml(meta.get("config", {})).encode("utf-8"),
                        CARD: card.encode("utf-8")})
-    return ExportResult(out, checkpoint_path, layout, evaluations)
+    return ExportResult(out, checkpoint_path, layout, evaluations, chosen)

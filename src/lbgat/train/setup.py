@@ -62,6 +62,7 @@ def validate(config: TrainConfig, *, dataset_given: bool = False, world: World |
     check_ranges(config)
     _validate_teacher(config, method)
     _validate_augment(config)
+    _validate_average(config)
     _require(all(epoch >= 1 for epoch in config.schedule.decay_epochs or []), "schedule.decay_epochs must be >= 1")
     _require(config.out != "", "out must name a folder, not an empty string")
     _require(config.data.extra_fraction is None or config.data.extra is not None,
@@ -110,6 +111,22 @@ def _check_augment_fits(config: TrainConfig, image_shape: tuple[int, int, int], 
                             "allow (digits); use data.augment=crop-flip")
     _require(image_shape[0] in (1, 3), f"data.augment={augment} works on grey or RGB images; {config.data.name} has "
                                        f"{image_shape[0]} channels")
+
+
+def _validate_average(config: TrainConfig) -> None:
+    average = config.average
+    if average.kind == "none":
+        given = [name for name, value, default in (("decay", average.decay, None), ("warmup", average.warmup, None),
+                                                   ("start", average.start, 0), ("every", average.every, 1),
+                                                   ("bn", average.bn, None)) if value != default]
+        _require(not given, f"average.{given[0] if given else ''} is set, but average.kind is none: choose "
+                            "--average ema or swa, or drop it")
+    _require(average.kind == "none" or average.start < config.schedule.epochs,
+             f"average.start is {average.start}, but the run trains {config.schedule.epochs} epochs: the average "
+             "would never start")
+    _require(not (average.kind == "swa" and average.warmup and average.decay is None),
+             "average.warmup ramps a decay, but swa with average.decay null is the equal-weight mean: set "
+             "average.decay, or drop average.warmup")
 
 
 def check_compile_toolchain(device: torch.device) -> None:

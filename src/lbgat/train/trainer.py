@@ -17,9 +17,11 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import nn
 from tqdm import tqdm
 
 from ..attacks.input_only import input_only
+from ..checkpoints.averaged_weights import PREFIX, held_average
 from ..checkpoints.checkpoint import Checkpoint, load_state_strict, save_checkpoint
 from ..config import TrainConfig, upgrade_retired_settings
 from ..data import Dataset
@@ -37,6 +39,7 @@ from ..storage.locks import folder_lock
 from ..structured import to_mapping
 from . import parallel
 from .accounting import EpochTotals, LogInterval, Position
+from .averaging import build_average
 from .collapse_probe import CollapseProbe, collapse_warning
 from .errors import CheckpointWriteError, TrainingDiverged, TrainingStopped
 from .gpu import cudnn_autotune
@@ -83,6 +86,8 @@ class Trainer:
         self.metrics_path = run_dir / "metrics.jsonl"
         self.stop_requested: int | None = None  # the stop signal received (SIGTERM/SIGINT), if any
         self.collapse_probe = CollapseProbe(parts) if self.world.is_main else None
+        self.average = None if self.config.average.kind == "none" else build_average(
+            self.config.average, parts.method.student, parts.student_spec, parts.device, self.config.channels_last)
 
     # ----------------------------------------------------------------- state
     def _meta(self, kind: str) -> dict[str, Any]:
@@ -105,6 +110,7 @@ class Trainer:
             "code_version": code_version(),
             "processes": self.world.size,
             "grad_scaler": self.parts.precision.state_dict(),
+            **({"average": self.average.record()} if self.average is not None else {}),
         }
 
     def _save(self, path: Path, kind: str, *, with_optimizer: bool = True, keep_previous: Path | None = None) -> None:
@@ -113,6 +119,8 @@ class Trainer:
         # No CUDA generator states: every random draw of training comes from the counter-based hash of
         # lbgat.runtime.rng, so there is nothing on the GPU to restore (checkpoints that hold them still load).
         state = {key: value.detach().cpu() for key, value in self.parts.method.state_dict().items()}
+        if self.average is not None:
+            state.update(self.average.state())
         optimizer = self.parts.optimizer.state_dict() if with_optimizer else None
         meta = self._meta(kind)
         try:
@@ -122,8 +130,15 @@ class Trainer:
             raise CheckpointWriteError(path, error, self.run_dir) from None
 
     def restore(self, checkpoint: Checkpoint) -> None:
-        method_state = {key: value for key, value in checkpoint.state.items() if not key.startswith("rng.")}
+        method_state = {key: value for key, value in checkpoint.state.items()
+                        if not key.startswith(("rng.", PREFIX + "."))}
         load_state_strict(self.parts.method, method_state, checkpoint.path)
+        if self.average is not None:
+            record = held_average(checkpoint.meta)
+            if record is None or record["kind"] != self.config.average.kind:
+                raise CheckpointError(f"{checkpoint.path} holds no {self.config.average.kind} average of the weights, "
+                                      "so it cannot be resumed with average settings")
+            self.average.load(checkpoint.network_state(PREFIX), record, checkpoint.path)
         if checkpoint.optimizer is None:
             raise ConfigError(f"{checkpoint.path} holds no optimiser state, so it cannot be resumed (use {LAST})")
         try:
@@ -145,7 +160,8 @@ class Trainer:
         # Strict JSON (NaN and infinities as null), one record per line, never after an unfinished line.
         append_line(self.metrics_path, strict_json(record))
 
-    def _validate(self) -> dict[str, float] | None:
+    def _validate(self, model: nn.Module) -> dict[str, float] | None:
+        """Held-out clean and PGD accuracy of ``model`` (the student, or the average of its weights)."""
         loader = self.parts.val_loader
         if loader is None:
             return None
@@ -157,9 +173,10 @@ class Trainer:
         ]
         # Under torchrun each rank evaluates its share of every batch with rank 0's BN statistics, in fp32.
         parallel.broadcast_buffers(self.parts.method)
+        if self.average is not None:
+            parallel.broadcast_buffers(self.average.model)
         # Under --compile the attack runs the compiled student with frozen weights: input-only gradients.
-        result = run_suite(input_only(self.parts.method.student), loader, specs, progress=self.progress,
-                           description="validate")
+        result = run_suite(input_only(model), loader, specs, progress=self.progress, description="validate")
         counts = torch.tensor([float(result.outcomes[spec.name].count) for spec in specs] + [len(result.indices)],
                               dtype=torch.float64, device=self.parts.device)
         *correct, total = all_reduce_sum(counts).tolist()
@@ -249,6 +266,8 @@ class Trainer:
                 parts.method.after_step()  # a weight perturbation (AWP, ISEAT) is removed, step taken or not
                 self.position.batch += 1
                 self.position.global_step += 1
+                if self.average is not None:  # after the perturbation is gone: only real weights are averaged
+                    self.average.step(epoch, self.position.batch)
                 bar.update(1)
                 at_limit = self._at_step_limit()
                 periodic = bool(config.checkpoint_every) and self.position.global_step % config.checkpoint_every == 0
@@ -340,20 +359,27 @@ class Trainer:
     def _end_epoch(self, epoch: int, lr: float) -> None:
         config = self.config
         epochs = config.schedule.epochs
-        val_metrics = None
+        average = self.average
+        if average is not None:
+            average.end_epoch(epoch, (batch.x for batch in self.parts.train_loader.batches(epoch)))
+        val_metrics = val_average = None
         if (epoch + 1) % config.val.every == 0 or epoch + 1 == epochs:
-            val_metrics = self._validate()
+            val_metrics = self._validate(self.parts.method.student)
+            if average is not None and average.updates:  # before its start the average is the raw weights
+                val_average = self._validate(average.model)
         record = {
             "event": "epoch", "epoch": epoch + 1, "global_step": self.position.global_step, "lr": lr,
             "train": self.epoch_totals.means(), "train_seconds": round(self.epoch_totals.seconds, 3),
             "val": val_metrics,
+            **({f"val_{config.average.kind}": val_average} if average is not None else {}),
             # At every epoch, so a run that collapses is flagged at the epoch it happens (validation may be rarer).
             "collapse": self.collapse_probe.measure(self.parts.method.student) if self.collapse_probe else None,
         }
-        improved = val_metrics is not None and (
-            self.best is None or val_metrics["robust_acc"] > self.best["robust_acc"])
+        # best.pt follows the averaged weights once averaging has started (as Wang et al. 2023 select theirs).
+        selected, weights = (val_average, config.average.kind) if val_average is not None else (val_metrics, "raw")
+        improved = selected is not None and (self.best is None or selected["robust_acc"] > self.best["robust_acc"])
         if improved:
-            self.best = {"epoch": epoch + 1, **val_metrics}
+            self.best = {"epoch": epoch + 1, **selected, "weights": weights}
         self.position = Position(epoch + 1, 0, self.position.global_step)
         self.epoch_totals = EpochTotals()
         self._save_last()
@@ -365,9 +391,10 @@ class Trainer:
         warning = collapse_warning(record["collapse"])
         if self.progress:
             summary = ", ".join(f"{name} {value:.4f}" for name, value in record["train"].items())
-            if val_metrics is not None:
-                summary += (f" | held-out clean {100 * val_metrics['clean_acc']:.2f}%"
-                            f" PGD-{config.val.steps} {100 * val_metrics['robust_acc']:.2f}%")
+            for label, metrics in (("held-out", val_metrics), (f"{config.average.kind} held-out", val_average)):
+                if metrics is not None:
+                    summary += (f" | {label} clean {100 * metrics['clean_acc']:.2f}%"
+                                f" PGD-{config.val.steps} {100 * metrics['robust_acc']:.2f}%")
             if warning:
                 summary += f" | WARNING: {warning}"
             tqdm.write(f"epoch {epoch + 1}/{epochs}: {summary}", file=sys.stderr)
