@@ -333,3 +333,15 @@ def test_compare_checks_every_methods_settings_before_training(tmp_path: Path,
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and "method.nonsense" in error, error
     assert not (out / "natural").exists()
+
+
+def test_a_run_evaluated_on_its_averaged_weights_says_so_in_its_label() -> None:
+    """The EMA of a run is another model than its raw weights: every table and figure label says which."""
+    from lbgat.report.collect import Evaluation, Run
+
+    config = {"method": {"name": "trades", "alpha": 6.0}}
+    averaged = Run(None, config=config, evaluation=Evaluation(Path("e"), {"checkpoint": {"weights": "ema"}}))
+    raw = Run(None, config=config, evaluation=Evaluation(Path("r"), {"checkpoint": {"weights": "raw"}}))
+    older = Run(None, config=config, evaluation=Evaluation(Path("o"), {"checkpoint": {}}))
+    assert averaged.short_label == "trades (α=6, ema weights)"
+    assert raw.short_label == older.short_label == "trades (α=6)"

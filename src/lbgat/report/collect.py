@@ -123,7 +123,16 @@ class Run:
                  if key in GREEK and isinstance(value, int | float) and not isinstance(value, bool)]
         if self.method_name in ("lbgat", "lbgat-trades", "lbgat-alp"):
             shown = [item for item in shown if not item.startswith("β=1")]  # the paper's fixed β = 1
+        if self.weights != "raw":
+            shown.append(f"{self.weights} weights")  # an average is another model than the raw weights
         return f"{name} ({', '.join(shown)})" if shown else name
+
+    @property
+    def weights(self) -> str:
+        """Which weights the evaluation measured: raw, ema or swa (reports from before averaging: raw)."""
+        if self.evaluation is None:
+            return "raw"
+        return str(self.evaluation.checkpoint.get("weights") or "raw")
 
 
 def _number(value: Any) -> str:
