@@ -41,6 +41,10 @@ ON_NAN_ACTIONS: tuple[str, ...] = ("stop", "skip")
 # images (DA-Alone's SWA).
 AVERAGE_KINDS: tuple[str, ...] = ("none", *AVERAGES)
 AVERAGE_BN: tuple[str, ...] = ("copy", "ema", "recompute")
+# The lr schedule (schedule.kind): step decays (LBGAT, TRADES) or torch's OneCycleLR stepped once an epoch
+# (the "cosinew" of Wang et al. 2023 and the Gowal/Rebuffi recipes), docs/training.md "Schedule".
+SCHEDULE_KINDS: tuple[str, ...] = ("step", "onecycle")
+ONECYCLE_PCT_START = 0.025  # the cosinew ramp: 10 of 400 epochs (torch's own default is 0.3)
 SEED_LIMIT = 2**63  # torch.manual_seed takes a signed 64-bit integer
 # Each setting is declared once, at its field (lbgat.settings.setting): default, flag and help text,
 # choices, range (the refusal's wording where it is not the default one), whether it may change on resume,
@@ -138,15 +142,27 @@ class OptimConfig:
 @dataclass
 class ScheduleConfig:
     epochs: int = setting(100, flag="--epochs", minimum=1)
-    # lr is multiplied by decay_factor after each of these epochs (1-indexed); auto: the paper's
+    kind: str = setting("step", flag="--schedule", choices=SCHEDULE_KINDS,
+                        help="lr schedule: step (constant, divided at schedule.decay_epochs; the default) or "
+                             "onecycle (torch's OneCycleLR stepped once an epoch, Wang et al. 2023's cosinew)")
+    # step only. lr is multiplied by decay_factor after each of these epochs (1-indexed); auto: the paper's
     # {75, 90} scaled to the run, i.e. [floor(0.75 E), floor(0.9 E)].
     decay_epochs: list[int] | None = setting(None, auto=lambda _, resolved: default_decay_epochs(
-        resolved.schedule.epochs))
-    decay_factor: float = setting(0.1, above=0)
-    # Epoch 1 at warmup_factor * lr, as the official LBGAT script (0.02 at lr 0.1); auto: on for
+        resolved.schedule.epochs) if resolved.schedule.kind == "step" else None)
+    decay_factor: float = setting(0.1, above=0)  # step only
+    # step only. Epoch 1 at warmup_factor * lr, as the official LBGAT script (0.02 at lr 0.1); auto: on for
     # the LBGAT methods. Only applied when epochs >= 10.
-    warmup: bool | None = setting(None, auto=lambda facts, _: facts.method.default_warmup)
-    warmup_factor: float = setting(0.2, above=0)
+    warmup: bool | None = setting(None, auto=lambda facts, resolved: facts.method.default_warmup
+                                  if resolved.schedule.kind == "step" else None)
+    warmup_factor: float = setting(0.2, above=0)  # step only
+    # onecycle only. The share of the epochs over which the lr rises from lr / 25 to lr (OneCycleLR's
+    # pct_start); auto: 0.025, the cosinew's.
+    pct_start: float | None = setting(None, minimum=0, maximum=1, auto=lambda _, resolved: ONECYCLE_PCT_START
+                                      if resolved.schedule.kind == "onecycle" else None)
+    # onecycle only. The momentum goes 0.95 -> 0.85 -> 0.95 against the lr, in place of optim.momentum
+    # (OneCycleLR's cycle_momentum); auto: on, as torch's.
+    cycle_momentum: bool | None = setting(None, auto=lambda _, resolved: True
+                                          if resolved.schedule.kind == "onecycle" else None)
 
 
 @dataclass

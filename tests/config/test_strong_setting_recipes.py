@@ -1,7 +1,8 @@
 """The recipes of today's strongest settings (issue 24): ISEAT + IDBH, TRADES + 1M generated images + EMA (Wang et
 al. 2023), PGD-AT + IDBH + SWA (DA-Alone). Each holds the official command's settings where lbgat has them, its
-header names the source, the deviations, the reported numbers and that no run at scale was made, and each trains
-a step as shipped with only the network and the data swapped for small ones."""
+header names the source, the deviations, the reported numbers and that no run at scale was made, Wang et al.'s
+schedule is the official one, and each trains a step as shipped with only the network and the data swapped for
+small ones."""
 
 from __future__ import annotations
 
@@ -11,14 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 from helpers.data_fixtures import write_cifar10, write_extra_npz
+from helpers.one_cycle import torch_one_cycle
 from lbgat.checkpoints.checkpoint import load_checkpoint
 from lbgat.cli import main
 from lbgat.config import TrainConfig, build_config, load_yaml
 from lbgat.recipes import find_recipe
-from lbgat.train.schedule import lr_at
+from lbgat.train.schedule import lr_at, momentum_at
 from lbgat.train.setup import resolve, validate
 
 ISEAT_IDBH = "recipes/iseat-idbh-cifar10-wrn34-10"
@@ -87,29 +88,19 @@ def test_wang_recipe_holds_the_readme_command() -> None:
     assert math.isclose(config.val.eps, EIGHT) and math.isclose(config.val.step_size, TWO)
 
 
-def _official_cosinew(epochs: int, lr: float) -> list[float]:
-    """DM-Improves-AT's "cosinew": torch's OneCycleLR(max_lr=lr, pct_start=0.025, total_steps=epochs), stepped once
-    an epoch; the lr each epoch trains at."""
-    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr, momentum=0.9, nesterov=True)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, pct_start=0.025, total_steps=epochs)
-    lrs = []
-    for _ in range(epochs):
-        lrs.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        scheduler.step()
-    return lrs
-
-
-def test_wang_schedule_is_the_official_cosine_rounded_to_powers_of_ten() -> None:
-    """Each epoch's lr is the official one rounded to the nearest lr x 10^-k in log scale, except epochs 2-4 of the
-    official 10-epoch ramp (lbgat's warm-up is one epoch): the deviation the header states."""
+def test_wang_schedule_is_the_official_cosinew() -> None:
+    """train-wa.py's default --scheduler cosinew: torch's OneCycleLR(max_lr=0.2, pct_start=0.025, total_steps=400)
+    stepped after every epoch, the SGD's momentum cycled with it; every epoch's lr and momentum are the official
+    ones (bit for bit with torch 2.13; to 1e-12 here so that another torch's rounding does not fail it)."""
     config = _resolved(WANG)
-    official = _official_cosinew(config.schedule.epochs, config.optim.lr)
-    apart = [epoch for epoch in range(1, config.schedule.epochs + 1)
-             if not math.isclose(lr_at(epoch, config.optim.lr, config.schedule),
-                                 config.optim.lr * 10.0 ** -round(math.log10(config.optim.lr / official[epoch - 1])))]
-    assert apart == [2, 3, 4]
-    assert all(value < config.optim.lr for value in official[1:4])
+    schedule = config.schedule
+    assert (schedule.kind, schedule.pct_start, schedule.cycle_momentum) == ("onecycle", 0.025, True)
+    official = torch_one_cycle(schedule.epochs, config.optim.lr, 0.025)
+    ours = [(lr_at(epoch, config.optim.lr, schedule), momentum_at(epoch, schedule))
+            for epoch in range(1, schedule.epochs + 1)]
+    for epoch, (mine, theirs) in enumerate(zip(ours, official, strict=True), start=1):
+        assert all(math.isclose(a, b, rel_tol=1e-12, abs_tol=0) for a, b in zip(mine, theirs, strict=True)), epoch
+    assert math.isclose(ours[0][0], 0.2 / 25) and ours[9] == (0.2, 0.85)  # the ramp: epochs 1-10
 
 
 def test_da_alone_recipe_holds_the_readme_commands() -> None:

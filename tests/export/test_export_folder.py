@@ -364,3 +364,18 @@ def test_the_card_names_the_augmentation_a_run_trained_with() -> None:
     assert _augmentation({"augment": "idbh-strong", "crop_padding": 0, "flip": False}) == (
         "IDBH (idbh-strong; Li & Spratling 2023)")
     assert _augmentation({"crop_padding": 4, "flip": True}) == "random crop with padding 4, horizontal flip on"
+
+
+def test_the_card_names_the_schedule_a_run_trained_with() -> None:
+    """A onecycle run's cycle and cycled momentum; a step run's decays as before, also for runs from before
+    schedule.kind."""
+    from lbgat.export.card import _schedule
+    optim = {"lr": 0.2, "momentum": 0.9, "weight_decay": 5e-4, "nesterov": True}
+    onecycle = {"kind": "onecycle", "epochs": 400, "pct_start": 0.025, "cycle_momentum": True}
+    assert _schedule({"optim": optim, "schedule": onecycle}) == (
+        "SGD lr 0.2, momentum cycled 0.95 → 0.85 → 0.95 against the lr, weight decay 0.0005, Nesterov; OneCycleLR "
+        "stepped once an epoch: a cosine from lr/25 up to lr over a share 0.025 of the epochs, then down to lr/25/1e4")
+    step = {"epochs": 100, "decay_epochs": [75, 90], "decay_factor": 0.1, "warmup": True, "warmup_factor": 0.2}
+    assert _schedule({"optim": optim, "schedule": step}) == (
+        "SGD lr 0.2, momentum 0.9, weight decay 0.0005, Nesterov; lr × 0.1 after epochs 75, 90; epoch 1 at 0.2 × lr "
+        "(warm-up)")

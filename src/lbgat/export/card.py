@@ -99,8 +99,15 @@ def _model_section(inputs: CardInputs) -> list[str]:
 
 def _schedule(config: dict[str, Any]) -> str:
     optim, schedule = config.get("optim", {}), config.get("schedule", {})
-    parts = [f"SGD lr {_number(optim.get('lr'))}, momentum {_number(optim.get('momentum'))}, weight decay "
+    onecycle = schedule.get("kind") == "onecycle"
+    momentum = ("momentum cycled 0.95 → 0.85 → 0.95 against the lr" if onecycle and schedule.get("cycle_momentum")
+                else f"momentum {_number(optim.get('momentum'))}")
+    parts = [f"SGD lr {_number(optim.get('lr'))}, {momentum}, weight decay "
              f"{_number(optim.get('weight_decay'))}" + (", Nesterov" if optim.get("nesterov") else "")]
+    if onecycle:
+        parts.append(f"OneCycleLR stepped once an epoch: a cosine from lr/25 up to lr over a share "
+                     f"{_number(schedule.get('pct_start'))} of the epochs, then down to lr/25/1e4")
+        return "; ".join(parts)
     decays = schedule.get("decay_epochs") or []
     if not decays:
         parts.append("constant lr")

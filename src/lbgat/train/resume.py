@@ -38,9 +38,10 @@ def differences(saved: dict[str, Any], new: dict[str, Any], prefix: str = "",
 
 
 # A resume that changes several settings names the one that explains the others first (trades ->
-# pgd-at also changes attack.objective, start and warmup, but the method is the difference).
+# pgd-at also changes attack.objective, start and warmup, but the method is the difference; step -> onecycle
+# changes the settings each kind resolves).
 MEANINGFUL_FIRST = ("method.name", "model", "teacher", "data.name", "teacher_checkpoints", "method.params",
-                   "method.plugins", "method.plugin_params")
+                   "method.plugins", "method.plugin_params", "schedule.kind")
 
 
 def most_meaningful_first(changes: list[str]) -> list[str]:

@@ -15,7 +15,15 @@ from torch import nn
 from ..checkpoints.checkpoint import check_checkpoint_path
 from ..checkpoints.loading import LoadedModel, PlainStateDictError, load_for_eval
 from ..checkpoints.model_spec import ModelSpec
-from ..config import AutoFacts, TrainConfig, threat_profile
+from ..config import (
+    ONECYCLE_PCT_START,
+    AutoFacts,
+    AverageConfig,
+    OptimConfig,
+    ScheduleConfig,
+    TrainConfig,
+    threat_profile,
+)
 from ..data import Dataset, get_dataset_info, load_dataset
 from ..data.extra import ExtraData, load_extra
 from ..data.loader import CROP_FLIP, Augment, DeviceLoader
@@ -32,6 +40,7 @@ from ..runtime.world import World, device_for, resolve_device
 from ..settings import check_ranges, resolve_auto
 from . import parallel
 from .gpu import sync_bn_warnings
+from .schedule import check_one_cycle
 
 
 def _require(condition: bool, message: str) -> None:
@@ -63,6 +72,7 @@ def validate(config: TrainConfig, *, dataset_given: bool = False, world: World |
     _validate_teacher(config, method)
     _validate_augment(config)
     _validate_average(config)
+    _validate_schedule(config)
     _require(all(epoch >= 1 for epoch in config.schedule.decay_epochs or []), "schedule.decay_epochs must be >= 1")
     _require(config.out != "", "out must name a folder, not an empty string")
     _require(config.data.extra_fraction is None or config.data.extra is not None,
@@ -116,17 +126,39 @@ def _check_augment_fits(config: TrainConfig, image_shape: tuple[int, int, int], 
 def _validate_average(config: TrainConfig) -> None:
     average = config.average
     if average.kind == "none":
-        given = [name for name, value, default in (("decay", average.decay, None), ("warmup", average.warmup, None),
-                                                   ("start", average.start, 0), ("every", average.every, 1),
-                                                   ("bn", average.bn, None)) if value != default]
-        _require(not given, f"average.{given[0] if given else ''} is set, but average.kind is none: choose "
-                            "--average ema or swa, or drop it")
+        given = _first_given(average, AverageConfig(), ("decay", "warmup", "start", "every", "bn"))
+        _require(given is None, f"average.{given} is set, but average.kind is none: choose --average ema or swa, "
+                                "or drop it")
     _require(average.kind == "none" or average.start < config.schedule.epochs,
              f"average.start is {average.start}, but the run trains {config.schedule.epochs} epochs: the average "
              "would never start")
     _require(not (average.kind == "swa" and average.warmup and average.decay is None),
              "average.warmup ramps a decay, but swa with average.decay null is the equal-weight mean: set "
              "average.decay, or drop average.warmup")
+
+
+def _first_given(section: object, defaults: object, names: tuple[str, ...]) -> str | None:
+    """The first of ``names`` set away from its default in a config section, or None."""
+    return next((name for name in names if getattr(section, name) != getattr(defaults, name)), None)
+
+
+def _validate_schedule(config: TrainConfig) -> None:
+    schedule = config.schedule
+    if schedule.kind == "step":
+        given = _first_given(schedule, ScheduleConfig(), ("pct_start", "cycle_momentum"))
+        _require(given is None, f"schedule.{given} is a setting of the onecycle schedule, but schedule.kind is "
+                                "step: choose --schedule onecycle, or drop it")
+        return
+    _require(schedule.warmup is None, "schedule.warmup is set, but schedule.kind onecycle ramps the lr up itself "
+                                      "(over schedule.pct_start of the epochs): drop schedule.warmup")
+    given = _first_given(schedule, ScheduleConfig(), ("decay_epochs", "decay_factor", "warmup_factor"))
+    _require(given is None, f"schedule.{given} is a setting of the step schedule, but schedule.kind is onecycle: "
+                            "drop it")
+    check_one_cycle(schedule, ONECYCLE_PCT_START if schedule.pct_start is None else schedule.pct_start)
+    momentum = config.optim.momentum
+    _require(schedule.cycle_momentum is False or momentum == OptimConfig().momentum,
+             f"optim.momentum is {momentum}, but schedule.cycle_momentum sets the momentum every epoch (0.95 -> "
+             "0.85 -> 0.95, OneCycleLR's): set schedule.cycle_momentum=false to keep optim.momentum")
 
 
 def check_compile_toolchain(device: torch.device) -> None:

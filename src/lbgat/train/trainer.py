@@ -46,7 +46,7 @@ from .gpu import cudnn_autotune
 from .preflight import check_disk_space
 from .resume import differences, most_meaningful_first
 from .run_dir import BEST, LAST, PREVIOUS, check_run_dir, last_good_checkpoint, write_run_files
-from .schedule import lr_at
+from .schedule import lr_at, momentum_at
 from .setup import RunParts, build_parts, expected_image_shape, load_data, load_extra_data, resolve, validate
 
 # --on-nan skip gives up after this many non-finite steps in a row: the run has diverged for good.
@@ -234,8 +234,11 @@ class Trainer:
         while self.position.epoch < epochs:
             epoch = self.position.epoch
             lr = lr_at(epoch + 1, config.optim.lr, config.schedule)
+            momentum = momentum_at(epoch + 1, config.schedule)
             for group in parts.optimizer.param_groups:
                 group["lr"] = lr
+                if momentum is not None:  # cycled by the schedule (onecycle), Nesterov's included
+                    group["momentum"] = momentum
             parts.method.train()
             bar = tqdm(total=len(loader), initial=self.position.batch, desc=f"epoch {epoch + 1}/{epochs}",
                        disable=not self.progress, dynamic_ncols=True, leave=False, file=sys.stderr)
