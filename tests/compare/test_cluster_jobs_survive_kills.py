@@ -53,6 +53,16 @@ def _jobs(out: Path) -> dict[str, str]:
     return {folder: record["job"]["id"] for folder, record in runs.items() if "job" in record}
 
 
+def _stop(submitter: subprocess.Popen[str], out: Path) -> None:
+    """After a failed test: the submitter, and the jobs it left (SIGINT to their controllers stops them)."""
+    submitter.kill()
+    for job_id in _jobs(out).values():
+        try:
+            os.kill(int(job_id), signal.SIGINT)
+        except (ProcessLookupError, ValueError):
+            pass
+
+
 def _trainer(run: Path) -> int | None:
     """The pid of the process training ``run`` (it holds the run folder's lock), once a checkpoint exists."""
     try:
@@ -110,7 +120,7 @@ def test_a_killed_submitter_and_a_killed_job(tmp_path: Path, capsys) -> None:
         assert printed.count("reused the finished run and its evaluation") == 2 and "submitted" not in printed
         assert checkpoints == {name: (out / name / "last.pt").read_bytes() for name in ("natural", "pgd-at")}
     finally:
-        submitter.kill()
+        _stop(submitter, out)
 
 
 def test_a_preempted_job_is_requeued_and_resumes(tmp_path: Path) -> None:
@@ -128,7 +138,7 @@ def test_a_preempted_job_is_requeued_and_resumes(tmp_path: Path) -> None:
         logs = (out / ".jobs").glob("*_0_log.*")
         assert any("this job is preempted" in path.read_text() for path in logs)  # submitit's own account
     finally:
-        submitter.kill()
+        _stop(submitter, out)
 
 
 
