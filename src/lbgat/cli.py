@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, NoReturn
 from . import config as config_module
 from .attacks import NORMS
 from .checkpoints.averaged_weights import WEIGHTS, WEIGHTS_HELP
+from .compare.launchers import LAUNCHERS, LOCAL
 from .data.download import DOWNLOADABLE
 from .errors import LbgatError
 from .evaluate.autoattack import AA_VERSIONS
@@ -268,12 +269,31 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--paper", action="store_true", help="add the LBGAT paper's points to the trade-off figure")
     _add_tsne_flags(parser)
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
+    cluster = parser.add_argument_group(
+        "cluster", "--launcher slurm: one SLURM job per run (per method, and per seed with --seeds), through submitit "
+                   "(pip install 'lbgat[slurm]'); the command waits for them and writes the report. Killed, run it "
+                   "again: it picks up the jobs by the ids in OUT/compare.json. Job logs: OUT/.jobs/")
+    cluster.add_argument("--launcher", choices=LAUNCHERS, default=LOCAL,
+                         help="local: train the runs one after another in this process (default); slurm: one job "
+                              "per run; submitit-local: the same jobs as processes of this machine (for trying the "
+                              "cluster path on one machine)")
+    cluster.add_argument("--partition", help="the SLURM partition (required with --launcher slurm)")
+    cluster.add_argument("--gpus-per-job", type=int, metavar="N",
+                         help="GPUs of each job (default 1): one process on 1, torchrun over N > 1, 0 for a CPU job")
+    cluster.add_argument("--time", metavar="LIMIT",
+                         help="each job's time limit as sbatch writes it: MINUTES, HH:MM:SS or D-HH:MM:SS (required "
+                              "with --launcher slurm); a job that reaches it is requeued and resumes from last.pt")
+    cluster.add_argument("--slurm-account", metavar="ACCOUNT", help="the SLURM account to charge (sbatch --account)")
+    cluster.add_argument("--cpus-per-job", type=int, metavar="N", help="CPU cores of each job (sbatch --cpus-per-task)")
+    cluster.add_argument("--slurm-param", dest="slurm_params", action="append", metavar="KEY=VALUE",
+                         help="any other sbatch option, e.g. --slurm-param qos=high --slurm-param mem=64G (repeatable)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(handler=_run_compare)
 
 
 def _run_compare(args: argparse.Namespace) -> int:
     from .compare import ComparePlan, EvalSettings, comparison_table, parse_methods, run_compare
+    from .compare.launchers import cluster_options
     from .compare.seeds import parse_seeds
     from .config import load_yaml
     from .recipes import find_recipe
@@ -281,6 +301,9 @@ def _run_compare(args: argparse.Namespace) -> int:
 
     entries = parse_methods(args.methods)
     seeds = parse_seeds(args.seeds) if args.seeds is not None else None
+    cluster = cluster_options(args.launcher, partition=args.partition, gpus_per_job=args.gpus_per_job, time=args.time,
+                              account=args.slurm_account, cpus_per_job=args.cpus_per_job,
+                              sbatch=args.slurm_params or ())
     flags: dict[str, object] = {"device": args.device}
     if args.max_steps is not None:
         flags["max_steps"] = args.max_steps
@@ -292,7 +315,8 @@ def _run_compare(args: argparse.Namespace) -> int:
         evaluation=EvalSettings(attacks=None if args.protocol and args.attacks == "clean,pgd" else args.attacks,
                                 n=args.n, protocol=args.protocol, eps=args.eps, step_size=args.step_size,
                                 check_n=args.check_n, device=args.device),
-        report=ReportOptions(paper=args.paper, tsne=_tsne_settings(args)), val_size=args.val_size, seeds=seeds)
+        report=ReportOptions(paper=args.paper, tsne=_tsne_settings(args)), val_size=args.val_size, seeds=seeds,
+        cluster=cluster)
     result = run_compare(plan, progress=not args.no_progress)
     table = comparison_table(result)
     if table:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from lbgat.cli import main
-from lbgat.compare.engine import _clear_unstarted_run
+from lbgat.compare.one_run import clear_unstarted_run
 from lbgat.errors import ConfigError, FolderBusyError
 from lbgat.report.outputs import prepare_out
 from lbgat.storage.locks import LOCK_FILE, folder_lock, sibling_lock
@@ -208,6 +208,6 @@ def test_a_stale_lock_file_is_not_a_stranger_anywhere(tmp_path: Path) -> None:
     run.mkdir()
     for name in ("config.yaml", "metrics.jsonl", LOCK_FILE):
         (run / name).write_text(name)
-    _clear_unstarted_run(run, print)
+    clear_unstarted_run(run, print)
     assert [path.name for path in run.iterdir()] == [LOCK_FILE]
     shutil.rmtree(run)

@@ -236,6 +236,7 @@ def _link_cases(root: Path) -> dict[str, tuple[Path, Path]]:
                         other / "natural" / "eval-last" / "report.json"),
         "report folder": (root / "cx" / "report", other / "report"),
         "record": (root / "cx" / "compare.json", other / "compare.json"),
+        "jobs folder": (root / "cx" / ".jobs", other / "natural"),  # --launcher slurm's job files and logs
     }
 
 

@@ -6,38 +6,47 @@ would, and is evaluated into its ``eval-last`` folder as ``lbgat eval RUN/last.p
 ``OUT/report``. Run again with the same command, a comparison picks up where it stopped: a finished run is
 reused, a stopped one resumes with the trainer's ``--resume`` (bit-for-bit on CPU), and an evaluation whose
 request and checkpoint are unchanged is reused (``compare.json`` records them). With ``--seeds`` each method
-trains once per seed, into ``OUT/<method folder>/seed<N>`` (:mod:`.seeds`).
+trains once per seed, into ``OUT/<method folder>/seed<N>`` (:mod:`.seeds`). With ``--launcher slurm`` each run
+is a cluster job instead (:mod:`.cluster`), trained and evaluated by the same code (:mod:`.one_run`).
 """
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-from ..checkpoints.checkpoint import sha256_of
 from ..config import TrainConfig, build_config
 from ..errors import ConfigError
-from ..evaluate import EvalRequest, evaluate_checkpoint
 from ..evaluate.intervals import interval_of
 from ..evaluate.runner import check_request
 from ..report import ReportOptions, ReportResult, build_report
 from ..report.collect import Evaluation
 from ..report.summary import attack_title, strongest
 from ..storage.files import check_writable
-from ..storage.locks import LOCK_FILE, folder_lock
-from ..train import train
-from ..train.run_dir import LAST, PREVIOUS, RUN_FILES
+from ..storage.locks import folder_lock
 from ..train.setup import validate
+from .cluster import refuse_running_jobs, run_on_cluster
 from .entries import CompareEntry
-from .folders import EVAL_FOLDER, REPORT_FOLDER, check_out_folders
+from .folders import REPORT_FOLDER, check_out_folders
+from .launchers import ClusterOptions
 from .marks import footnote, row_doubts
+from .one_run import (
+    EVAL_FOLDER,
+    EvalSettings,
+    Outcome,
+    PlannedRun,
+    clear_unstarted_run,
+    evaluate_run,
+    has_checkpoint,
+    train_run,
+    training_seconds,
+)
 from .seeds import check_layout, seed_folder
 from .state import CompareState
 from .table import fixed_width_table
@@ -45,27 +54,6 @@ from .table import fixed_width_table
 # Held-out training images a comparison validates on each epoch when its recipe holds none out: enough for the
 # robust-overfitting curve (a binomial standard error of at most 2.2 points), cheap next to an epoch's training.
 COMPARE_VAL_SIZE = 500
-CHANGED_SETTINGS = "--resume with settings that differ from the run:"  # the trainer's refusal
-
-
-@dataclass(frozen=True)
-class EvalSettings:
-    """The one protocol every method is evaluated with (the fields of ``lbgat eval`` a comparison sets)."""
-
-    attacks: str | None = "clean,pgd"  # pgd: the dataset's evaluation PGD (PGD-20 on CIFAR, PGD-40 on MNIST)
-    n: int | None = None
-    protocol: str | None = None
-    eps: float | None = None
-    step_size: float | None = None
-    seed: int = 0
-    batch_size: int = 200
-    check_n: int = 100
-    device: str = "auto"
-
-    def request(self, checkpoint: Path, out: Path) -> EvalRequest:
-        return EvalRequest(checkpoint=checkpoint, attacks=self.attacks, n=self.n, protocol=self.protocol,
-                           eps=self.eps, step_size=self.step_size, seed=self.seed, batch_size=self.batch_size,
-                           check_n=self.check_n, device=self.device, out=out)
 
 
 @dataclass(frozen=True)
@@ -80,19 +68,7 @@ class ComparePlan:
     # data.val_size of every run; None: the recipe's, or COMPARE_VAL_SIZE where the recipe holds nothing out
     val_size: int | None = None
     seeds: tuple[int, ...] | None = None  # --seeds: each method once per seed, in OUT/<method folder>/seed<N>
-
-
-@dataclass
-class Outcome:
-    entry: CompareEntry
-    run_dir: Path
-    last: Path
-    training: str  # "trained", "resumed" or "reused"
-    evaluation: str  # "evaluated" or "reused"
-    report: dict[str, Any]  # the evaluation's report.json
-    report_dir: Path
-    train_seconds: float
-    seed: int | None = None  # the --seeds seed of this run (None without --seeds)
+    cluster: ClusterOptions | None = None  # --launcher slurm (or submitit-local): one job per run; None: here
 
 
 @dataclass
@@ -112,42 +88,58 @@ def _run_compare(plan: ComparePlan, progress: bool) -> CompareResult:
     if plan.seeds is not None and any(override.split("=", 1)[0].strip() == "seed" for override in plan.overrides):
         raise ConfigError("--seeds sets each run's seed: leave --set seed=... out")
     seeds: tuple[int | None, ...] = plan.seeds if plan.seeds else (None,)
-    jobs = [(entry, seed) for entry in plan.entries for seed in seeds]
+    runs = [PlannedRun(entry, seed, seed_folder(entry.run_folder, seed), _config(plan, entry, seed))
+            for entry in plan.entries for seed in seeds]
     # Every method's settings are checked before the first one trains, so a typo costs nothing.
-    configs = [_config(plan, entry, seed) for entry, seed in jobs]
-    for config in configs:
-        validate(config)
+    for run in runs:
+        validate(run.config)
     check_request(plan.evaluation.request(plan.out / "last.pt", plan.out / EVAL_FOLDER))
     check_layout(plan.out, [entry.run_folder for entry in plan.entries], seeded=plan.seeds is not None)
-    check_out_folders(plan.out, [seed_folder(entry.run_folder, seed) for entry, seed in jobs])
+    check_out_folders(plan.out, [run.folder for run in runs])
     plan.out.mkdir(parents=True, exist_ok=True)
     state = CompareState.load(plan.out)
-    total = len(jobs)
+    if plan.cluster is not None:
+        outcomes = run_on_cluster(plan.cluster, plan.out, runs, plan.evaluation, state, progress)
+        say: Callable[[str], None] = print
+    else:
+        refuse_running_jobs(plan.out, runs, state)
+        outcomes, say = _run_here(plan, runs, state, progress)
+    total = len(runs)
+    say(f"== report over {total} run{'s' if total != 1 else ''} into {plan.out / REPORT_FOLDER}")
+    report = build_report([outcome.run_dir for outcome in outcomes], plan.out / REPORT_FOLDER, plan.report,
+                          progress=progress)
+    return CompareResult(outcomes, report)
+
+
+def _run_here(plan: ComparePlan, runs: list[PlannedRun], state: CompareState,
+              progress: bool) -> tuple[list[Outcome], Callable[[str], None]]:
+    """The local launcher: each run trained, then evaluated, one after another in this process."""
+    total = len(runs)
     overall = tqdm(total=2 * total, desc="compare", unit="job", disable=not progress, dynamic_ncols=True,
                    file=sys.stderr, position=0)
     say: Callable[[str], None] = overall.write if progress else print
     outcomes: list[Outcome] = []
     try:
-        for number, ((entry, seed), config) in enumerate(zip(jobs, configs, strict=True), start=1):
-            folder = seed_folder(entry.run_folder, seed)
-            run_dir = plan.out / folder
-            label = entry.label if seed is None else f"{entry.label} seed {seed}"
-            overall.set_description(f"compare [{number}/{total}] {label}")
-            say(f"== [{number}/{total}] {label}: training into {run_dir}")
+        for number, run in enumerate(runs, start=1):
+            run_dir = plan.out / run.folder
+            overall.set_description(f"compare [{number}/{total}] {run.label}")
+            say(f"== [{number}/{total}] {run.label}: training into {run_dir}")
             started = time.perf_counter()
-            last, training = _train(config, run_dir, state, folder, progress, say)
+            last, training = _train(run.config, run_dir, state, run.folder, progress, say)
             train_seconds = training_seconds(run_dir, time.perf_counter() - started)
             overall.update(1)
-            report, report_dir, evaluation = _evaluate(plan.evaluation, last, run_dir, state, folder, progress, say)
+            record = state.entry(run.folder)
+            report, report_dir, evaluated = evaluate_run(plan.evaluation, last, record.get("evaluation"), progress,
+                                                         say)
+            if evaluated is not None:
+                record["evaluation"] = evaluated
+                state.save()
             overall.update(1)
-            outcomes.append(Outcome(entry, run_dir, last, training, evaluation, report, report_dir, train_seconds,
-                                    seed))
+            outcomes.append(Outcome(run.entry, run_dir, last, training, "reused" if evaluated is None else "evaluated",
+                                    report, report_dir, train_seconds, run.seed))
     finally:
         overall.close()
-    say(f"== report over {total} run{'s' if total != 1 else ''} into {plan.out / REPORT_FOLDER}")
-    report = build_report([outcome.run_dir for outcome in outcomes], plan.out / REPORT_FOLDER, plan.report,
-                          progress=progress)
-    return CompareResult(outcomes, report)
+    return outcomes, say
 
 
 def _config(plan: ComparePlan, entry: CompareEntry, seed: int | None = None) -> TrainConfig:
@@ -177,93 +169,19 @@ def shared_recipe(recipe: dict[str, Any] | None, method: str) -> dict[str, Any] 
     return {key: value for key, value in recipe.items() if key != "method"}
 
 
-def _train(config, run_dir: Path, state: CompareState, folder: str, progress: bool,
+def _train(config: TrainConfig, run_dir: Path, state: CompareState, folder: str, progress: bool,
            say: Callable[[str], None]) -> tuple[Path, str]:
     # Held from before a stopped run's files are cleared to the end of its training (which takes it again);
     # never through a link: a run folder of the comparison is its own.
     with folder_lock(run_dir, "run directory", through_link=False):
-        return _train_run(config, run_dir, state, folder, progress, say)
-
-
-def _train_run(config, run_dir: Path, state: CompareState, folder: str, progress: bool,
-               say: Callable[[str], None]) -> tuple[Path, str]:
-    record = state.entry(folder)
-    has_checkpoint = (run_dir / LAST).exists() or (run_dir / PREVIOUS).exists()
-    if not has_checkpoint and record.get("run_started"):
-        _clear_unstarted_run(run_dir, say)
-    if not has_checkpoint:
-        record.clear()  # a new run: its old evaluation (if any) is no longer about this run
-        record["run_started"] = True
-        state.save()
-    try:
-        result = train(config, resume=has_checkpoint, progress=progress)
-    except ConfigError as error:
-        if has_checkpoint and str(error).startswith(CHANGED_SETTINGS):
-            raise ConfigError(f"{run_dir} holds a run of this comparison trained with other settings "
-                              f"({str(error)[len(CHANGED_SETTINGS):].strip()}); run the same command as before, or "
-                              "choose another --out") from None
-        raise
-    if not has_checkpoint:
-        how = "trained"
-    elif result.note and result.note.startswith("nothing to do"):
-        how = "reused"
-        say(f"   reused the run in {run_dir} ({result.note})")
-    else:
-        how = "resumed"
-        say(f"   resumed the stopped run in {run_dir}")
-    return result.last, how
-
-
-def _clear_unstarted_run(run_dir: Path, say: Callable[[str], None]) -> None:
-    """A run this comparison started that stopped before its first checkpoint: its run files (and only
-    those) are removed so that it starts again; anything else in the folder makes the trainer refuse."""
-    removable = [run_dir / name for name in RUN_FILES if (run_dir / name).is_file()
-                 and not (run_dir / name).is_symlink()]
-    others = ([path for path in run_dir.iterdir() if path not in removable and path.name != LOCK_FILE]
-              if run_dir.is_dir() else [])
-    if others or not removable:
-        return
-    for path in removable:
-        path.unlink()
-    say(f"   {run_dir} stopped before its first checkpoint: starting it again")
-
-
-def _evaluate(settings: EvalSettings, last: Path, run_dir: Path, state: CompareState, folder: str,
-              progress: bool, say: Callable[[str], None]) -> tuple[dict[str, Any], Path, str]:
-    out = run_dir / EVAL_FOLDER
-    request = settings.request(last, out)
-    asked = {key: value for key, value in asdict(settings).items() if key != "device"}
-    record = state.entry(folder)
-    checkpoint_sha = sha256_of(last)
-    earlier = record.get("evaluation") or {}
-    report_path = out / "report.json"
-    if (earlier.get("request") == asked and earlier.get("checkpoint_sha256") == checkpoint_sha
-            and report_path.is_file() and sha256_of(report_path) == earlier.get("report_sha256")):
-        say(f"   reused its evaluation in {out}")
-        return json.loads(report_path.read_text(encoding="utf-8")), out, "reused"
-    say(f"   evaluating {last} into {out}")
-    report, report_dir = evaluate_checkpoint(request, progress=progress)
-    record["evaluation"] = {"request": asked, "checkpoint_sha256": checkpoint_sha,
-                            "report_sha256": sha256_of(report_dir / "report.json")}
-    state.save()
-    return report, report_dir, "evaluated"
-
-
-def training_seconds(run_dir: Path, fallback: float) -> float:
-    """Training time from metrics.jsonl (so a re-run that re-uses a finished run reports the real cost)."""
-    total = 0.0
-    try:
-        lines = (run_dir / "metrics.jsonl").read_text(errors="replace").splitlines()
-    except OSError:
-        return fallback
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:  # a line cut short by a killed run
-            continue
-        if isinstance(record, dict) and record.get("event") == "epoch":
-            total += record.get("train_seconds") or 0.0
-    return total or fallback
+        if not has_checkpoint(run_dir):
+            record = state.entry(folder)
+            if record.get("run_started"):
+                clear_unstarted_run(run_dir, say)
+            record.clear()  # a new run: its old evaluation (if any) is no longer about this run
+            record["run_started"] = True
+            state.save()
+        return train_run(config, run_dir, progress, say)
 
 
 def render_table(rows: list[dict[str, Any]], header: str) -> str:

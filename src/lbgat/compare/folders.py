@@ -2,7 +2,8 @@
 what lbgat wrote.
 
 A link planted anywhere a comparison writes or resumes (``OUT`` itself, ``compare.json``, a method's
-folder, a seed folder, a run's files, its ``eval-last`` and the files in it, ``OUT/report``) would make it
+folder, a seed folder, a run's files, its ``eval-last`` and the files in it, ``OUT/report``, the cluster
+launchers' ``OUT/.jobs``) would make it
 train, evaluate or report into someone else's folder, so any link there refuses the comparison. So does a
 file in ``eval-last`` or ``OUT/report`` that lbgat cannot show it wrote (:mod:`lbgat.storage.ownership`): the last
 method's evaluation and the report come after hours of training, and must not be refused only then.
@@ -15,9 +16,10 @@ from pathlib import Path
 from ..errors import ConfigError
 from ..evaluate.report_files import check_out as check_eval_out
 from ..report.outputs import prepare_out as check_report_out
+from .launchers import JOBS_FOLDER
+from .one_run import EVAL_FOLDER
 from .state import STATE_FILE
 
-EVAL_FOLDER = "eval-last"
 REPORT_FOLDER = "report"
 
 
@@ -35,7 +37,7 @@ def _refuse_links_in(folder: Path) -> None:
 def check_out_folders(out: Path, run_folders: list[str]) -> None:
     """Refuse, before any work, a link where the comparison would write or resume, and a file in the way of
     its evaluations or report that lbgat did not write."""
-    for path in (out, out / STATE_FILE, out / REPORT_FOLDER):
+    for path in (out, out / STATE_FILE, out / REPORT_FOLDER, out / JOBS_FOLDER):
         if path.is_symlink():
             raise _link(path)
     for folder in run_folders:
