@@ -229,6 +229,7 @@ def test_ranks_agree_on_a_stop_every_few_steps_and_at_every_boundary(tmp_path, m
 
     agreed_at: list[int] = []
     monkeypatch.setattr(parallel, "is_distributed", lambda: True)
+    monkeypatch.setattr(trainer_module, "is_distributed", lambda: True)
     monkeypatch.setattr(dist, "barrier", lambda *args, **kwargs: None)
     original = trainer_module.Trainer._stop_agreed
 
@@ -271,7 +272,7 @@ def test_held_out_validation_attacks_the_student_with_frozen_weights(tmp_path) -
             return stand_in(*args, **kwargs)
 
         student._compiled_call_impl = recording
-        metrics = Trainer(parts, tmp_path / "run", progress=False)._validate()
+        metrics = Trainer(parts, tmp_path / "run", progress=False)._validate(student)
     assert metrics is not None and metrics["n"] == 8
     assert calls and requires_grad_seen == [{False}] * len(calls)
     assert all(parameter.requires_grad for parameter in student.parameters())

@@ -15,7 +15,7 @@ Two kinds, each following one reference's code:
 
 Common to both, as in the three codes: until ``start`` epochs are done the average is a copy of the raw
 weights (Wang et al. and ReBAT update it with decay 0; DA-Alone's first update copies them). The update comes
-after the optimiser step and after a weight perturbation (AWP, ISEAT) is removed, so only real weights are
+after the optimiser step and after a step's weight perturbation is removed, so only real weights are
 averaged. Every process of a torchrun job keeps the same average: its parameters are a function of the same
 weights, its BatchNorm statistics are rank 0's where they are copied or averaged (as the raw model's, which
 validation and the checkpoint take from rank 0), and summed over the ranks where they are recomputed.
