@@ -23,6 +23,7 @@ from .errors import ConfigError
 from .methods import get_method
 from .methods.plugin import plugin_names
 from .models import default_teacher
+from .runtime.compilation import COMPILE_MODES
 from .runtime.precision import PRECISIONS
 from .settings import folder_name, resumable_keys, setting
 from .storage import yaml_loader
@@ -33,6 +34,9 @@ if TYPE_CHECKING:
 
 # What a non-finite loss does (on_nan): stop the run, or skip that step.
 ON_NAN_ACTIONS: tuple[str, ...] = ("stop", "skip")
+# How torch.optim.SGD updates the weights (optim.kernel): auto is torch's own choice (a loop over the
+# tensors on CPU, one foreach kernel per operation on CUDA); fused is one kernel for the whole update.
+SGD_KERNELS: tuple[str, ...] = ("auto", "for-loop", "foreach", "fused")
 SEED_LIMIT = 2**63  # torch.manual_seed takes a signed 64-bit integer
 # Each setting is declared once, at its field (lbgat.settings.setting): default, flag and help text,
 # choices, range (the refusal's wording where it is not the default one), whether it may change on resume,
@@ -114,6 +118,10 @@ class OptimConfig:
     momentum: float = setting(0.9, minimum=0)
     weight_decay: float = setting(2e-4, minimum=0)
     nesterov: bool = False
+    kernel: str = setting(
+        "auto", flag="--sgd-kernel", choices=SGD_KERNELS, resumable=True,
+        help="how SGD updates the weights: auto (default: torch's choice, a loop on CPU and foreach on "
+             "CUDA), for-loop, foreach, or fused (one kernel; see docs/performance.md)")
 
 
 @dataclass
@@ -196,6 +204,10 @@ class TrainConfig:
         False, flag="--compile", resumable=True,
         help="torch.compile the networks and the attack step: compiles first, meant for GPUs "
              "(slower on CPU; see docs/performance.md)")
+    compile_mode: str = setting(
+        "default", flag="--compile-mode", choices=COMPILE_MODES, resumable=True,
+        help="torch.compile's mode under --compile: default, reduce-overhead (CUDA graphs), max-autotune, "
+             "max-autotune-no-cudagraphs (see docs/performance.md)")
     sync_bn: bool = setting(False, flag="--sync-bn", help="under torchrun on GPUs: BatchNorm statistics over "
                                                           "the global batch (SyncBatchNorm)")
     # Arithmetic (docs/performance.md, docs/reliability.md). tf32: let fp32 convolutions and matmuls use

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..runtime.compilation import compile_options
 from ..runtime.rng import ExampleRNG, Stream
 from .half import batch_coupled, scaled_input_gradients, under_fp16_autocast
 from .modes import BNMode, model_mode
@@ -78,15 +79,15 @@ def _linf_update(x_adv: torch.Tensor, grad: torch.Tensor, lower: torch.Tensor, u
     return torch.minimum(torch.maximum(x_adv + step_size * grad.sign(), lower), upper).clamp(0.0, 1.0)
 
 
-_compiled_linf_update: Callable[..., torch.Tensor] | None = None
+_compiled_linf_updates: dict[str, Callable[..., torch.Tensor]] = {}
 
 
-def compiled_linf_update() -> Callable[..., torch.Tensor]:
-    """The fused step, compiled on first use (dynamic shapes: a last, smaller batch does not recompile)."""
-    global _compiled_linf_update
-    if _compiled_linf_update is None:
-        _compiled_linf_update = torch.compile(_linf_update, dynamic=True)
-    return _compiled_linf_update
+def compiled_linf_update(mode: str = "default") -> Callable[..., torch.Tensor]:
+    """The fused step, compiled on first use in torch.compile's ``mode`` (lbgat.runtime.compilation); dynamic
+    shapes: a last, smaller batch does not recompile (under CUDA graphs it records a graph of its own)."""
+    if mode not in _compiled_linf_updates:
+        _compiled_linf_updates[mode] = torch.compile(_linf_update, dynamic=True, **compile_options(mode))
+    return _compiled_linf_updates[mode]
 
 
 def _ascent_step(grad: torch.Tensor, step_size: float, norm: Norm) -> torch.Tensor:
@@ -150,6 +151,7 @@ def pgd(
     norm: Norm = "Linf",
     iterate: Iterate = "x",
     compiled: bool = False,
+    compile_mode: str = "default",
 ) -> torch.Tensor:
     """Projected gradient ascent on ``objective``; returns the final iterate, detached.
 
@@ -170,7 +172,8 @@ def pgd(
         rng: per-example randomness (see :mod:`lbgat.runtime.rng`); None uses torch's global generator.
         bn_mode: mode the model runs in during the attack; the caller's modes are restored.
         compiled: L-infinity with ``iterate="x"`` only: run the step and projection as one
-            torch.compile'd kernel (same arithmetic, in the iterate's dtype, fp32).
+            torch.compile'd kernel (same arithmetic, in the iterate's dtype, fp32), compiled in
+            torch.compile's ``compile_mode`` (lbgat.runtime.compilation).
 
     Only input gradients are computed (``torch.autograd.grad`` w.r.t. the input), and the clean
     prediction the KL objective compares against is computed once, not at every step.
@@ -190,7 +193,8 @@ def pgd(
         # The step size as a tensor: a Python float would be baked into the compiled code, and the
         # eps warm-up changes it at every training step. Filled on the device: torch.tensor() would copy
         # it from the host and wait for the device.
-        update, step_tensor = compiled_linf_update(), torch.full((), step_size, dtype=x.dtype, device=x.device)
+        update = compiled_linf_update(compile_mode)
+        step_tensor = torch.full((), step_size, dtype=x.dtype, device=x.device)
     with model_mode(model, bn_mode):
         forward: Callable[[torch.Tensor], torch.Tensor] = model
         if under_fp16_autocast(x.device.type):  # only here: the fp32 and bf16 arithmetic stays as it was

@@ -24,6 +24,7 @@ from ..methods.factory import MethodChoice, choose_method
 from ..methods.lifecycle import RunFacts
 from ..methods.teachers import FrozenEnsemble
 from ..models import get_model_entry
+from ..runtime.compilation import compile_options
 from ..runtime.precision import Precision
 from ..runtime.rng import Stream, permutation
 from ..runtime.world import World, device_for, resolve_device
@@ -89,6 +90,12 @@ def _validate_teacher(config: TrainConfig, method: MethodChoice) -> None:
                  f"({config.teacher} != {config.model})")
 
 
+def sgd_kernel(kernel: str) -> dict[str, bool]:
+    """torch.optim.SGD's arguments for ``optim.kernel`` (config.SGD_KERNELS); auto leaves torch's choice."""
+    return {"auto": {}, "for-loop": {"foreach": False}, "foreach": {"foreach": True},
+            "fused": {"fused": True}}[kernel]
+
+
 def check_compile_toolchain(device: torch.device) -> None:
     """torch.compile generates C++ on CPU and Triton kernels on GPU; without them it fails only at the
     first step, deep inside the compiler."""
@@ -152,7 +159,7 @@ def train_attack(config: TrainConfig) -> TrainAttack:
         bn_mode=attack.bn_mode,  # type: ignore[arg-type]  # checked against BN_MODES
         objective=None if attack.objective == "auto" else attack.objective,  # type: ignore[arg-type]
         iterate=attack.iterate,  # type: ignore[arg-type]  # checked against ITERATES
-        compiled=config.compile,
+        compiled=config.compile, compile_mode=config.compile_mode,
     )
 
 
@@ -289,7 +296,8 @@ def build_parts(config: TrainConfig, dataset: Dataset, world: World | None = Non
         seen.update(id(parameter) for parameter in own)
         groups.append({"params": own})
     optimizer = torch.optim.SGD(groups, lr=config.optim.lr, momentum=config.optim.momentum,
-                                weight_decay=config.optim.weight_decay, nesterov=config.optim.nesterov)
+                                weight_decay=config.optim.weight_decay, nesterov=config.optim.nesterov,
+                                **sgd_kernel(config.optim.kernel))
     train_indices, val_indices = split_holdout(len(dataset.train), config.data.val_size, config.data.split_seed,
                                                config.data.train_size)
     augment = Augment(crop_padding=config.data.crop_padding, flip=config.data.flip)
@@ -310,7 +318,7 @@ def build_parts(config: TrainConfig, dataset: Dataset, world: World | None = Non
             parallel.convert_sync_batchnorm(method, device)
     if config.compile:
         for network in filter(None, (method.student, method.teacher)):
-            network.compile()
+            network.compile(**compile_options(config.compile_mode))
     step_module: nn.Module = parallel.data_parallel(method, device) if world.sharded else method
     return RunParts(config, dataset, train_indices, val_indices, train_loader, val_loader, method, optimizer,
                     student_spec, teacher_spec, device, world, precision, step_module)

@@ -29,6 +29,7 @@ from ..evaluate.specs import AttackSpec
 from ..evaluate.suite import run_suite
 from ..methods.factory import MethodChoice
 from ..runtime.arithmetic import describe_arithmetic, deterministic_algorithms, float32_mode
+from ..runtime.compilation import step_begins
 from ..runtime.provenance import code_version
 from ..runtime.world import World, device_for, process_group, resolve_device, world_from_environment
 from ..storage.files import append_line, check_writable, strict_json
@@ -222,6 +223,8 @@ class Trainer:
                        disable=not self.progress, dynamic_ncols=True, leave=False, file=sys.stderr)
             for batch in loader.batches(epoch, self.position.batch):
                 interval.begin_step()
+                if config.compile:
+                    step_begins(config.compile_mode)
                 self._ramp_attack()
                 parts.optimizer.zero_grad(set_to_none=True)
                 with parts.precision.autocast():
