@@ -26,6 +26,7 @@ import argparse
 import copy
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -58,6 +59,10 @@ SCENARIOS: dict[str, tuple[str, ...]] = {
     "iseat-no-awp": ("iseat",), "pgd-at+rpat": ("rpat",), "trades+rpat": ("rpat",), "mart+rpat": ("rpat",),
 }
 CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
+# keep: glibc's malloc keeps what a step frees, as lbgat's trainer has it on CPU (lbgat.runtime.host_memory), for
+# both steps. default: glibc's defaults, under which part of each step's memory goes back to the system and is
+# faulted in again at the next, as the order of the step's frees happens to fall.
+MALLOC = ("keep", "default")
 
 
 def add_official_arguments(parser: argparse.ArgumentParser) -> None:
@@ -74,6 +79,10 @@ def add_official_arguments(parser: argparse.ArgumentParser) -> None:
                        "(default: every one whose repositories are given)")
     group.add_argument("--setting", default="seed1-batch16-plain",
                        help="one of tests/helpers/official_settings.py's settings")
+    group.add_argument("--malloc", choices=MALLOC, default="keep",
+                       help="keep (default): glibc's malloc keeps freed memory, as lbgat train on CPU has it, for "
+                            "both steps; default: glibc's defaults, which give memory back between steps and fault "
+                            "it in again (kernel time, differing from one process to the next)")
 
 
 def wanted(args: argparse.Namespace) -> bool:
@@ -109,7 +118,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     clock = args.clock or "cpu"
     print(f"Each method's step against its official step (tools/official_compare), setting {args.setting}, "
           f"{threads} CPU thread(s), {clock} seconds, medians of {args.repeats} interleaved repeats, "
-          f"torch {torch.__version__}")
+          f"malloc {args.malloc}, torch {torch.__version__}")
     temporary: list[Path] = []
     rows = []
     try:
@@ -130,7 +139,7 @@ def run_child(name: str, trees: dict[str, str], args: argparse.Namespace, thread
     with tempfile.TemporaryDirectory(prefix="against-official-") as folder:
         out = Path(folder) / "result.json"
         command = [sys.executable, __file__, name, json.dumps(trees), args.setting, str(args.repeats), clock,
-                   str(threads), str(out)]
+                   str(threads), args.malloc, str(out)]
         done = subprocess.run(command, env=env, cwd=folder, capture_output=True, text=True)  # logs land there
         if done.returncode != 0:
             raise RuntimeError(f"{name}: the step's process failed:\n{done.stderr[-4000:]}")
@@ -139,26 +148,28 @@ def run_child(name: str, trees: dict[str, str], args: argparse.Namespace, thread
 
 def print_progress(row: dict[str, Any]) -> None:
     official, ours = row["official"], row["lbgat"]
-    print(f"  {row['scenario']:>20}: official {official['median']:.3f} s ({official['forwards']} forwards), lbgat "
-          f"{ours['median']:.3f} s ({ours['forwards']} forwards): {official['median'] / ours['median']:.3f}x; "
+    print(f"  {row['scenario']:>20}: official {official['median']:.3f} s ({official['forwards']} forwards, "
+          f"{official['page_faults']} page faults), lbgat {ours['median']:.3f} s ({ours['forwards']} forwards, "
+          f"{ours['page_faults']} page faults): {official['median'] / ours['median']:.3f}x; "
           f"loss difference {row['loss_difference']:.1e}, state after {row['state_difference']:.1e}", flush=True)
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
     print()
     print("| scenario | networks | forwards official / lbgat | BN-updating official / lbgat | official s | lbgat s | "
-          "official img/s | lbgat img/s | speed-up | loss diff | state diff |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "official img/s | lbgat img/s | speed-up | page faults official / lbgat | loss diff | state diff |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for row in rows:
         official, ours, size = row["official"], row["lbgat"], row["batch_size"]
         print(f"| {row['scenario']} | {row['networks']} | {official['forwards']} / {ours['forwards']} | "
               f"{official['bn_updating']} / {ours['bn_updating']} | {official['median']:.3f} | {ours['median']:.3f} | "
               f"{size / official['median']:.1f} | {size / ours['median']:.1f} | "
-              f"{official['median'] / ours['median']:.3f}x | {row['loss_difference']:.1e} | "
-              f"{row['state_difference']:.1e} |")
+              f"{official['median'] / ours['median']:.3f}x | {official['page_faults']} / {ours['page_faults']} | "
+              f"{row['loss_difference']:.1e} | {row['state_difference']:.1e} |")
     print("speed-up: the official step's median seconds over lbgat's (above 1: lbgat is faster); forwards: every "
           "network forward of one step (student, its copies, teacher); BN-updating: those that moved the trained "
-          "networks' BatchNorm statistics; diff: largest absolute difference after one step from the same state")
+          "networks' BatchNorm statistics; page faults: the median step's; diff: largest absolute difference after "
+          "one step from the same state")
 
 
 # --- in the scenario's own process ------------------------------------------------------------------------
@@ -235,9 +246,13 @@ def prepare(name: str, trees: dict[str, str], setting_key: str) -> tuple[Any, An
 
 
 def measure(name: str, trees: dict[str, str], setting_key: str, repeats: int, clock_name: str,
-            threads: int) -> dict[str, Any]:
+            threads: int, malloc: str) -> dict[str, Any]:
     from harness import BackwardLog, StartDraw
 
+    from lbgat.runtime.host_memory import keep_freed_memory
+
+    if malloc == "keep" and not keep_freed_memory():
+        print("note: the C library is not glibc: --malloc keep changes nothing", file=sys.stderr)
     torch.set_num_threads(threads)
     StartDraw.charge = True
     clock = CLOCKS[clock_name]
@@ -259,25 +274,29 @@ def measure(name: str, trees: dict[str, str], setting_key: str, repeats: int, cl
     networks = tuple({type(net) for side in sides.values() for net in side.trained.values()})
     counts = {side_name: count_forwards(side, networks) for side_name, side in sides.items()}
     seconds: dict[str, list[float]] = {side_name: [] for side_name in sides}
+    faults: dict[str, list[int]] = {side_name: [] for side_name in sides}
     for repeat in range(repeats):
         order = list(sides.items())
         for side_name, side in order if repeat % 2 == 0 else order[::-1]:
             side.reset()
+            faulted = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             started = clock()
             side.step()
             seconds[side_name].append(clock() - started)
+            faults[side_name].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faulted)
     return {
         "scenario": name, "networks": words, "batch_size": len(official_step.inputs), "setting": setting_key,
         "loss_difference": abs(losses["official"].item() - losses["lbgat"].item()),
         "losses": {side_name: loss.item() for side_name, loss in losses.items()},
         "state_difference": state_difference,
         **{side_name: {"forwards": counts[side_name][0], "bn_updating": counts[side_name][1],
-                       "seconds": seconds[side_name], "median": statistics.median(seconds[side_name])}
+                       "seconds": seconds[side_name], "median": statistics.median(seconds[side_name]),
+                       "page_faults": int(statistics.median(faults[side_name]))}
            for side_name in sides},
     }
 
 
 if __name__ == "__main__":
-    scenario, trees_json, setting_key, repeats, clock_name, threads, out = sys.argv[1:8]
-    measured = measure(scenario, json.loads(trees_json), setting_key, int(repeats), clock_name, int(threads))
+    scenario, trees_json, setting_key, repeats, clock_name, threads, malloc, out = sys.argv[1:9]
+    measured = measure(scenario, json.loads(trees_json), setting_key, int(repeats), clock_name, int(threads), malloc)
     Path(out).write_text(json.dumps(measured))

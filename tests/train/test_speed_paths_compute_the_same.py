@@ -356,10 +356,10 @@ def test_the_sgd_kernels_update_the_weights_alike_on_cpu(nesterov: bool) -> None
             assert all(torch.equal(a, b) for a, b in pairs), kernel
 
 
-def test_the_compile_mode_and_the_sgd_kernel_reach_the_step(tmp_path, monkeypatch) -> None:
+def test_the_run_compiles_in_its_mode_steps_with_its_sgd_kernel_and_keeps_freed_memory(tmp_path, monkeypatch) -> None:
     """--compile-mode compiles the networks and the attack's step in that mode, and each training step
-    begins with the mark CUDA graphs need; --sgd-kernel builds the optimiser with it. (Compilation stood in
-    for: nothing is compiled here.)"""
+    begins with the mark CUDA graphs need; --sgd-kernel builds the optimiser with it; on CPU the run keeps
+    the memory a step frees (lbgat.runtime.host_memory). (Compilation stood in for: nothing is compiled.)"""
     import importlib
 
     from lbgat.config import build_config
@@ -375,6 +375,8 @@ def test_the_compile_mode_and_the_sgd_kernel_reach_the_step(tmp_path, monkeypatc
     monkeypatch.setattr(pgd_module, "compiled_linf_update",
                         lambda mode="default": attack_modes.append(mode) or pgd_module._linf_update)
     monkeypatch.setattr(trainer_module, "step_begins", step_marks.append)
+    kept: list[bool] = []
+    monkeypatch.setattr(trainer_module, "keep_freed_memory", lambda: kept.append(True))
     step = torch.optim.SGD.step
 
     def recorded_step(self, *args, **kwargs):
@@ -391,3 +393,14 @@ def test_the_compile_mode_and_the_sgd_kernel_reach_the_step(tmp_path, monkeypatc
     assert compiled_with == [{"mode": "reduce-overhead"}]  # the student (pgd-at has no teacher)
     assert attack_modes == ["reduce-overhead"] * 2 and step_marks == ["reduce-overhead"] * 2
     assert len(optimizers) == 2 and all(optimizer.defaults["fused"] for optimizer in optimizers)
+    assert kept == [True]
+
+
+def test_keeping_freed_memory_takes_where_the_c_library_is_glibc() -> None:
+    import ctypes
+    import sys
+
+    from lbgat.runtime.host_memory import keep_freed_memory
+
+    glibc = sys.platform.startswith("linux") and hasattr(ctypes.CDLL(None), "gnu_get_libc_version")
+    assert keep_freed_memory() is glibc

@@ -44,12 +44,13 @@ def start_noise(
     if start == "none":
         return torch.zeros_like(x)
     shape = tuple(x.shape[1:])
+    # In place on the fresh draw: the same operations, without a new tensor for each.
     if start == "normal":
         noise = rng.normal(stream, shape) if rng is not None else torch.randn_like(x)
-        return noise.to(x.dtype) * start_std
+        return noise.to(x.dtype).mul_(start_std)
     if norm == "Linf":
         unit = rng.uniform(stream, shape) if rng is not None else torch.rand_like(x)
-        return (unit.to(x.dtype) * 2.0 - 1.0) * eps
+        return unit.to(x.dtype).mul_(2.0).sub_(1.0).mul_(eps)
     # L2 "uniform" start: a uniformly random direction at a radius drawn uniformly from [0, eps].
     direction = rng.normal(stream, shape) if rng is not None else torch.randn_like(x)
     radius = rng.uniform(Stream.L2_START_RADIUS) if rng is not None else torch.rand(x.shape[0], device=x.device)
@@ -66,8 +67,8 @@ class _Projection:
             self.lower, self.upper = x - eps, x + eps
 
     def __call__(self, x_adv: torch.Tensor) -> torch.Tensor:
-        if self.norm == "Linf":
-            return torch.minimum(torch.maximum(x_adv, self.lower), self.upper).clamp_(0.0, 1.0)
+        if self.norm == "Linf":  # clamp to tensor bounds: min(max(x', x - eps), x + eps) in one pass
+            return torch.clamp(x_adv, self.lower, self.upper).clamp_(0.0, 1.0)
         delta = x_adv - self.x
         scale = (self.eps / _per_example_l2(delta).clamp_min(1e-12)).clamp(max=1.0)
         return (self.x + delta * scale).clamp_(0.0, 1.0)
@@ -90,10 +91,12 @@ def compiled_linf_update(mode: str = "default") -> Callable[..., torch.Tensor]:
     return _compiled_linf_updates[mode]
 
 
-def _ascent_step(grad: torch.Tensor, step_size: float, norm: Norm) -> torch.Tensor:
+def _ascend(x_adv: torch.Tensor, grad: torch.Tensor, step_size: float, norm: Norm) -> torch.Tensor:
+    """x' + step_size * sign(g) (L-inf) or x' + step_size * g / ||g|| (L2), before the projection."""
     if norm == "Linf":
-        return step_size * grad.sign()
-    return step_size * grad / _per_example_l2(grad).clamp_min(1e-12)
+        # One pass: step_size * (+-1 or 0) is exact, so x' + that is rounded once either way.
+        return torch.add(x_adv, grad.sign(), alpha=step_size)
+    return x_adv + step_size * grad / _per_example_l2(grad).clamp_min(1e-12)
 
 
 def _check(eps: float, step_size: float, steps: int, objective: str, start: str, norm: str, iterate: str) -> None:
@@ -123,13 +126,14 @@ def _delta_pgd(x: torch.Tensor, noise: torch.Tensor, start: Start, gradient: Cal
     elsewhere: where BatchNorm runs in train mode during the attack, that rounding flips the sign of
     near-zero input gradients and the two attacks part by whole steps."""
     upper, lower = 1.0 - x, 0.0 - x
-    delta = torch.max(torch.min(noise, upper), lower) if start == "uniform-clipped" else noise
+    # max(min(delta, 1 - x), -x) is clamp(delta, -x, 1 - x) (the bounds never cross), in one pass.
+    delta = torch.clamp(noise, lower, upper) if start == "uniform-clipped" else noise
     for _ in range(steps):
         grad = gradient(x + delta)  # d/d(x + delta) is d/d delta: the official gradient, bit for bit
-        delta = torch.clamp(delta + step_size * torch.sign(grad), min=-eps, max=eps)
-        delta = torch.max(torch.min(delta, upper), lower)
+        delta = torch.add(delta, torch.sign(grad), alpha=step_size).clamp_(min=-eps, max=eps)
+        delta = torch.clamp(delta, lower, upper)
     if steps == 0:
-        delta = torch.max(torch.min(torch.clamp(delta, min=-eps, max=eps), upper), lower)
+        delta = torch.clamp(torch.clamp(delta, min=-eps, max=eps), lower, upper)
     return torch.clamp(x + delta, min=0.0, max=1.0)
 
 
@@ -226,7 +230,7 @@ def pgd(
             if update is not None:
                 x_adv = update(x_adv.detach(), grad, project.lower, project.upper, step_tensor)
             else:
-                x_adv = project(x_adv.detach() + _ascent_step(grad, step_size, norm))
+                x_adv = project(_ascend(x_adv.detach(), grad, step_size, norm))
     if steps == 0:
         x_adv = project(x_adv)
     return x_adv.detach()
