@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import types
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,17 @@ def run_recorded(step: OfficialStep, recorder: Recorder) -> tuple[dict[str, torc
     optimizer = step.optimizers[0]
     assert isinstance(optimizer, RecordingSGD)
     return left, forwards, optimizer, model
+
+
+def recorded_with_x_adv(step: OfficialStep, recorder: Recorder,
+                        terms: Callable[[Recorder, torch.Tensor], dict[str, torch.Tensor]]) -> Result:
+    """A step whose x_adv the recorder keeps (an official function returns it), run once and recorded;
+    ``terms(recorder, loss)``: lbgat's terms from the recorded values and the official loss."""
+    _, forwards, optimizer, model = run_recorded(step, recorder)
+    assert optimizer.loss is not None
+    x_adv = recorder.last("x_adv")
+    return result(x_adv, terms(recorder, optimizer.loss), optimizer, model, forwards.describe(step.inputs, x_adv),
+                  step.notes)
 
 
 def module_from_file(path: Path, name: str) -> types.ModuleType:
@@ -284,11 +296,8 @@ def prepare_trades_awp(repo: Path, setting: Setting, recorder: Recorder | None =
 
 def trades_awp(repo: Path, setting: Setting) -> Result:
     recorder = Recorder()
-    step = prepare_trades_awp(repo, setting, recorder)
-    _, forwards, optimizer, model = run_recorded(step, recorder)
-    terms = {"loss": optimizer.loss, "ce": recorder.last("cross_entropy"), "kl": recorder.last("kl_div")}
-    x_adv = recorder.last("x_adv")
-    return result(x_adv, terms, optimizer, model, forwards.describe(step.inputs, x_adv), step.notes)
+    return recorded_with_x_adv(prepare_trades_awp(repo, setting, recorder), recorder, lambda values, loss: {
+        "loss": loss, "ce": values.last("cross_entropy"), "kl": values.last("kl_div")})
 
 
 # --- ISEAT (TreeLLi/ISEAT) ---------------------------------------------------------------------------
@@ -350,13 +359,10 @@ def prepare_iseat(repo: Path, setting: Setting, awp_on: bool, recorder: Recorder
 def iseat(repo: Path, setting: Setting, awp_on: bool) -> Result:
     recorder = Recorder()
     step = prepare_iseat(repo, setting, awp_on, recorder)
-    _, forwards, optimizer, model = run_recorded(step, recorder)
     # loss = tc.mean(loss_adv) (the last tc.mean); with lam != 0, loss += tc.sum(smooth) * lam / batch_size:
     # lbgat's "smoothness" is that sum / batch_size
-    terms = {"loss": optimizer.loss, "ce_adv": recorder.last("mean"),
-             "smoothness": recorder.last("sum") / len(step.inputs)}
-    x_adv = recorder.last("x_adv")
-    return result(x_adv, terms, optimizer, model, forwards.describe(step.inputs, x_adv), step.notes)
+    return recorded_with_x_adv(step, recorder, lambda values, loss: {
+        "loss": loss, "ce_adv": values.last("mean"), "smoothness": values.last("sum") / len(step.inputs)})
 
 
 # --- RPAT (FlaAI/RPAT, RPAT_Benchmarks) ----------------------------------------------------------------
@@ -439,11 +445,8 @@ def prepare_pgd_at_rpat(repo: Path, setting: Setting, recorder: Recorder | None 
 
 def pgd_at_rpat(repo: Path, setting: Setting) -> Result:
     recorder = Recorder()
-    step = prepare_pgd_at_rpat(repo, setting, recorder)
-    _, forwards, optimizer, model = run_recorded(step, recorder)
-    terms = {"loss": optimizer.loss, "ce_adv": recorder.last("ce"), "rpat": recorder.last("mse")}
-    x_adv = recorder.last("x_adv")
-    return result(x_adv, terms, optimizer, model, forwards.describe(step.inputs, x_adv), step.notes)
+    return recorded_with_x_adv(prepare_pgd_at_rpat(repo, setting, recorder), recorder, lambda values, loss: {
+        "loss": loss, "ce_adv": values.last("ce"), "rpat": values.last("mse")})
 
 
 def prepare_trades_rpat(repo: Path, setting: Setting, recorder: Recorder | None = None) -> OfficialStep:
@@ -461,12 +464,8 @@ def prepare_trades_rpat(repo: Path, setting: Setting, recorder: Recorder | None 
 
 def trades_rpat(repo: Path, setting: Setting) -> Result:
     recorder = Recorder()
-    step = prepare_trades_rpat(repo, setting, recorder)
-    _, forwards, optimizer, model = run_recorded(step, recorder)
-    terms = {"loss": optimizer.loss, "ce": recorder.last("cross_entropy"), "kl": recorder.last("kl"),
-             "rpat": recorder.last("mse")}
-    x_adv = recorder.last("x_adv")
-    return result(x_adv, terms, optimizer, model, forwards.describe(step.inputs, x_adv), step.notes)
+    return recorded_with_x_adv(prepare_trades_rpat(repo, setting, recorder), recorder, lambda values, loss: {
+        "loss": loss, "ce": values.last("cross_entropy"), "kl": values.last("kl"), "rpat": values.last("mse")})
 
 
 def prepare_mart_rpat(repo: Path, setting: Setting, recorder: Recorder | None = None) -> OfficialStep:
@@ -491,24 +490,19 @@ def mart_rpat(repo: Path, setting: Setting) -> Result:
     return result(x_adv, terms, optimizer, model, forwards.describe(step.inputs, x_adv), step.notes)
 
 
-STEPS = {
-    "mart": ("mart", mart),
-    "pgd-at+awp": ("awp", pgd_at_awp),
-    "trades+awp": ("awp", trades_awp),
-    "iseat": ("iseat", lambda repo, setting: iseat(repo, setting, awp_on=True)),
-    "iseat-no-awp": ("iseat", lambda repo, setting: iseat(repo, setting, awp_on=False)),
-    "pgd-at+rpat": ("rpat", pgd_at_rpat),
-    "trades+rpat": ("rpat", trades_rpat),
-    "mart+rpat": ("rpat", mart_rpat),
+# scenario: (repository family, the step set up without recording, its recorded run)
+FUNCTIONS = {
+    "mart": ("mart", prepare_mart, mart),
+    "pgd-at+awp": ("awp", prepare_pgd_at_awp, pgd_at_awp),
+    "trades+awp": ("awp", prepare_trades_awp, trades_awp),
+    "iseat": ("iseat", lambda repo, setting: prepare_iseat(repo, setting, awp_on=True),
+              lambda repo, setting: iseat(repo, setting, awp_on=True)),
+    "iseat-no-awp": ("iseat", lambda repo, setting: prepare_iseat(repo, setting, awp_on=False),
+                     lambda repo, setting: iseat(repo, setting, awp_on=False)),
+    "pgd-at+rpat": ("rpat", prepare_pgd_at_rpat, pgd_at_rpat),
+    "trades+rpat": ("rpat", prepare_trades_rpat, trades_rpat),
+    "mart+rpat": ("rpat", prepare_mart_rpat, mart_rpat),
 }
-# The same steps set up without recording (benchmarks/train_step.py times them): scenario -> (family, prepare).
-PREPARED = {
-    "mart": ("mart", prepare_mart),
-    "pgd-at+awp": ("awp", prepare_pgd_at_awp),
-    "trades+awp": ("awp", prepare_trades_awp),
-    "iseat": ("iseat", lambda repo, setting: prepare_iseat(repo, setting, awp_on=True)),
-    "iseat-no-awp": ("iseat", lambda repo, setting: prepare_iseat(repo, setting, awp_on=False)),
-    "pgd-at+rpat": ("rpat", prepare_pgd_at_rpat),
-    "trades+rpat": ("rpat", prepare_trades_rpat),
-    "mart+rpat": ("rpat", prepare_mart_rpat),
-}
+STEPS = {name: (family, recorded_run) for name, (family, _, recorded_run) in FUNCTIONS.items()}
+# set up without recording: benchmarks/train_step.py times them
+PREPARED = {name: (family, prepare) for name, (family, prepare, _) in FUNCTIONS.items()}
