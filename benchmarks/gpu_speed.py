@@ -14,13 +14,25 @@ Variants (each a fresh copy of the same initial networks, stepping on the same b
     bf16+cl+compile-attack  the same with the attack through the compiled networks as they are, which
                             computes every weight gradient at every attack step (lbgat before issue 13)
 
+and, on request (--graphs, or by name in --variants):
+
+    bf16+cl+fused                 bf16+cl with --sgd-kernel fused (one kernel for the SGD update)
+    bf16+cl+compile-fused         bf16+cl+compile-frozen with --sgd-kernel fused
+    bf16+cl+compile-graphs        bf16+cl+compile-frozen with --compile-mode reduce-overhead: CUDA graphs
+                                  of every compiled graph (networks, attack step), replayed at each step
+    bf16+cl+compile-graphs-fused  both
+    bf16+cl+compile-autotune      --compile-mode max-autotune (CUDA graphs, autotuned kernels; long compile)
+                                  with --sgd-kernel fused
+
 TF32 is off in every variant but default and tf32 (the bf16 ones run their convolutions in bf16 anyway);
 cudnn.benchmark is on, as in training. Each variant takes --warmup untimed steps (the first includes
-compilation, reported separately) and then --steps timed ones between two device synchronisations.
-The first step's total loss is compared with fp32's (same weights, batch and attack start).
+compilation, reported separately) and then --steps timed ones between two device synchronisations;
+then one more step under CUDA's sync debug mode counts the host synchronisations inside a step.
+The first step's total loss is compared with the first variant's (same weights, batch and attack start).
 
     python benchmarks/gpu_speed.py                     # CUDA: wrn-34-10 + resnet18-lbgat, batch 128, 10 steps
-    python benchmarks/gpu_speed.py --skip-compile      # without the two compiled variants
+    python benchmarks/gpu_speed.py --skip-compile      # without the three compiled variants
+    python benchmarks/gpu_speed.py --graphs            # CUDA graphs and the fused SGD step against --compile
     python benchmarks/gpu_speed.py --device cpu --model tiny-cnn --teacher tiny-cnn --batch-size 4 \\
         --attack-steps 1 --steps 1 --warmup 1 --skip-compile    # a smoke run on CPU
 
@@ -37,7 +49,9 @@ import copy
 import gc
 import sys
 import time
+import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -46,18 +60,37 @@ from speed_features import EPOCH_IMAGES, Variant, relative_gap  # noqa: E402
 from train_step import add_step_arguments, step_setup, synchronize  # noqa: E402
 
 COMPILED = frozenset({"bf16", "channels_last", "compile"})
-# name -> (features, the float32 setting, which forward the attack calls under compile:
-# speed_features.ATTACK_FORWARDS)
-VARIANTS: dict[str, tuple[frozenset[str], str, str]] = {
-    "fp32": (frozenset(), "ieee", "eager"),
-    "default": (frozenset(), "default", "eager"),
-    "tf32": (frozenset(), "tf32", "eager"),
-    "bf16": (frozenset({"bf16"}), "ieee", "eager"),
-    "bf16+cl": (frozenset({"bf16", "channels_last"}), "ieee", "eager"),
-    "bf16+cl+compile-frozen": (COMPILED, "ieee", "frozen"),
-    "bf16+cl+compile-eager": (COMPILED, "ieee", "eager"),
-    "bf16+cl+compile-attack": (COMPILED, "ieee", "compiled"),
+
+
+class Setup(NamedTuple):
+    features: frozenset[str]
+    float32: str  # lbgat's float32 setting during the step (ieee, default, tf32)
+    attack: str  # which forward the attack calls under compile: speed_features.ATTACK_FORWARDS
+    compile_mode: str = "default"  # --compile-mode
+    sgd_kernel: str = "auto"  # --sgd-kernel
+
+
+VARIANTS: dict[str, Setup] = {
+    "fp32": Setup(frozenset(), "ieee", "eager"),
+    "default": Setup(frozenset(), "default", "eager"),
+    "tf32": Setup(frozenset(), "tf32", "eager"),
+    "bf16": Setup(frozenset({"bf16"}), "ieee", "eager"),
+    "bf16+cl": Setup(frozenset({"bf16", "channels_last"}), "ieee", "eager"),
+    "bf16+cl+fused": Setup(frozenset({"bf16", "channels_last"}), "ieee", "eager", sgd_kernel="fused"),
+    "bf16+cl+compile-frozen": Setup(COMPILED, "ieee", "frozen"),
+    "bf16+cl+compile-eager": Setup(COMPILED, "ieee", "eager"),
+    "bf16+cl+compile-attack": Setup(COMPILED, "ieee", "compiled"),
+    "bf16+cl+compile-fused": Setup(COMPILED, "ieee", "frozen", sgd_kernel="fused"),
+    "bf16+cl+compile-graphs": Setup(COMPILED, "ieee", "frozen", compile_mode="reduce-overhead"),
+    "bf16+cl+compile-graphs-fused": Setup(COMPILED, "ieee", "frozen", compile_mode="reduce-overhead",
+                                          sgd_kernel="fused"),
+    "bf16+cl+compile-autotune": Setup(COMPILED, "ieee", "frozen", compile_mode="max-autotune", sgd_kernel="fused"),
 }
+DEFAULT_VARIANTS = ("fp32", "default", "tf32", "bf16", "bf16+cl", "bf16+cl+compile-frozen", "bf16+cl+compile-eager",
+                    "bf16+cl+compile-attack")
+# CUDA graphs and the fused SGD step (--graphs), against lbgat's --compile without them.
+GRAPH_VARIANTS = ("bf16+cl+compile-frozen", "bf16+cl+compile-fused", "bf16+cl+compile-graphs",
+                  "bf16+cl+compile-graphs-fused")
 
 
 def measure(variant: Variant, batch, warmup: int, steps: int) -> tuple[float, float, dict[str, float]]:
@@ -76,6 +109,21 @@ def measure(variant: Variant, batch, warmup: int, steps: int) -> tuple[float, fl
     return first_seconds, (time.perf_counter() - started) / steps, first
 
 
+def host_syncs(variant: Variant, batch) -> int | None:
+    """The host synchronisations CUDA reports during one step (its sync debug mode warns at each; the
+    step's own reading of its loss terms, after the step, is not counted). None on CPU."""
+    if next(variant.method.parameters()).device.type != "cuda":
+        return None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            variant.step(batch)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(warning.message) for warning in caught)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_step_arguments(parser, model="wrn-34-10", teacher="resnet18-lbgat", batch_size=128)
@@ -83,15 +131,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--attack-steps", type=int, default=10)
     parser.add_argument("--steps", type=int, default=5, help="timed steps per variant")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per variant (>= 1)")
-    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {', '.join(VARIANTS)}")
+    parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
+                        help=f"comma-separated, from {', '.join(VARIANTS)} (default: {', '.join(DEFAULT_VARIANTS)})")
     parser.add_argument("--skip-compile", action="store_true", help="leave out the compiled variants")
+    parser.add_argument("--graphs", action="store_true", help="the CUDA-graph and fused-SGD variants only: "
+                        f"{', '.join(GRAPH_VARIANTS)}")
     args = parser.parse_args(argv)
-    names = [name for name in args.variants.split(",") if name]
+    names = list(GRAPH_VARIANTS) if args.graphs else [name for name in args.variants.split(",") if name]
     unknown = sorted(set(names) - set(VARIANTS))
     if unknown:
         parser.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     if args.skip_compile:
-        names = [name for name in names if "compile" not in VARIANTS[name][0]]
+        names = [name for name in names if "compile" not in VARIANTS[name].features]
     if args.warmup < 1 or args.steps < 1:
         parser.error("--warmup and --steps must be >= 1")
 
@@ -103,18 +154,20 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.attack_steps}-step attack, {where}, torch {torch.__version__}")
     print(f"data: {source}; {args.warmup} warm-up + {args.steps} timed steps per variant")
 
-    rows: list[tuple[str, float, float, float | None]] = []
+    rows: list[tuple[str, float, float, float | None, int | None]] = []
     reference: dict[str, float] | None = None
     for name in names:
-        features, float32, attack = VARIANTS[name]
-        variant = Variant(copy.deepcopy(student), copy.deepcopy(teacher), features, device, args.attack_steps,
-                          attack=attack, float32=float32)
+        setup = VARIANTS[name]
+        variant = Variant(copy.deepcopy(student), copy.deepcopy(teacher), setup.features, device, args.attack_steps,
+                          attack=setup.attack, float32=setup.float32, compile_mode=setup.compile_mode,
+                          sgd_kernel=setup.sgd_kernel)
         first, per_step, terms = measure(variant, batch, args.warmup, args.steps)
-        if name == "fp32":
+        syncs = host_syncs(variant, batch)
+        if reference is None:  # fp32, or the first variant run
             reference = terms
-        gap = relative_gap(terms, reference) if reference is not None else None
-        rows.append((name, first, per_step, gap))
-        print(f"  {name:>22}: {per_step:.3f} s/step, {args.batch_size / per_step:8.1f} images/s "
+        gap = relative_gap(terms, reference)
+        rows.append((name, first, per_step, gap, syncs))
+        print(f"  {name:>28}: {per_step:.3f} s/step, {args.batch_size / per_step:8.1f} images/s "
               f"(first step {first:.1f} s)", flush=True)
         del variant
         gc.collect()
@@ -122,19 +175,22 @@ def main(argv: list[str] | None = None) -> int:
             torch.cuda.empty_cache()
         torch._dynamo.reset()
 
-    baseline = next((per_step for name, _, per_step, _ in rows if name == "fp32"), rows[0][2] if rows else None)
+    first_name = rows[0][0] if rows else ""
+    baseline = next((per_step for name, _, per_step, _, _ in rows if name == "fp32"), rows[0][2] if rows else None)
     print()
-    print("| variant | s/step | images/s | vs fp32 | vs row above | epoch (50k) | first step s | loss gap vs fp32 |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print(f"| variant | s/step | images/s | vs {first_name} | vs row above | epoch (50k) | 100 epochs | first step s | "
+          f"loss gap vs {first_name} | host syncs/step |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     previous = None
-    for name, first, per_step, gap in rows:
+    for name, first, per_step, gap, syncs in rows:
         rate = args.batch_size / per_step
         above = f"{previous / per_step:.2f}x" if previous is not None else ""
-        shown_gap = f"{gap:.1e}" if gap is not None else ""
+        shown_syncs = "n/a" if syncs is None else str(syncs)
         print(f"| {name} | {per_step:.3f} | {rate:.1f} | {baseline / per_step:.2f}x | {above} | "
-              f"{EPOCH_IMAGES / rate / 60:.1f} min | {first:.1f} | {shown_gap} |")
+              f"{EPOCH_IMAGES / rate / 60:.1f} min | {100 * EPOCH_IMAGES / rate / 60:.0f} min | {first:.1f} | "
+              f"{gap:.1e} | {shown_syncs} |")
         previous = per_step
-    compiled = {name: per_step for name, _, per_step, _ in rows if "compile" in name}
+    compiled = {name: per_step for name, _, per_step, _, _ in rows if "compile" in name}
     if "bf16+cl+compile-attack" in compiled:
         through_compiled = compiled["bf16+cl+compile-attack"]
         for name in ("bf16+cl+compile-frozen", "bf16+cl+compile-eager"):

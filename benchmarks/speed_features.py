@@ -34,7 +34,9 @@ from lbgat.attacks.input_only import FrozenWeights  # noqa: E402
 from lbgat.data.loader import Batch  # noqa: E402
 from lbgat.methods import Method, TrainAttack, create_method  # noqa: E402
 from lbgat.runtime.arithmetic import float32_mode  # noqa: E402
+from lbgat.runtime.compilation import compile_options, step_begins  # noqa: E402
 from lbgat.runtime.precision import Precision  # noqa: E402
+from lbgat.train.setup import sgd_kernel as sgd_kernel_options  # noqa: E402
 from train_step import EPS, STEP_SIZE, add_step_arguments, step_setup, synchronize  # noqa: E402
 
 FEATURES = ("channels_last", "bf16", "fp16", "compile", "tf32")
@@ -52,31 +54,43 @@ class Variant:
     the forward, lbgat.attacks.input_only), "eager" (the uncompiled one) or "compiled" (the compiled
     one as it is, computing every weight gradient at every attack step). ``float32`` is the float32
     setting during the step (lbgat.runtime.arithmetic.FLOAT32_MODES; None: "tf32" for the "tf32"
-    feature, else "ieee", the baseline every figure of docs/performance.md was measured against).
+    feature, else "ieee", the baseline every figure of docs/performance.md was measured against). ``compile_mode`` and
+    ``sgd_kernel`` are lbgat's ``--compile-mode`` and ``--sgd-kernel``.
     """
 
     def __init__(self, student: nn.Module, teacher: nn.Module, feature: str | Iterable[str] | None,
-                 device: torch.device, steps: int, *, attack: str = "frozen", float32: str | None = None) -> None:
+                 device: torch.device, steps: int, *, attack: str = "frozen", float32: str | None = None,
+                 compile_mode: str = "default", sgd_kernel: str = "auto") -> None:
         features = {feature} if isinstance(feature, str) else set(feature or ())
         self.channels_last = "channels_last" in features
         self.precision = Precision(next((name for name in ("bf16", "fp16") if name in features), "fp32"), device)
-        compiled = "compile" in features
+        self.compiled = "compile" in features
+        self.compile_mode = compile_mode
         self.method: Method = create_method(
             "lbgat-trades", student, teacher=teacher, params={"alpha": 6.0},
-            attack=TrainAttack(eps=EPS, step_size=STEP_SIZE, steps=steps, start="normal", compiled=compiled))
+            attack=TrainAttack(eps=EPS, step_size=STEP_SIZE, steps=steps, start="normal", compiled=self.compiled,
+                               compile_mode=compile_mode))
         if self.channels_last:
             self.method.to(memory_format=torch.channels_last)
-        if compiled:
-            student.compile()
-            teacher.compile()
-        self.attack_forward = ATTACK_FORWARDS[attack] if compiled else None
+        if self.compiled:  # as lbgat train --compile --compile-mode does
+            student.compile(**compile_options(compile_mode))
+            teacher.compile(**compile_options(compile_mode))
+        self.attack_forward = ATTACK_FORWARDS[attack] if self.compiled else None
         self.float32 = ("tf32" if "tf32" in features else "ieee") if float32 is None else float32
-        self.optimizer = torch.optim.SGD(self.method.parameters(), lr=0.1, momentum=0.9, weight_decay=2e-4)
+        self.optimizer = torch.optim.SGD(self.method.parameters(), lr=0.1, momentum=0.9, weight_decay=2e-4,
+                                         **sgd_kernel_options(sgd_kernel))
 
     def __call__(self, batch: Batch) -> dict[str, float]:
+        """One step; its loss terms read back (which waits for the device to finish the step)."""
+        return {name: float(value.detach()) for name, value in self.step(batch).items()}
+
+    def step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """One training step, as lbgat's trainer takes it; nothing read back."""
         if self.channels_last:
             batch = Batch(batch.x.contiguous(memory_format=torch.channels_last), batch.y, batch.index, batch.epoch,
                           batch.seed)
+        if self.compiled:
+            step_begins(self.compile_mode)
         with ExitStack() as settings:
             settings.enter_context(float32_mode(self.float32))
             if self.attack_forward is not None:
@@ -87,7 +101,7 @@ class Variant:
                 terms = self.method(batch)
             self.precision.backward(terms["loss"])
             self.precision.step(self.optimizer)
-        return {name: float(value.detach()) for name, value in terms.items()}
+        return terms
 
 
 def timed(step: Variant, batch: Batch) -> float:

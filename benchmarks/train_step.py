@@ -16,6 +16,14 @@ graph, equal parameters after the step) before anything is timed.
 Prints, per alpha, images/s of each, the whole-step and attack-phase ratios (medians of interleaved
 repeats), the gain of the graph-free clean forward at alpha = 0, and the largest relative difference
 between the implementations' loss terms.
+
+Against the official code itself (benchmarks/against_official.py): every method with an official
+counterpart in tools/official_compare, its step against the official step on the same weights, batch and
+start draw, with each side's forwards, seconds, images/s, the ratio and the differences after the step:
+
+    python benchmarks/train_step.py --repeats 9 --official-lbgat REPO --official-trades REPO \
+        --official-mart REPO --official-awp REPO --official-iseat REPO --official-rpat REPO \
+        --official-deps /tmp/offdeps          # one CPU thread, CPU clock; --scenarios picks some
 """
 
 from __future__ import annotations
@@ -33,6 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import against_official  # noqa: E402
 from lbgat.data import load_dataset
 from lbgat.data.loader import Batch
 from lbgat.methods import TrainAttack, create_method
@@ -239,9 +249,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--alpha", type=float, nargs="+", default=[0.0, 6.0],
                         help="TRADES KL weights to run, side by side (default 0 6: the paper's two settings)")
     parser.add_argument("--tolerance", type=float, default=1e-5, help="largest relative loss difference accepted")
-    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
-                        help="wall time (default) or this process's CPU time (steadier on a busy CPU machine)")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default=None,
+                        help="wall time (the default; against the official code: cpu) or this process's CPU time "
+                             "(steadier on a busy CPU machine)")
+    parser.set_defaults(threads=None)  # 2, or 1 against the official code
+    against_official.add_official_arguments(parser)
     args = parser.parse_args(argv)
+    if against_official.wanted(args):
+        return against_official.run(args, parser)
+    args.threads = 2 if args.threads is None else args.threads
+    args.clock = args.clock or "wall"
     if args.clock == "cpu" and args.device != "cpu":
         parser.error("--clock cpu measures CPU work; time a GPU with the wall clock")
     global clock

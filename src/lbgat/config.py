@@ -26,6 +26,7 @@ from .methods import get_method
 from .methods.plugin import plugin_names
 from .models import default_teacher
 from .runtime.arithmetic import FLOAT32_MODES, FLOAT32_SWITCHES
+from .runtime.compilation import COMPILE_MODES
 from .runtime.precision import PRECISIONS
 from .settings import folder_name, resumable_keys, setting
 from .storage import yaml_loader
@@ -45,6 +46,9 @@ AVERAGE_BN: tuple[str, ...] = ("copy", "ema", "recompute")
 # (the "cosinew" of Wang et al. 2023 and the Gowal/Rebuffi recipes), docs/training.md "Schedule".
 SCHEDULE_KINDS: tuple[str, ...] = ("step", "onecycle")
 ONECYCLE_PCT_START = 0.025  # the cosinew ramp: 10 of 400 epochs (torch's own default is 0.3)
+# How torch.optim.SGD updates the weights (optim.kernel): auto is torch's own choice (a loop over the
+# tensors on CPU, one foreach kernel per operation on CUDA); fused is one kernel for the whole update.
+SGD_KERNELS: tuple[str, ...] = ("auto", "for-loop", "foreach", "fused")
 SEED_LIMIT = 2**63  # torch.manual_seed takes a signed 64-bit integer
 # Each setting is declared once, at its field (lbgat.settings.setting): default, flag and help text,
 # choices, range (the refusal's wording where it is not the default one), whether it may change on resume,
@@ -137,6 +141,10 @@ class OptimConfig:
     momentum: float = setting(0.9, minimum=0)
     weight_decay: float = setting(2e-4, minimum=0)
     nesterov: bool = False
+    kernel: str = setting(
+        "auto", flag="--sgd-kernel", choices=SGD_KERNELS, resumable=True,
+        help="how SGD updates the weights: auto (default: torch's choice, a loop on CPU and foreach on "
+             "CUDA), for-loop, foreach, or fused (one kernel; see docs/performance.md)")
 
 
 @dataclass
@@ -260,6 +268,10 @@ class TrainConfig:
         False, flag="--compile", resumable=True,
         help="torch.compile the networks and the attack step: compiles first, meant for GPUs "
              "(slower on CPU; see docs/performance.md)")
+    compile_mode: str = setting(
+        "default", flag="--compile-mode", choices=COMPILE_MODES, resumable=True,
+        help="torch.compile's mode under --compile: default, reduce-overhead (CUDA graphs), max-autotune, "
+             "max-autotune-no-cudagraphs (see docs/performance.md)")
     sync_bn: bool = setting(False, flag="--sync-bn", help="under torchrun on GPUs: BatchNorm statistics over "
                                                           "the global batch (SyncBatchNorm)")
     # Arithmetic (docs/performance.md, docs/reliability.md). float32: what fp32 convolutions and matmuls compute

@@ -38,6 +38,31 @@ def test_train_step_benchmark_agrees_with_the_reference(capsys, tmp_path: Path) 
     assert "whole-step speed-up" in output
 
 
+# A stand-in for the official MART repository (its mart_loss's signature and one start draw; no attack): enough
+# to run the official side of the comparison without the official code, which the tests never fetch.
+STAND_IN_MART = """import torch
+import torch.nn.functional as F
+
+
+def mart_loss(model, x_natural, y, optimizer, step_size, epsilon, perturb_steps, beta, distance="l_inf"):
+    x = x_natural + 0.001 * torch.randn(x_natural.shape)
+    return F.cross_entropy(model(x), y)
+"""
+
+
+def test_train_step_benchmark_times_a_method_against_its_official_step(capsys, tmp_path: Path) -> None:
+    """Each side's forwards, time and images/s, the ratio and the difference after one step from the same
+    state (the stand-in takes another step: the differences are not 0)."""
+    (tmp_path / "mart").mkdir()
+    (tmp_path / "mart" / "mart.py").write_text(STAND_IN_MART)
+    output = run_benchmark("train_step", ["--official-mart", str(tmp_path / "mart"), "--repeats", "1",
+                                          "--setting", "seed1-batch8-plain"], capsys)
+    row = next(line for line in output.splitlines() if line.startswith("| mart |"))
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert cells[1:4] == ["wrn-10-1", "1 / 12", "1 / 2"]  # its one train-mode forward; MART's 10 + 2, 2 in train mode
+    assert float(cells[8].rstrip("x")) > 0 and float(cells[10]) > 0 and float(cells[11]) > 0
+
+
 def test_speed_features_benchmark_runs_each_feature_against_its_absence(capsys, tmp_path: Path) -> None:
     output = run_benchmark("speed_features", ["--model", "tiny-cnn", "--teacher", "tiny-cnn", "--batch-size", "4",
                                               "--repeats", "1", "--attack-steps", "1", "--features",
@@ -63,9 +88,10 @@ def test_scaling_benchmark_prints_its_three_tables(capsys, tmp_path: Path) -> No
 def test_gpu_speed_benchmark_runs_its_variants_on_cpu(capsys, tmp_path: Path) -> None:
     output = run_benchmark("gpu_speed", ["--device", "cpu", "--model", "tiny-cnn", "--teacher", "tiny-cnn",
                                          "--batch-size", "2", "--attack-steps", "1", "--steps", "1", "--warmup", "1",
-                                         "--threads", "1", "--variants", "fp32,default,tf32,bf16+cl", "--data-root",
-                                         str(tmp_path / "absent")], capsys)
-    assert all(f"| {name} |" in output for name in ("fp32", "default", "tf32", "bf16+cl"))
+                                         "--threads", "1", "--variants", "fp32,default,tf32,bf16+cl,bf16+cl+fused",
+                                         "--data-root", str(tmp_path / "absent")], capsys)
+    assert all(f"| {name} |" in output for name in ("fp32", "default", "tf32", "bf16+cl", "bf16+cl+fused"))
+    assert output.count("| n/a |") == 5  # no CUDA: host syncs not counted
     assert "| fp32 | " in output and "0.0e+00 |" in output  # fp32 against itself
 
 

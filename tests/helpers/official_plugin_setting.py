@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from helpers.official_settings import FIRST, Setting, initial_state, make_batch
+from helpers.official_settings import FIRST, LbgatStep, Setting, initial_state, make_batch
 from lbgat.data.loader import Batch
 from lbgat.methods import TrainAttack
 from lbgat.models import create_model
@@ -138,9 +138,9 @@ def record(x_adv: torch.Tensor, terms: dict[str, torch.Tensor], gradients: dict[
     return tensors
 
 
-def lbgat_step(name: str, setting: Setting = FIRST, attack: dict[str, str] | None = None) -> dict[str, torch.Tensor]:
-    """One lbgat training step of scenario ``name`` in ``setting`` (plug-ins, after_step),
-    every tensor; ``attack`` replaces attack fields of the scenario (``start``, ``iterate``)."""
+def prepare_lbgat_step(name: str, setting: Setting = FIRST, attack: dict[str, str] | None = None) -> LbgatStep:
+    """lbgat's step of scenario ``name`` in ``setting``, set up (plug-ins, after_step); ``attack``
+    replaces attack fields of the scenario (``start``, ``iterate``)."""
     from lbgat.methods import create_method
 
     scenario = dataclasses.replace(SCENARIOS[name], **(attack or {}))
@@ -148,6 +148,14 @@ def lbgat_step(name: str, setting: Setting = FIRST, attack: dict[str, str] | Non
     plugins = {"plugins": scenario.plugins} if scenario.plugins else {}
     method = create_method(scenario.host, model, params=scenario.params, attack=train_attack(scenario),
                            **plugins)  # type: ignore[call-arg]
+    return LbgatStep(method, {"model": model}, optimizer(scenario, model), batch(scenario, setting))
+
+
+def lbgat_step(name: str, setting: Setting = FIRST, attack: dict[str, str] | None = None) -> dict[str, torch.Tensor]:
+    """One lbgat training step of scenario ``name`` in ``setting``, every tensor; ``attack`` replaces attack
+    fields of the scenario (``start``, ``iterate``)."""
+    step = prepare_lbgat_step(name, setting, attack)
+    method, model = step.method, step.trained["model"]
     captured: dict[str, torch.Tensor] = {}
     adversarial = method.adversarial
 
@@ -157,19 +165,14 @@ def lbgat_step(name: str, setting: Setting = FIRST, attack: dict[str, str] | Non
 
     method.adversarial = capture  # type: ignore[method-assign]
     if hasattr(method, "pgd"):  # ISEAT runs its own attack (the official arithmetic) instead of adversarial()
-        attack = method.pgd
+        attack_pgd = method.pgd
 
         def capture_pgd(*args: Any, **kwargs: Any) -> torch.Tensor:
-            captured["x_adv"] = attack(*args, **kwargs)
+            captured["x_adv"] = attack_pgd(*args, **kwargs)
             return captured["x_adv"]
 
         method.pgd = capture_pgd  # type: ignore[method-assign]
-    sgd = optimizer(scenario, model)
-    method.train()
-    sgd.zero_grad(set_to_none=True)
-    terms = method(batch(scenario, setting))
-    terms["loss"].backward()
-    gradients = {key: p.grad.clone() for key, p in model.named_parameters() if p.grad is not None}
-    sgd.step()
-    method.after_step()
+    gradients: dict[str, torch.Tensor] = {}
+    terms = step.run(lambda: gradients.update(
+        {key: p.grad.clone() for key, p in model.named_parameters() if p.grad is not None}))
     return record(captured["x_adv"], terms, gradients, model)

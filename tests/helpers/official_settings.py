@@ -20,6 +20,7 @@ a machine stored in the first layout hold that one only.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +28,8 @@ from torch import nn
 
 from helpers.deterministic import deterministic_inputs, deterministic_state, integer_hash_uniform
 from lbgat.data.loader import Batch
+from lbgat.methods import Method
+from lbgat.methods.step import LossTerms
 
 NUM_CLASSES = 10
 STATES = ("plain", "perturbed")
@@ -81,3 +84,27 @@ def perturbed_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def initial_state(model: nn.Module, setting: Setting) -> dict[str, torch.Tensor]:
     return deterministic_state(model) if setting.state == "plain" else perturbed_state(model)
+
+
+@dataclass
+class LbgatStep:
+    """lbgat's side of a stored official step, set up on its objects (tests/helpers/official_step_setting.py,
+    tests/helpers/official_plugin_setting.py; benchmarks/train_step.py times it against the official one)."""
+
+    method: Method
+    trained: dict[str, nn.Module]  # the networks the optimiser updates, by role
+    optimizer: torch.optim.Optimizer
+    batch: Batch
+
+    def run(self, before_update: Callable[[], None] | None = None) -> LossTerms:
+        """One training step as the trainer takes it: the method's terms, the loss's backward, then
+        ``before_update`` (reading the gradients), the optimiser's step and the method's ``after_step``."""
+        self.method.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        terms = self.method(self.batch)
+        terms["loss"].backward()
+        if before_update is not None:
+            before_update()
+        self.optimizer.step()
+        self.method.after_step()
+        return terms

@@ -16,7 +16,7 @@ import hashlib
 import torch
 from torch import nn
 
-from helpers.official_settings import FIRST, Setting, initial_state, make_batch
+from helpers.official_settings import FIRST, LbgatStep, Setting, initial_state, make_batch
 from lbgat.data.loader import Batch
 from lbgat.methods import Method, TrainAttack, create_method
 from lbgat.models import create_model
@@ -99,11 +99,16 @@ def gradients_of(nets: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
             if p.grad is not None}
 
 
+def prepare_lbgat_step(scenario: str, setting: Setting = FIRST) -> LbgatStep:
+    """lbgat's step of ``scenario`` in ``setting``, set up."""
+    nets = networks(SCENARIOS[scenario][0] != "trades", setting)
+    return LbgatStep(lbgat_method(scenario, nets), nets, optimizer(nets), batch(setting))
+
+
 def lbgat_step(scenario: str, setting: Setting = FIRST) -> dict[str, torch.Tensor]:
     """One lbgat training step of ``scenario`` in ``setting``, every tensor it produced by name."""
-    name = SCENARIOS[scenario][0]
-    nets = networks(name != "trades", setting)
-    method = lbgat_method(scenario, nets)
+    step = prepare_lbgat_step(scenario, setting)
+    method = step.method
     captured = {}
     adversarial = method.adversarial
 
@@ -112,11 +117,6 @@ def lbgat_step(scenario: str, setting: Setting = FIRST) -> dict[str, torch.Tenso
         return captured["x_adv"]
 
     method.adversarial = capture
-    sgd = optimizer(nets)
-    method.train()
-    sgd.zero_grad(set_to_none=True)
-    loss = method(batch(setting))["loss"]
-    loss.backward()
-    gradients = gradients_of(nets)
-    sgd.step()
-    return record(captured["x_adv"], loss, nets, gradients)
+    gradients: dict[str, torch.Tensor] = {}
+    loss = step.run(lambda: gradients.update(gradients_of(step.trained)))["loss"]
+    return record(captured["x_adv"], loss, step.trained, gradients)

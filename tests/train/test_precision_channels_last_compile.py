@@ -111,21 +111,25 @@ def test_unknown_precision_is_one_line() -> None:
 
 
 @needs_compiler
-def test_the_compiled_attack_step_equals_the_eager_one() -> None:
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_the_compiled_attack_step_equals_the_eager_one(mode: str) -> None:
+    """In each compile mode (reduce-overhead's CUDA graphs do not exist on CPU: it compiles as default)."""
     model, x, y = model_and_batch()
     model.eval()
     rng = ExampleRNG(0, 0, torch.arange(6))
     eager = pgd(model, x, y, eps=EPS, step_size=0.03, steps=4, rng=rng)
-    compiled = pgd(model, x, y, eps=EPS, step_size=0.03, steps=4, rng=rng, compiled=True)
+    compiled = pgd(model, x, y, eps=EPS, step_size=0.03, steps=4, rng=rng, compiled=True, compile_mode=mode)
     assert torch.equal(compiled, eager)
 
 
 @pytest.mark.slow
 @needs_compiler
-def test_compile_trains_the_same_model(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_compile_trains_the_same_model(tmp_path: Path, mode: str) -> None:
     plain = load_checkpoint(tiny_run(tmp_path, "plain", **{"schedule.epochs": 1}) / "last.pt").state
-    compiled = load_checkpoint(tiny_run(tmp_path, "compiled", compile=True, **{"schedule.epochs": 1}) / "last.pt")
-    assert compiled.meta["config"]["compile"] is True
+    compiled = load_checkpoint(tiny_run(tmp_path, "compiled", compile=True, compile_mode=mode,
+                                        **{"schedule.epochs": 1}) / "last.pt")
+    assert compiled.meta["config"]["compile"] is True and compiled.meta["config"]["compile_mode"] == mode
     for key, value in plain.items():
         if value.is_floating_point() and not key.startswith("rng."):
             assert torch.allclose(compiled.state[key], value, rtol=1e-4, atol=1e-6), key

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 import pytest
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from helpers.benchmark_modules import load
 from lbgat.attacks.input_only import FrozenWeights, input_only
@@ -276,3 +277,131 @@ def test_held_out_validation_attacks_the_student_with_frozen_weights(tmp_path) -
     assert metrics is not None and metrics["n"] == 8
     assert calls and requires_grad_seen == [{False}] * len(calls)
     assert all(parameter.requires_grad for parameter in student.parameters())
+
+
+class HostReads(TorchDispatchMode):
+    """Operations that hand a tensor's value to the host (on a GPU, each makes the host wait for the device):
+    ``.item()``, ``bool()``, ``int()`` and ``float()`` of a tensor, data-dependent shapes, ``torch.equal``."""
+
+    READS = {"_local_scalar_dense", "is_nonzero", "item", "nonzero", "masked_select", "equal", "unique_dim",
+             "_unique2", "_unique", "unique_consecutive"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if name in self.READS or (name == "index" and any(  # a boolean mask: the result's size is data
+                isinstance(index, torch.Tensor) and index.dtype == torch.bool for index in args[1])):
+            self.seen.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+def _every_method_and_pair() -> list:
+    from helpers.method_formulas import METHOD_NAMES
+    from lbgat.methods import list_methods
+    from lbgat.methods.plugin import list_plugins
+
+    pairs = [pytest.param(method.name, {plugin.name: {}}, id=f"{method.name}+{plugin.name}")
+             for method in list_methods() for plugin in list_plugins() if plugin.refuses(method) is None]
+    return [pytest.param(name, {}, id=name) for name in METHOD_NAMES] + pairs
+
+
+@pytest.mark.parametrize(("name", "plugins"), _every_method_and_pair())
+def test_no_training_step_reads_a_value_back_to_the_host(name: str, plugins: dict) -> None:
+    """A whole step (the attack, the loss, its backward, the SGD update, the weight perturbation's removal)
+    of every method and every allowed pair with a plug-in hands no tensor value to the host: on a GPU the
+    host queues the next step while the device still runs this one."""
+    from helpers.method_formulas import make_batch, make_method
+    from helpers.plugin_builds import build
+
+    method = build(name, plugins) if plugins else make_method(name)
+    optimizer = torch.optim.SGD(method.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    batch = make_batch(seed=1)
+    reads = HostReads()
+    with reads:
+        optimizer.zero_grad(set_to_none=True)
+        method(batch)["loss"].backward()
+        optimizer.step()
+        method.after_step()
+    assert reads.seen == []
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_the_sgd_kernels_update_the_weights_alike_on_cpu(nesterov: bool) -> None:
+    """--sgd-kernel for-loop and foreach take the same SGD steps (momentum, weight decay, with and without
+    Nesterov) bit for bit on CPU; the fused kernel rounds a few elements otherwise (those past its vector
+    width's last multiple), by float precision."""
+    from lbgat.train.setup import sgd_kernel
+
+    torch.manual_seed(0)
+    network = TinyNet()
+    gradients = [[torch.randn_like(parameter) for parameter in network.parameters()] for _ in range(4)]
+    after = {}
+    for kernel in ("auto", "for-loop", "foreach", "fused"):
+        copy_ = TinyNet()
+        copy_.load_state_dict(network.state_dict())
+        optimizer = torch.optim.SGD(copy_.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=nesterov,
+                                    **sgd_kernel(kernel))
+        for step in gradients:
+            for parameter, gradient in zip(copy_.parameters(), step, strict=True):
+                parameter.grad = gradient.clone()
+            optimizer.step()
+        after[kernel] = [parameter.detach().clone() for parameter in copy_.parameters()]
+    for kernel in ("for-loop", "foreach", "fused"):
+        pairs = list(zip(after["auto"], after[kernel], strict=True))
+        if kernel == "fused":
+            assert all(torch.allclose(a, b, rtol=1e-6, atol=1e-6) for a, b in pairs)
+        else:
+            assert all(torch.equal(a, b) for a, b in pairs), kernel
+
+
+def test_the_run_compiles_in_its_mode_steps_with_its_sgd_kernel_and_keeps_freed_memory(tmp_path, monkeypatch) -> None:
+    """--compile-mode compiles the networks and the attack's step in that mode, and each training step
+    begins with the mark CUDA graphs need; --sgd-kernel builds the optimiser with it; on CPU the run keeps
+    the memory a step frees (lbgat.runtime.host_memory). (Compilation stood in for: nothing is compiled.)"""
+    import importlib
+
+    from lbgat.config import build_config
+    from lbgat.train import train
+    from lbgat.train import trainer as trainer_module
+
+    pgd_module = importlib.import_module("lbgat.attacks.pgd")  # the package's `pgd` is the function
+    compiled_with: list[dict] = []
+    attack_modes: list[str] = []
+    step_marks: list[str] = []
+    optimizers: list[torch.optim.Optimizer] = []
+    monkeypatch.setattr(nn.Module, "compile", lambda self, **kwargs: compiled_with.append(kwargs))
+    monkeypatch.setattr(pgd_module, "compiled_linf_update",
+                        lambda mode="default": attack_modes.append(mode) or pgd_module._linf_update)
+    monkeypatch.setattr(trainer_module, "step_begins", step_marks.append)
+    kept: list[bool] = []
+    monkeypatch.setattr(trainer_module, "keep_freed_memory", lambda: kept.append(True))
+    step = torch.optim.SGD.step
+
+    def recorded_step(self, *args, **kwargs):
+        optimizers.append(self)
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", recorded_step)
+    config = build_config(None, {"method.name": "pgd-at", "model": "tiny-cnn", "batch_size": 8, "compile": True,
+                                 "compile_mode": "reduce-overhead", "out": str(tmp_path / "run"),
+                                 "schedule.epochs": 1},
+                          ["data.train_size=16", "data.val_size=0", "attack.steps=2", "optim.kernel=fused"])
+    monkeypatch.setattr("lbgat.train.setup.check_compile_toolchain", lambda device: None)
+    train(config, progress=False)
+    assert compiled_with == [{"mode": "reduce-overhead"}]  # the student (pgd-at has no teacher)
+    assert attack_modes == ["reduce-overhead"] * 2 and step_marks == ["reduce-overhead"] * 2
+    assert len(optimizers) == 2 and all(optimizer.defaults["fused"] for optimizer in optimizers)
+    assert kept == [True]
+
+
+def test_keeping_freed_memory_takes_where_the_c_library_is_glibc() -> None:
+    import ctypes
+    import sys
+
+    from lbgat.runtime.host_memory import keep_freed_memory
+
+    glibc = sys.platform.startswith("linux") and hasattr(ctypes.CDLL(None), "gnu_get_libc_version")
+    assert keep_freed_memory() is glibc

@@ -15,6 +15,7 @@ import tarfile
 import tempfile
 import types
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,10 @@ class StartDraw:
     ``u * 2 - 1`` for (-1, 1) (advertorch multiplies by eps after).
     """
 
+    # A timing (benchmarks/train_step.py) sets this: each draw also makes the official code's own draw of the
+    # same shape, and throws it away, so that the official step pays for the draw it would have made.
+    charge = False
+
     def __init__(self, kind: str, draw: torch.Tensor) -> None:
         self.kind, self.draw, self.uses = kind, draw.to(torch.float32), 0
 
@@ -87,12 +92,16 @@ class StartDraw:
         if tuple(shape) != tuple(self.draw.shape):
             raise AssertionError(f"official draw of shape {tuple(shape)}, lbgat's is {tuple(self.draw.shape)}")
         self.uses += 1
+        if self.charge:
+            self._own(shape)
         return self.draw.clone()
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[StartDraw]:
         saved = torch.randn, torch.randn_like, torch.Tensor.uniform_
         draw = self
+        self._own = (lambda shape: saved[0](shape)) if self.kind == "normal" else (
+            lambda shape: saved[2](torch.empty(shape), -1.0, 1.0))
 
         def randn(*size: Any, **kwargs: Any) -> torch.Tensor:
             shape = size[0] if len(size) == 1 and not isinstance(size[0], int) else size
@@ -226,15 +235,19 @@ class RecordingSGD(torch.optim.SGD):
 
 
 class Recorder:
-    """Named values returned by official functions during the step (the loss terms)."""
+    """Named values returned by official functions during the step (the loss terms, x_adv), and every
+    ``backward()`` of the step (``backward``: the official loss is the last one)."""
 
     def __init__(self) -> None:
         self.values: dict[str, list[torch.Tensor]] = {}
+        self.backward = BackwardLog()
 
-    def wrap(self, name: str, function: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
-        def recorded(*args: Any, **kwargs: Any) -> torch.Tensor:
+    def wrap(self, name: str, function: Callable[..., Any],
+             pick: Callable[[Any], torch.Tensor] = lambda value: value) -> Callable[..., Any]:
+        """``function`` keeping ``pick`` of each result (the result itself by default) under ``name``."""
+        def recorded(*args: Any, **kwargs: Any) -> Any:
             value = function(*args, **kwargs)
-            self.values.setdefault(name, []).append(value.detach().clone())
+            self.values.setdefault(name, []).append(pick(value).detach().clone())
             return value
 
         return recorded
@@ -243,14 +256,40 @@ class Recorder:
         return self.values[name][-1]
 
 
-def module_with(module: types.ModuleType, recorder: Recorder, *names: str) -> types.ModuleType:
+def recorded(recorder: Recorder | None, name: str, function: Callable[..., Any],
+             pick: Callable[[Any], torch.Tensor] = lambda value: value) -> Callable[..., Any]:
+    """``function`` recorded under ``name``, or as it is where nothing is recorded (a timed step)."""
+    return function if recorder is None else recorder.wrap(name, function, pick)
+
+
+def module_with(module: types.ModuleType, recorder: Recorder | None, *names: str) -> types.ModuleType:
     """A stand-in for ``module`` (an official file's ``F``, ``torch`` or ``tc``) that is the module in
-    everything but the named functions, whose results ``recorder`` keeps (the loss terms)."""
+    everything but the named functions, whose results ``recorder`` keeps (the loss terms); the module
+    itself where nothing is recorded."""
+    if recorder is None:
+        return module
     proxy = types.ModuleType(module.__name__)
     proxy.__dict__["__getattr__"] = lambda name: getattr(module, name)  # PEP 562: the rest is the module's
     for name in names:
         setattr(proxy, name, recorder.wrap(name, getattr(module, name)))
     return proxy
+
+
+@dataclass
+class OfficialStep:
+    """One official training step set up on its objects, for a recorded run (official_steps.py,
+    lbgat_trades_steps.py) or a timed one (benchmarks/train_step.py).
+
+    ``run()`` takes the step from the trained networks' state as it is, as the official code takes it (under
+    ``on_cpu`` and the start draw), and returns what a record needs of it that no recorder keeps (the
+    attack's output where no official function returns it, the loss). Another first step from the same
+    state: load the state back into ``trained`` and clear each optimiser's state (momentum)."""
+
+    trained: dict[str, nn.Module]
+    optimizers: list[torch.optim.Optimizer]
+    run: Callable[[], dict[str, torch.Tensor]]
+    inputs: torch.Tensor  # the clean batch
+    notes: list[str] = field(default_factory=list)
 
 
 def on_path(*folders: Path) -> None:

@@ -32,6 +32,8 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
+    from harness import OfficialStep
+
     from helpers.official_settings import Setting
 
 HERE = Path(__file__).resolve().parent
@@ -43,10 +45,11 @@ REPOSITORIES = {  # option: (repository, commit named in shared/spec/methods.md 
 FILES = {"lbgat": ["lbgat.py", "models/wideresnet.py", "models/resnetcifar.py"], "trades": ["trades.py"]}
 
 
-def official_step(scenario: str, setting: Setting, lbgat_tree: Path, trades_tree: Path) -> dict[str, torch.Tensor]:
-    """One official step of ``scenario`` (tests/helpers/official_step_setting.py SCENARIOS) in ``setting``, every
-    tensor by the names lbgat's ``lbgat_step`` gives them."""
-    from harness import ForwardLog, StartDraw, on_cpu
+def prepare_step(scenario: str, setting: Setting, lbgat_tree: Path, trades_tree: Path,
+                 record: bool = False) -> OfficialStep:
+    """One official step of ``scenario`` (tests/helpers/official_step_setting.py SCENARIOS) in ``setting``, set up:
+    ``run()`` returns the loss and, with ``record``, each gradient before the optimiser's step."""
+    from harness import OfficialStep, StartDraw, on_cpu
     from official_steps import module_from_file  # its name "lbgat" is lbgat's package: loaded by path
 
     from helpers.official_settings import initial_state
@@ -59,7 +62,6 @@ def official_step(scenario: str, setting: Setting, lbgat_tree: Path, trades_tree
         batch,
         gradients_of,
         optimizer,
-        record,
         start_noise,
     )
 
@@ -77,24 +79,42 @@ def official_step(scenario: str, setting: Setting, lbgat_tree: Path, trades_tree
         net.train()
     step_batch = batch(setting)
     sgd = optimizer(nets)  # the scripts' SGD: one group per network, student first
-    forwards = ForwardLog(nets["student"])
     arguments = {"x_natural": step_batch.x, "y": step_batch.y, "optimizer": sgd, "step_size": STEP_SIZE,
                  "epsilon": EPS, "perturb_steps": STEPS, "beta": beta}
-    with on_cpu(), StartDraw("normal", start_noise(step_batch)).installed():
-        sgd.zero_grad()  # train(): optimizer.zero_grad(); loss = ...; loss.backward(); optimizer.step()
-        if function == "lbgat_loss":
-            loss = loss_module.lbgat_loss(model=nets["student"], model_teacher=nets["teacher"], **arguments)
-        else:
-            loss = loss_module.trades_loss(model=nets["student"], **arguments)
-        loss.backward()
-        gradients = gradients_of(nets)
-        sgd.step()
+    noise = start_noise(step_batch)
+
+    def run() -> dict[str, torch.Tensor]:
+        with on_cpu(), StartDraw("normal", noise).installed():
+            sgd.zero_grad()  # train(): optimizer.zero_grad(); loss = ...; loss.backward(); optimizer.step()
+            if function == "lbgat_loss":
+                loss = loss_module.lbgat_loss(model=nets["student"], model_teacher=nets["teacher"], **arguments)
+            else:
+                loss = loss_module.trades_loss(model=nets["student"], **arguments)
+            loss.backward()
+            gradients = gradients_of(nets) if record else {}
+            sgd.step()
+        return {"loss": loss.detach(), **{f"grad/{name}": value for name, value in gradients.items()}}
+
+    return OfficialStep(nets, [sgd], run, step_batch.x)
+
+
+def official_step(scenario: str, setting: Setting, lbgat_tree: Path, trades_tree: Path) -> dict[str, torch.Tensor]:
+    """One official step of ``scenario`` (tests/helpers/official_step_setting.py SCENARIOS) in ``setting``, every
+    tensor by the names lbgat's ``lbgat_step`` gives them."""
+    from harness import ForwardLog
+
+    from helpers.official_step_setting import record
+
+    step = prepare_step(scenario, setting, lbgat_tree, trades_tree, record=True)
+    forwards = ForwardLog(step.trained["student"])
+    left = step.run()
+    gradients = {name.removeprefix("grad/"): value for name, value in left.items() if name.startswith("grad/")}
     # x_adv: the input of the student's one train-mode forward that is not the clean batch
     adversarial = [inputs for inputs, training in forwards.calls
-                   if training and not torch.equal(inputs, step_batch.x)]
+                   if training and not torch.equal(inputs, step.inputs)]
     if len(adversarial) != 1:
         raise AssertionError(f"expected one train-mode forward of x_adv, found {len(adversarial)}")
-    return record(adversarial[0], loss.detach(), nets, gradients)
+    return record(adversarial[0], left["loss"], step.trained, gradients)
 
 
 def produce(lbgat_tree: Path, trades_tree: Path, sources: dict[str, dict[str, Any]]) -> dict[str, Any]:

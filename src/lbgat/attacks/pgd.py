@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..runtime.compilation import compile_options
 from ..runtime.rng import ExampleRNG, Stream
 from .half import batch_coupled, scaled_input_gradients, under_fp16_autocast
 from .modes import BNMode, model_mode
@@ -43,12 +44,13 @@ def start_noise(
     if start == "none":
         return torch.zeros_like(x)
     shape = tuple(x.shape[1:])
+    # In place on the fresh draw: the same operations, without a new tensor for each.
     if start == "normal":
         noise = rng.normal(stream, shape) if rng is not None else torch.randn_like(x)
-        return noise.to(x.dtype) * start_std
+        return noise.to(x.dtype).mul_(start_std)
     if norm == "Linf":
         unit = rng.uniform(stream, shape) if rng is not None else torch.rand_like(x)
-        return (unit.to(x.dtype) * 2.0 - 1.0) * eps
+        return unit.to(x.dtype).mul_(2.0).sub_(1.0).mul_(eps)
     # L2 "uniform" start: a uniformly random direction at a radius drawn uniformly from [0, eps].
     direction = rng.normal(stream, shape) if rng is not None else torch.randn_like(x)
     radius = rng.uniform(Stream.L2_START_RADIUS) if rng is not None else torch.rand(x.shape[0], device=x.device)
@@ -65,8 +67,8 @@ class _Projection:
             self.lower, self.upper = x - eps, x + eps
 
     def __call__(self, x_adv: torch.Tensor) -> torch.Tensor:
-        if self.norm == "Linf":
-            return torch.minimum(torch.maximum(x_adv, self.lower), self.upper).clamp_(0.0, 1.0)
+        if self.norm == "Linf":  # clamp to tensor bounds: min(max(x', x - eps), x + eps) in one pass
+            return torch.clamp(x_adv, self.lower, self.upper).clamp_(0.0, 1.0)
         delta = x_adv - self.x
         scale = (self.eps / _per_example_l2(delta).clamp_min(1e-12)).clamp(max=1.0)
         return (self.x + delta * scale).clamp_(0.0, 1.0)
@@ -78,21 +80,23 @@ def _linf_update(x_adv: torch.Tensor, grad: torch.Tensor, lower: torch.Tensor, u
     return torch.minimum(torch.maximum(x_adv + step_size * grad.sign(), lower), upper).clamp(0.0, 1.0)
 
 
-_compiled_linf_update: Callable[..., torch.Tensor] | None = None
+_compiled_linf_updates: dict[str, Callable[..., torch.Tensor]] = {}
 
 
-def compiled_linf_update() -> Callable[..., torch.Tensor]:
-    """The fused step, compiled on first use (dynamic shapes: a last, smaller batch does not recompile)."""
-    global _compiled_linf_update
-    if _compiled_linf_update is None:
-        _compiled_linf_update = torch.compile(_linf_update, dynamic=True)
-    return _compiled_linf_update
+def compiled_linf_update(mode: str = "default") -> Callable[..., torch.Tensor]:
+    """The fused step, compiled on first use in torch.compile's ``mode`` (lbgat.runtime.compilation); dynamic
+    shapes: a last, smaller batch does not recompile (under CUDA graphs it records a graph of its own)."""
+    if mode not in _compiled_linf_updates:
+        _compiled_linf_updates[mode] = torch.compile(_linf_update, dynamic=True, **compile_options(mode))
+    return _compiled_linf_updates[mode]
 
 
-def _ascent_step(grad: torch.Tensor, step_size: float, norm: Norm) -> torch.Tensor:
+def _ascend(x_adv: torch.Tensor, grad: torch.Tensor, step_size: float, norm: Norm) -> torch.Tensor:
+    """x' + step_size * sign(g) (L-inf) or x' + step_size * g / ||g|| (L2), before the projection."""
     if norm == "Linf":
-        return step_size * grad.sign()
-    return step_size * grad / _per_example_l2(grad).clamp_min(1e-12)
+        # One pass: step_size * (+-1 or 0) is exact, so x' + that is rounded once either way.
+        return torch.add(x_adv, grad.sign(), alpha=step_size)
+    return x_adv + step_size * grad / _per_example_l2(grad).clamp_min(1e-12)
 
 
 def _check(eps: float, step_size: float, steps: int, objective: str, start: str, norm: str, iterate: str) -> None:
@@ -122,13 +126,14 @@ def _delta_pgd(x: torch.Tensor, noise: torch.Tensor, start: Start, gradient: Cal
     elsewhere: where BatchNorm runs in train mode during the attack, that rounding flips the sign of
     near-zero input gradients and the two attacks part by whole steps."""
     upper, lower = 1.0 - x, 0.0 - x
-    delta = torch.max(torch.min(noise, upper), lower) if start == "uniform-clipped" else noise
+    # max(min(delta, 1 - x), -x) is clamp(delta, -x, 1 - x) (the bounds never cross), in one pass.
+    delta = torch.clamp(noise, lower, upper) if start == "uniform-clipped" else noise
     for _ in range(steps):
         grad = gradient(x + delta)  # d/d(x + delta) is d/d delta: the official gradient, bit for bit
-        delta = torch.clamp(delta + step_size * torch.sign(grad), min=-eps, max=eps)
-        delta = torch.max(torch.min(delta, upper), lower)
+        delta = torch.add(delta, torch.sign(grad), alpha=step_size).clamp_(min=-eps, max=eps)
+        delta = torch.clamp(delta, lower, upper)
     if steps == 0:
-        delta = torch.max(torch.min(torch.clamp(delta, min=-eps, max=eps), upper), lower)
+        delta = torch.clamp(torch.clamp(delta, min=-eps, max=eps), lower, upper)
     return torch.clamp(x + delta, min=0.0, max=1.0)
 
 
@@ -150,6 +155,7 @@ def pgd(
     norm: Norm = "Linf",
     iterate: Iterate = "x",
     compiled: bool = False,
+    compile_mode: str = "default",
 ) -> torch.Tensor:
     """Projected gradient ascent on ``objective``; returns the final iterate, detached.
 
@@ -170,7 +176,8 @@ def pgd(
         rng: per-example randomness (see :mod:`lbgat.runtime.rng`); None uses torch's global generator.
         bn_mode: mode the model runs in during the attack; the caller's modes are restored.
         compiled: L-infinity with ``iterate="x"`` only: run the step and projection as one
-            torch.compile'd kernel (same arithmetic, in the iterate's dtype, fp32).
+            torch.compile'd kernel (same arithmetic, in the iterate's dtype, fp32), compiled in
+            torch.compile's ``compile_mode`` (lbgat.runtime.compilation).
 
     Only input gradients are computed (``torch.autograd.grad`` w.r.t. the input), and the clean
     prediction the KL objective compares against is computed once, not at every step.
@@ -190,7 +197,8 @@ def pgd(
         # The step size as a tensor: a Python float would be baked into the compiled code, and the
         # eps warm-up changes it at every training step. Filled on the device: torch.tensor() would copy
         # it from the host and wait for the device.
-        update, step_tensor = compiled_linf_update(), torch.full((), step_size, dtype=x.dtype, device=x.device)
+        update = compiled_linf_update(compile_mode)
+        step_tensor = torch.full((), step_size, dtype=x.dtype, device=x.device)
     with model_mode(model, bn_mode):
         forward: Callable[[torch.Tensor], torch.Tensor] = model
         if under_fp16_autocast(x.device.type):  # only here: the fp32 and bf16 arithmetic stays as it was
@@ -222,7 +230,7 @@ def pgd(
             if update is not None:
                 x_adv = update(x_adv.detach(), grad, project.lower, project.upper, step_tensor)
             else:
-                x_adv = project(x_adv.detach() + _ascent_step(grad, step_size, norm))
+                x_adv = project(_ascend(x_adv.detach(), grad, step_size, norm))
     if steps == 0:
         x_adv = project(x_adv)
     return x_adv.detach()

@@ -43,6 +43,7 @@ class TrainAttack:
     objective: Objective | None = None  # None: the method's own (its ``attack_objective``)
     iterate: Iterate = "x"  # "delta": AT_AWP's arithmetic (lbgat.attacks.pgd)
     compiled: bool = False  # the attack's step and projection as one torch.compile'd kernel
+    compile_mode: str = "default"  # torch.compile's mode for it (lbgat.runtime.compilation)
 
 
 """A method's named scalar terms on one batch. ``"loss"`` is what the optimiser minimises; the others are
@@ -208,7 +209,7 @@ class Method(nn.Module, Generic[P]):
             objective=self.attack.objective or self.attack_objective, start=self.attack.start,
             start_std=self.attack.start_std,
             rng=batch.rng, stream=Stream.TRAIN_ATTACK_START, bn_mode=self.attack.bn_mode,
-            iterate=self.attack.iterate, compiled=self.attack.compiled,
+            iterate=self.attack.iterate, compiled=self.attack.compiled, compile_mode=self.attack.compile_mode,
         )
 
     def trained_networks(self) -> dict[str, nn.Module]:

@@ -146,15 +146,17 @@ class Iseat(Method[IseatParams]):
         ball, then x + delta clipped to [0, 1]); the first step may reuse the clean forward's gradient."""
         assert self.attack is not None
         eps, step = self.attack.eps, self.attack.step_size
-        adv = torch.clamp(x + delta, 0, 1)
+        if self.attack.steps == 0:
+            return torch.clamp(x + delta, 0, 1)
         with model_mode(self.student, self.attack.bn_mode):
             for index in range(self.attack.steps):
-                adv = torch.clamp(x + delta, 0, 1).requires_grad_(True)
                 if index == 0 and first_gradient is not None:
                     gradient = first_gradient
                 else:
+                    adv = torch.clamp(x + delta, 0, 1).requires_grad_(True)
                     gradient = torch.autograd.grad(F.cross_entropy(self.student(adv), y), adv)[0]
-                delta = (delta + step * torch.sign(gradient)).clamp_(-eps, eps)
+                # step * (+-1 or 0) is exact: delta + it, in one pass, rounds as delta + step * sign(g)
+                delta = torch.add(delta, torch.sign(gradient), alpha=step).clamp_(-eps, eps)
                 adv = torch.clamp(x + delta, 0, 1)
                 delta = adv - x
         return adv.detach()

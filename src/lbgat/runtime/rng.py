@@ -57,9 +57,17 @@ def _mix32_(words: torch.Tensor) -> torch.Tensor:
     return words.bitwise_xor_(scratch)
 
 
-def _absorb(state: torch.Tensor, value: torch.Tensor | int) -> torch.Tensor:
-    mixed = (state ^ (value & _MASK32)) + 0x9E3779B9
+def _absorb(state: torch.Tensor | int, value: torch.Tensor) -> torch.Tensor:
+    mixed = (state ^ (value & _MASK32)).add_(0x9E3779B9)
     return _mix32_(mixed.bitwise_and_(_MASK32))
+
+
+def _mix32(word: int) -> int:
+    """``_mix32_`` on one word, in Python integers (exact: the same 32-bit function)."""
+    for shift, constant in ((16, 0x7FEB352D), (15, 0x846CA68B)):
+        word ^= word >> shift
+        word = (word * constant) & _MASK32
+    return word ^ (word >> 16)
 
 
 def _key_words(seed: int, stream: int, epoch: int) -> list[int]:
@@ -68,13 +76,19 @@ def _key_words(seed: int, stream: int, epoch: int) -> list[int]:
     return [seed & _MASK32, (seed >> 32) & _MASK32, int(stream), epoch & _MASK32]
 
 
+def _key_state(seed: int, stream: int, epoch: int) -> int:
+    """The state after absorbing the key words: the same for every element, so computed on the host (a
+    few dozen device operations on one word each, otherwise, at every draw)."""
+    state = 0
+    for word in _key_words(seed, stream, epoch):
+        state = _mix32(((state ^ word) + 0x9E3779B9) & _MASK32)
+    return state
+
+
 def hash_words(seed: int, stream: int, epoch: int, index: torch.Tensor, counter: torch.Tensor) -> torch.Tensor:
     """32-bit hash of (seed, stream, epoch, index, counter) in int64; index and counter broadcast."""
-    state = torch.zeros((), dtype=torch.int64, device=index.device)
-    for word in _key_words(seed, stream, epoch):
-        state = _absorb(state, word)
     # Absorbing the index first keeps the expensive full-size work to one round per element.
-    state = _absorb(state, index.to(torch.int64))
+    state = _absorb(_key_state(seed, stream, epoch), index.to(torch.int64))
     return _absorb(state, counter.to(torch.int64))
 
 
@@ -112,14 +126,15 @@ class ExampleRNG:
         return unit_floats(self.words(stream, shape))
 
     def normal(self, stream: int, shape: tuple[int, ...]) -> torch.Tensor:
-        """Standard normal float32 of shape (B, *shape), by the Box-Muller transform."""
+        """Standard normal float32 of shape (B, *shape), by the Box-Muller transform (in place on its own
+        temporaries: the same operations in the same order)."""
         numel = math.prod(shape)
         pairs = self.words(stream, (2, numel))
         # Offset by half a step so that u1 is never 0 (log(0)).
-        u1 = ((pairs[:, 0] >> 8).to(torch.float32) + 0.5) * (1.0 / (1 << 24))
-        u2 = (pairs[:, 1] >> 8).to(torch.float32) * (1.0 / (1 << 24))
-        radius = torch.sqrt(-2.0 * torch.log(u1))
-        return (radius * torch.cos(2.0 * math.pi * u2)).reshape(self.index.shape[0], *shape)
+        u1 = (pairs[:, 0] >> 8).to(torch.float32).add_(0.5).mul_(1.0 / (1 << 24))
+        u2 = (pairs[:, 1] >> 8).to(torch.float32).mul_(1.0 / (1 << 24))
+        radius = u1.log_().mul_(-2.0).sqrt_()
+        return radius.mul_(u2.mul_(2.0 * math.pi).cos_()).reshape(self.index.shape[0], *shape)
 
     def integers(self, stream: int, high: int, shape: tuple[int, ...] = ()) -> torch.Tensor:
         """Integers uniform in [0, high) (int64), shape (B, *shape)."""

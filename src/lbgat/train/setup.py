@@ -34,6 +34,7 @@ from ..methods.factory import MethodChoice, choose_method
 from ..methods.lifecycle import RunFacts
 from ..methods.teachers import FrozenEnsemble
 from ..models import get_model_entry
+from ..runtime.compilation import compile_options
 from ..runtime.precision import Precision
 from ..runtime.rng import Stream, permutation
 from ..runtime.world import World, device_for, resolve_device
@@ -161,6 +162,12 @@ def _validate_schedule(config: TrainConfig) -> None:
              "0.85 -> 0.95, OneCycleLR's): set schedule.cycle_momentum=false to keep optim.momentum")
 
 
+def sgd_kernel(kernel: str) -> dict[str, bool]:
+    """torch.optim.SGD's arguments for ``optim.kernel`` (config.SGD_KERNELS); auto leaves torch's choice."""
+    return {"auto": {}, "for-loop": {"foreach": False}, "foreach": {"foreach": True},
+            "fused": {"fused": True}}[kernel]
+
+
 def check_compile_toolchain(device: torch.device) -> None:
     """torch.compile generates C++ on CPU and Triton kernels on GPU; without them it fails only at the
     first step, deep inside the compiler."""
@@ -226,7 +233,7 @@ def train_attack(config: TrainConfig) -> TrainAttack:
         bn_mode=attack.bn_mode,  # type: ignore[arg-type]  # checked against BN_MODES
         objective=None if attack.objective == "auto" else attack.objective,  # type: ignore[arg-type]
         iterate=attack.iterate,  # type: ignore[arg-type]  # checked against ITERATES
-        compiled=config.compile,
+        compiled=config.compile, compile_mode=config.compile_mode,
     )
 
 
@@ -375,7 +382,8 @@ def build_parts(config: TrainConfig, dataset: Dataset, world: World | None = Non
         seen.update(id(parameter) for parameter in own)
         groups.append({"params": own})
     optimizer = torch.optim.SGD(groups, lr=config.optim.lr, momentum=config.optim.momentum,
-                                weight_decay=config.optim.weight_decay, nesterov=config.optim.nesterov)
+                                weight_decay=config.optim.weight_decay, nesterov=config.optim.nesterov,
+                                **sgd_kernel(config.optim.kernel))
     train_indices, val_indices = split_holdout(len(dataset.train), config.data.val_size, config.data.split_seed,
                                                config.data.train_size)
     augment = Augment(crop_padding=config.data.crop_padding, flip=config.data.flip, kind=config.data.augment)
@@ -400,7 +408,7 @@ def build_parts(config: TrainConfig, dataset: Dataset, world: World | None = Non
             parallel.convert_sync_batchnorm(method, device)
     if config.compile:
         for network in filter(None, (method.student, method.teacher)):
-            network.compile()
+            network.compile(**compile_options(config.compile_mode))
     step_module: nn.Module = parallel.data_parallel(method, device) if world.sharded else method
     return RunParts(config, dataset, train_indices, val_indices, train_loader, val_loader, method, optimizer,
                     student_spec, teacher_spec, device, world, precision, step_module, extra)

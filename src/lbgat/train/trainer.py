@@ -32,6 +32,8 @@ from ..evaluate.suite import run_suite
 from ..methods.factory import MethodChoice
 from ..runtime.arithmetic import describe_arithmetic, deterministic_algorithms, float32_mode
 from ..runtime.collectives import all_reduce_sum, is_distributed
+from ..runtime.compilation import step_begins
+from ..runtime.host_memory import keep_freed_memory
 from ..runtime.provenance import code_version
 from ..runtime.world import World, device_for, process_group, resolve_device, world_from_environment
 from ..storage.files import append_line, check_writable, strict_json
@@ -184,6 +186,8 @@ class Trainer:
         return {"clean_acc": clean, "robust_acc": robust, "n": int(total)}
 
     def run(self) -> TrainResult:
+        if self.parts.device.type == "cpu":
+            keep_freed_memory()  # no page faults taking back, at every step, what the last one freed
         # --deterministic (issue 13 item 4) turns cuDNN's timing-based algorithm choice off.
         with self._stop_signals(), cudnn_autotune(self.parts.device, self.config.deterministic):
             return self._run()
@@ -244,6 +248,8 @@ class Trainer:
                        disable=not self.progress, dynamic_ncols=True, leave=False, file=sys.stderr)
             for batch in loader.batches(epoch, self.position.batch):
                 interval.begin_step()
+                if config.compile:
+                    step_begins(config.compile_mode)
                 self._ramp_attack()
                 parts.optimizer.zero_grad(set_to_none=True)
                 with parts.precision.autocast():
