@@ -17,7 +17,10 @@ AWP's proxy, ISEAT's tmp_model; the teacher) and those that moved the trained ne
 then ``repeats`` timed steps of each, interleaved (the order flips every repeat), each from the same state
 (the networks' state loaded back and the optimisers' momentum cleared, untimed). Timed with this process's CPU
 clock by default: on one thread it is the work itself, which other processes on a shared machine barely
-disturb.
+disturb. The process keeps the memory a step frees, as ``lbgat train`` does on CPU (``--malloc keep``;
+lbgat.runtime.host_memory): under glibc's defaults part of it goes back to the system and is faulted in
+again at the next step, as many pages for one step as for the other or twice as many, depending on the
+process; ``--malloc default`` times that too, and each step's page faults are printed.
 """
 
 from __future__ import annotations

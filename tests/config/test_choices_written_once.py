@@ -12,12 +12,13 @@ import pytest
 from lbgat.attacks import BN_MODES, ITERATES, NORMS, OBJECTIVES, STARTS, BNMode, Iterate, Norm, Objective, Start
 from lbgat.checkpoints.averaged_weights import WEIGHTS
 from lbgat.cli import build_parser
-from lbgat.config import AVERAGE_KINDS, ON_NAN_ACTIONS, build_config
+from lbgat.config import AVERAGE_KINDS, ON_NAN_ACTIONS, SGD_KERNELS, build_config
 from lbgat.data.download import DOWNLOADABLE
 from lbgat.errors import ConfigError
 from lbgat.evaluate.autoattack import AA_VERSIONS, AASettings
 from lbgat.evaluate.runner import PROTOCOLS, EvalRequest, check_request, requested_attacks
 from lbgat.evaluate.specs import ATTACK_FORMS, ATTACK_NAMES, DEFAULT_ATTACKS, STEPLESS, parse_attacks
+from lbgat.runtime.compilation import COMPILE_MODES
 from lbgat.runtime.precision import DTYPES, PRECISIONS
 from lbgat.train.setup import validate
 
@@ -39,6 +40,8 @@ def test_every_choice_flag_holds_its_constant() -> None:
     train, evaluate = _subcommand(parser, "train"), _subcommand(parser, "eval")
     assert _choices(train, "on_nan") is ON_NAN_ACTIONS
     assert _choices(train, "precision") is PRECISIONS
+    assert _choices(train, "compile_mode") is COMPILE_MODES
+    assert _choices(train, "sgd_kernel") is SGD_KERNELS
     assert _choices(evaluate, "precision") is PRECISIONS
     assert _choices(evaluate, "norm") is NORMS
     assert _choices(evaluate, "aa_version") is AA_VERSIONS
@@ -58,7 +61,8 @@ def test_the_typed_names_and_their_tuples_agree() -> None:
 @pytest.mark.parametrize(("setting", "constant"), [("on_nan", ON_NAN_ACTIONS), ("precision", PRECISIONS),
                                                    ("attack.start", STARTS), ("attack.bn_mode", BN_MODES),
                                                    ("attack.objective", OBJECTIVES), ("attack.iterate", ITERATES),
-                                                   ("average.kind", AVERAGE_KINDS)])
+                                                   ("average.kind", AVERAGE_KINDS), ("compile_mode", COMPILE_MODES),
+                                                   ("optim.kernel", SGD_KERNELS)])
 def test_training_validation_accepts_exactly_the_constant(setting: str, constant: tuple[str, ...]) -> None:
     """Every value of the constant passes validation; any other is refused, naming the values."""
     for value in constant:

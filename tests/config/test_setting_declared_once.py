@@ -45,10 +45,12 @@ def new_settings(monkeypatch: pytest.MonkeyPatch) -> type[TrainConfig]:
 # like data.root is identified by its content (lbgat.data.identity), not its path.
 RESUMABLE_BEFORE = frozenset({"max_steps", "log_every", "device", "out", "checkpoint_every", "on_nan",
                               "channels_last", "compile", "data.root", "data.extra"})
+# Speed options declared since, which like channels_last and compile change how a step runs, not the run.
+RESUMABLE_SINCE = frozenset({"compile_mode", "optim.kernel"})
 
 
-def test_the_declared_resume_rules_are_the_old_ones() -> None:
-    assert resumable_settings() == RESUMABLE_BEFORE
+def test_the_declared_resume_rules_are_the_old_ones_and_the_speed_options_since() -> None:
+    assert resumable_settings() == RESUMABLE_BEFORE | RESUMABLE_SINCE
 
 
 def test_a_new_setting_gets_its_flag_and_key(new_settings: type[TrainConfig]) -> None:
@@ -91,7 +93,7 @@ def test_a_bad_new_setting_is_refused_in_one_line(new_settings: type[TrainConfig
 
 def test_a_new_setting_follows_its_resume_rule(new_settings: type[TrainConfig]) -> None:
     rules = resumable_settings()
-    assert rules == RESUMABLE_BEFORE | {"report_every"}
+    assert rules == RESUMABLE_BEFORE | RESUMABLE_SINCE | {"report_every"}
     assert "new_mode" not in rules and "schedule.cooldown_epochs" not in rules
 
 

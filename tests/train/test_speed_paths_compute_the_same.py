@@ -405,3 +405,26 @@ def test_keeping_freed_memory_takes_where_the_c_library_is_glibc() -> None:
 
     glibc = sys.platform.startswith("linux") and hasattr(ctypes.CDLL(None), "gnu_get_libc_version")
     assert keep_freed_memory() is glibc
+
+
+def test_an_sgd_kernel_torch_lacks_is_one_line(tmp_path, monkeypatch) -> None:
+    """A torch (or device) without the fused kernel refuses it in torch's words; lbgat says so in one line."""
+    from lbgat.config import build_config
+    from lbgat.errors import ConfigError
+    from lbgat.train.setup import build_parts, load_data, resolve
+
+    sgd_init = torch.optim.SGD.__init__
+
+    def without_fused(self, params, *args, fused=None, **kwargs):
+        if fused:
+            raise RuntimeError("`fused=True` requires all the params to be floating point Tensors of supported "
+                               "devices")
+        sgd_init(self, params, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.SGD, "__init__", without_fused)
+    config = build_config(None, {"method.name": "pgd-at", "model": "tiny-cnn", "batch_size": 8,
+                                 "out": str(tmp_path / "run")}, ["data.train_size=16", "data.val_size=0",
+                                                                  "optim.kernel=fused"])
+    dataset = load_data(config)
+    with pytest.raises(ConfigError, match=r"^--sgd-kernel fused is not available with torch .* on cpu: `fused=True`"):
+        build_parts(resolve(config, dataset.image_shape), dataset)

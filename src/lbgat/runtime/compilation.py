@@ -34,6 +34,8 @@ def compile_options(mode: str) -> dict[str, Any]:
 
 
 def step_begins(mode: str) -> None:
-    """Before each training step: under CUDA graphs, a new step's replays may reuse the last one's memory."""
-    if mode in CUDA_GRAPH_MODES:
-        torch.compiler.cudagraph_mark_step_begin()
+    """Before each training step: under CUDA graphs, a new step's replays may reuse the last one's memory.
+    (A torch without the marker guesses where steps begin by itself.)"""
+    mark = getattr(torch.compiler, "cudagraph_mark_step_begin", None)
+    if mode in CUDA_GRAPH_MODES and mark is not None:
+        mark()

@@ -381,9 +381,13 @@ def build_parts(config: TrainConfig, dataset: Dataset, world: World | None = Non
         own = [parameter for parameter in network.parameters() if id(parameter) not in seen]
         seen.update(id(parameter) for parameter in own)
         groups.append({"params": own})
-    optimizer = torch.optim.SGD(groups, lr=config.optim.lr, momentum=config.optim.momentum,
-                                weight_decay=config.optim.weight_decay, nesterov=config.optim.nesterov,
-                                **sgd_kernel(config.optim.kernel))
+    try:
+        optimizer = torch.optim.SGD(groups, lr=config.optim.lr, momentum=config.optim.momentum,
+                                    weight_decay=config.optim.weight_decay, nesterov=config.optim.nesterov,
+                                    **sgd_kernel(config.optim.kernel))
+    except (RuntimeError, ValueError, TypeError) as error:  # a torch without that kernel for this device
+        raise ConfigError(f"--sgd-kernel {config.optim.kernel} is not available with torch {torch.__version__} on "
+                          f"{device}: {' '.join(str(error).split())[:160]}") from None
     train_indices, val_indices = split_holdout(len(dataset.train), config.data.val_size, config.data.split_seed,
                                                config.data.train_size)
     augment = Augment(crop_padding=config.data.crop_padding, flip=config.data.flip, kind=config.data.augment)
