@@ -14,7 +14,7 @@ from lbgat.train.setup import resolve, train_attack
 # Every attack setting away from TrainAttack's defaults, so that a field left at its default shows.
 GIVEN = {"attack.eps": 0.02, "attack.step_size": 0.004, "attack.steps": 3, "attack.start": "none",
          "attack.start_std": 0.5, "attack.bn_mode": "train", "attack.objective": "cw", "attack.iterate": "delta",
-         "compile": True}
+         "compile": True, "compile_mode": "reduce-overhead"}
 
 
 def resolved_config():
