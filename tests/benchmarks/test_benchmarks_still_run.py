@@ -71,6 +71,7 @@ def test_speed_features_benchmark_runs_each_feature_against_its_absence(capsys, 
     assert "fp32 baseline" in output
 
 
+@pytest.mark.slow  # 11 s: two gloo processes; torchrun training is tested in tests/train in the default run
 def test_ddp_benchmark_compares_two_processes_with_one(capsys, tmp_path: Path) -> None:
     write_cifar10(tmp_path, per_batch=4)  # 20 random images
     output = run_benchmark("ddp", ["--method", "pgd-at", "--model", "tiny-cnn", "--teacher", "", "--batch-size", "8",
