@@ -1,4 +1,5 @@
-"""The real command line in a fresh process, and the comparison of two runs' training states."""
+"""The real command line in a fresh process, how far a run in one has saved, and the comparison of two
+runs' training states."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import torch
 
 from lbgat.checkpoints.checkpoint import load_checkpoint
+from lbgat.errors import CheckpointError
 
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -28,3 +30,10 @@ def assert_same_training_state(first: Path, second: Path) -> None:
     momentum_b = [state["momentum_buffer"] for state in b.optimizer["state"].values()]
     assert all(torch.equal(x, y) for x, y in zip(momentum_a, momentum_b, strict=True))
     assert a.meta["position"] == b.meta["position"]
+
+
+def steps_saved(path: Path) -> int:
+    try:
+        return load_checkpoint(path).meta["position"]["global_step"]
+    except CheckpointError:  # not there yet, or being replaced
+        return 0

@@ -11,8 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+from helpers.cli_runs import steps_saved
 from lbgat.checkpoints.checkpoint import load_checkpoint
-from lbgat.errors import CheckpointError
 
 
 def quiet_environment() -> dict[str, str]:
@@ -37,13 +37,6 @@ def relative_differences(left: Path, right: Path) -> dict[str, float]:
     assert one.keys() == two.keys()
     return {key: float((one[key] - two[key]).norm() / one[key].norm().clamp_min(1e-12))
             for key in one if one[key].is_floating_point() and not key.startswith("rng.")}
-
-
-def steps_saved(path: Path) -> int:
-    try:
-        return load_checkpoint(path).meta["position"]["global_step"]
-    except CheckpointError:  # not there yet, or being replaced
-        return 0
 
 
 def records(run: Path) -> list[dict]:

@@ -14,11 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from helpers.cli_runs import assert_same_training_state
+from helpers.cli_runs import assert_same_training_state, steps_saved
 from helpers.data_fixtures import cifar10_mini_root
 from lbgat.checkpoints.checkpoint import load_checkpoint
 from lbgat.cli import main
-from lbgat.errors import CheckpointError
 
 # wrn-10-1 (BatchNorm) on cifar10-mini: 2 epochs of 3 steps, averaging in the second, a checkpoint after every step.
 RUN = ["train", "--method", "pgd-at", "--model", "wrn-10-1", "--dataset", "cifar10", "--data-root",
@@ -29,13 +28,6 @@ KINDS = {"ema": ["--average", "ema"],  # Wang et al.: warm-up of the decay, stat
          "swa": ["--average", "swa"]}  # DA-Alone: equal weights, statistics recomputed at each epoch end
 TOTAL_STEPS = 6
 KILL_AFTER = 4  # in the second epoch, after averaging started
-
-
-def steps_saved(path: Path) -> int:
-    try:
-        return load_checkpoint(path).meta["position"]["global_step"]
-    except CheckpointError:  # not there yet, or being replaced
-        return 0
 
 
 def epochs_logged(run: Path) -> list[dict]:

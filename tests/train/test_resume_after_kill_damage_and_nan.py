@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import lbgat
-from helpers.cli_runs import assert_same_training_state
+from helpers.cli_runs import assert_same_training_state, steps_saved
 from lbgat.checkpoints.checkpoint import load_checkpoint
 from lbgat.cli import main
 from lbgat.config import build_config
@@ -43,13 +43,6 @@ class Exploit:
 def lbgat_process(*args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "lbgat", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONWARNINGS="ignore"))
-
-
-def steps_saved(path: Path) -> int:
-    try:
-        return load_checkpoint(path).meta["position"]["global_step"]
-    except CheckpointError:  # not there yet
-        return 0
 
 
 def wait_for_checkpoint(path: Path, process: subprocess.Popen, at_least: int) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers.cli_runs import assert_same_training_state
+from helpers.cli_runs import assert_same_training_state, steps_saved
 from helpers.data_fixtures import write_carmon_pickle, write_cifar10, write_extra_npz
 from lbgat.checkpoints.checkpoint import load_checkpoint
 from lbgat.cli import main
@@ -56,13 +56,6 @@ def test_methods_and_plugins_train_with_extra_data(data: Path, tmp_path: Path, e
 # pgd-at with random crops, flips and attack starts, so an exact resume needs every draw back.
 KILLED = ["--method", "pgd-at", "--epochs", "2", "--set", "attack.steps=10", "--checkpoint-every", "3"]
 TOTAL_STEPS = 20  # 320 images in batches of 32: 10 steps an epoch, as without extra data
-
-
-def steps_saved(path: Path) -> int:
-    try:
-        return load_checkpoint(path).meta["position"]["global_step"]
-    except Exception:  # not there yet, or being replaced
-        return 0
 
 
 def test_sigkill_then_resume_with_extra_data_is_bit_identical(data: Path, tmp_path: Path, capsys) -> None:
